@@ -1,0 +1,158 @@
+"""The exported models at run time: model.json plus ONNX Runtime sessions for Inv-Id, Inv-Noise and the
+conditional denoiser. No torch.
+
+ONNX interface (written by training/export.py):
+  inv_id.onnx    image [N,3,H,W] in [0,1]            -> code [N,D]
+  inv_noise.onnx image [N,3,H,W] in [0,1]            -> noise [N,3,H,W]
+  denoiser.onnx  noisy [N,3,H,W], noise_variance [N,1], code [N,D] -> eps [N,3,H,W]  (normalised space)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.schedule import Schedule, ddim_sample
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "model.json"
+MODEL_FILES = {"inv_id": "inv_id.onnx", "inv_noise": "inv_noise.onnx", "denoiser": "denoiser.onnx"}
+
+
+class ModelError(RuntimeError):
+    """The model directory is missing, incomplete or unusable."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What travels with the ONNX files: never re-derived at serve time."""
+
+    resolution: tuple[int, int]
+    code_dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    schedule: Schedule
+    steps: int
+    match_threshold: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, models_dir: str | Path) -> ModelMetadata:
+        path = Path(models_dir) / METADATA_FILE
+        if not path.is_file():
+            raise ModelError(f"{path}: no model metadata (export a model with `genreid export`)")
+        raw = json.loads(path.read_text())
+        schedule = raw["schedule"]
+        return cls(
+            resolution=tuple(raw["resolution"]),
+            code_dim=int(raw["code_dim"]),
+            mean=tuple(raw["mean"]),
+            std=tuple(raw["std"]),
+            schedule=Schedule(schedule["max_signal_rate"], schedule["min_signal_rate"]),
+            steps=int(raw["steps"]),
+            match_threshold=raw.get("match_threshold"),
+            extra={k: v for k, v in raw.items() if k not in cls.__dataclass_fields__},
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            "resolution": list(self.resolution),
+            "code_dim": self.code_dim,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "schedule": self.schedule.as_dict(),
+            "steps": self.steps,
+            "match_threshold": self.match_threshold,
+            "files": MODEL_FILES,
+        }
+
+    def save(self, models_dir: str | Path) -> Path:
+        path = Path(models_dir) / METADATA_FILE
+        path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+        return path
+
+
+def choose_providers(device: str) -> list[str]:
+    """ONNX Runtime providers for 'auto', 'cpu' or 'cuda' ('cuda' fails loudly when unavailable)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise ModelError(f"device 'cuda' requested but ONNX Runtime offers only {available}")
+    return ["CPUExecutionProvider"]
+
+
+class Encoders:
+    """Batched inference over the three exported networks."""
+
+    def __init__(self, models_dir: str | Path, device: str = "auto", batch_size: int = 64, threads: int = 0):
+        import onnxruntime as ort
+
+        self.models_dir = Path(models_dir)
+        self.metadata = ModelMetadata.load(self.models_dir)
+        self.batch_size = batch_size
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        providers = choose_providers(device)
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        for name, filename in MODEL_FILES.items():
+            path = self.models_dir / filename
+            if not path.is_file():
+                raise ModelError(f"{path}: missing model file")
+            self.sessions[name] = ort.InferenceSession(str(path), options, providers=providers)
+        self.providers = self.sessions["inv_id"].get_providers()
+        log.info("loaded models from %s on %s", self.models_dir, self.providers)
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return self.metadata.resolution
+
+    def _run(self, name: str, images: np.ndarray) -> np.ndarray:
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        expected = (3, *self.resolution)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise ValueError(f"expected images of shape (N, {expected}), got {images.shape}")
+        session = self.sessions[name]
+        input_name = session.get_inputs()[0].name
+        outputs = [
+            session.run(None, {input_name: images[start : start + self.batch_size]})[0]
+            for start in range(0, len(images), self.batch_size)
+        ]
+        return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+
+    def identity(self, images: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) in [0, 1] -> (N, code_dim) identity codes."""
+        return self._run("inv_id", images).reshape(len(images), self.metadata.code_dim)
+
+    def noise(self, images: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) in [0, 1] -> (N, 3, H, W) generator noise (pose, background, light)."""
+        return self._run("inv_noise", images).reshape(images.shape)
+
+    def render(self, codes: np.ndarray, noises: np.ndarray) -> np.ndarray:
+        """Generate images of identities `codes` in the poses held by `noises`; (N, 3, H, W) in [0, 1]."""
+        session = self.sessions["denoiser"]
+        names = [inp.name for inp in session.get_inputs()]
+        codes = np.ascontiguousarray(codes, dtype=np.float32)
+
+        def denoise(images: np.ndarray, variance: float, batch_codes: np.ndarray) -> np.ndarray:
+            variances = np.full((len(images), 1), variance, dtype=np.float32)
+            feeds = dict(zip(names, (images.astype(np.float32), variances, batch_codes), strict=True))
+            return session.run(None, feeds)[0]
+
+        x0 = ddim_sample(denoise, np.asarray(noises, np.float32), codes, self.metadata.steps,
+                         self.metadata.schedule)
+        mean = np.asarray(self.metadata.mean, np.float32)[:, None, None]
+        std = np.asarray(self.metadata.std, np.float32)[:, None, None]
+        return np.clip(x0 * std + mean, 0.0, 1.0)
