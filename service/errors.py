@@ -1,0 +1,74 @@
+"""How bad requests are refused: always a 4xx with {"detail": "<one readable sentence>"}, documented in
+the OpenAPI schema, and before anything is stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+_DESCRIPTIONS = {
+    400: "Malformed request body",
+    401: "Missing or wrong X-API-Key",
+    404: "Unknown entry or person",
+    413: "Request body over the upload limit, or too many files",
+    422: "Invalid parameters, or a file that is not a usable image",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the given error statuses, all with the ErrorBody shape."""
+    return {code: {"model": ErrorBody, "description": _DESCRIPTIONS[code]} for code in codes}
+
+
+async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's list of errors, flattened into the one-string detail every other error has."""
+    assert isinstance(exc, RequestValidationError)
+    detail = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+    )
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+class UploadLimit:
+    """Refuse request bodies over `max_bytes` with 413: at once when Content-Length says so, and while
+    reading for chunked or lying clients, so an oversize upload is never buffered whole."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> HTTPException:
+        return HTTPException(413, f"request body over {self.max_bytes} bytes")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            error = self._too_large()
+            await JSONResponse({"detail": error.detail}, error.status_code)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                # FastAPI re-raises HTTPExceptions met while parsing the body, so this becomes a JSON 413.
+                raise self._too_large()
+            return message
+
+        await self.app(scope, limited_receive, send)

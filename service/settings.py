@@ -1,0 +1,47 @@
+"""Every knob of `genreid serve` in one place: a GENREID_* environment variable or a flag (flags win)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.cli import DEFAULT_MODELS
+from service.imaging import DEFAULT_MAX_PIXELS
+
+ENV_PREFIX = "GENREID_"
+
+
+class Settings(BaseSettings):
+    """Read once at start; `create_app` takes it explicitly so tests and embedders need no environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True)
+
+    host: str = Field("127.0.0.1", description="interface to listen on")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port")
+    models: Path = Field(DEFAULT_MODELS, description="exported model directory (model.json + ONNX files)")
+    data: Path = Field(Path("genreid-data"), description="directory holding the durable gallery")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="inference and FAISS device: auto uses a GPU when one is usable"
+    )
+    max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1, description="largest request body in bytes")
+    max_files: int = Field(64, ge=1, description="most images in one POST /gallery")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest decoded image (width x height)")
+    api_key: SecretStr | None = Field(
+        None, description="when set (non-empty), every route but /health needs it in X-API-Key"
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging")
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default)")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        # GENREID_API_KEY= in an env file means "no key", not "the empty key".
+        return None if value == "" else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value

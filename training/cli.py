@@ -1,0 +1,126 @@
+"""`genreid train`, `genreid export` and `genreid figures` (reached lazily from service/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from training.presets import Preset, get_preset
+
+CONFIG_FILE = "config.json"
+
+
+def _override(text: str) -> tuple[str, object]:
+    """`field=value` for a preset field, the value parsed as JSON (numbers, lists) or kept as text."""
+    key, sep, value = text.partition("=")
+    fields = {f.name for f in dataclasses.fields(Preset)}
+    if not sep or key not in fields:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key, tuple(parsed) if isinstance(parsed, list) else parsed
+
+
+def load_run(run_dir: Path) -> tuple[Preset, Path]:
+    """The preset and data folder a run was started with (saved in its config.json)."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a training run (no {CONFIG_FILE})")
+    config = json.loads(path.read_text())
+    preset = config["preset"]
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in preset.items()}
+    return Preset(**values), Path(config["data"])
+
+
+def _context(preset: Preset, data: Path, run_dir: Path, cache_dir: Path | None, stop_after: int | None):
+    from training.stages.context import StageContext
+    from training.trainer import setup_runtime
+
+    return StageContext(preset, data, run_dir, setup_runtime(), cache_dir, stop_after)
+
+
+def train(args: argparse.Namespace) -> int:
+    from service.market import check_layout
+
+    run_dir: Path = args.out
+    if (run_dir / CONFIG_FILE).is_file():
+        preset, data = load_run(run_dir)
+        if args.preset and args.preset != preset.name:
+            raise ValueError(f"{run_dir} was started with preset {preset.name!r}, not {args.preset!r}")
+        if args.set:
+            preset = dataclasses.replace(preset, **dict(args.set))
+    else:
+        if args.data is None:
+            raise ValueError("--data is required to start a new run")
+        data = check_layout(args.data, ("train",)).resolve()
+        preset = get_preset(args.preset or "cpu", **dict(args.set or []))
+        run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(json.dumps({"preset": preset.as_dict(), "data": str(data)}, indent=2))
+    from training.pipeline import run_stages
+
+    run_stages(_context(preset, data, run_dir, args.cache_dir, args.stop_after), args.stage)
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from training.export import export_run
+
+    preset, data = load_run(args.run_dir)
+    metadata = export_run(_context(preset, data, args.run_dir, args.cache_dir, None), args.to)
+    print(json.dumps({"models": str(args.to), "validation": metadata["validation"]}))
+    return 0
+
+
+def figures(args: argparse.Namespace) -> int:
+    from training.figures import make_figures
+
+    preset, data = load_run(args.run_dir)
+    for path in make_figures(_context(preset, data, args.run_dir, args.cache_dir, None), args.out, args.models):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genreid")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("train", help="train every stage in order (resumes an existing run)")
+    run.add_argument("--data", type=Path, help="Market-1501 folder (bounding_box_train/ is used)")
+    run.add_argument("--preset", choices=("tiny", "cpu", "paper"), help="configuration (default cpu)")
+    run.add_argument("--out", type=Path, required=True, help="run directory: checkpoints, logs, results")
+    run.add_argument("--stage", help="run only this stage (generator, codes, samples, inv_id_*, inv_noise)")
+    run.add_argument("--set", type=_override, action="append", metavar="FIELD=VALUE",
+                     help="override a preset field, e.g. --set generator_steps=2000")
+    run.add_argument("--stop-after", type=int, help="checkpoint and stop after this many steps of a stage")
+    run.set_defaults(handler=train)
+    out = commands.add_parser("export", help="export a finished run to ONNX + model.json")
+    out.add_argument("run_dir", type=Path)
+    out.add_argument("--to", type=Path, default=Path("models"), help="model directory to write")
+    out.set_defaults(handler=export)
+    fig = commands.add_parser("figures", help="the paper's figures as PNG files")
+    fig.add_argument("run_dir", type=Path)
+    fig.add_argument("--out", type=Path, default=Path("docs/figures"))
+    fig.add_argument("--models", type=Path, default=Path("models"), help="exported models (for retrieval)")
+    fig.set_defaults(handler=figures)
+    for sub in (run, out, fig):
+        sub.add_argument("--cache-dir", type=Path, help="decoded-image cache (default $XDG_CACHE_HOME/genreid)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from service.market import MarketLayoutError
+
+    try:
+        return args.handler(args)
+    except (MarketLayoutError, FileNotFoundError, ValueError, KeyError) as err:
+        print(f"genreid {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Export a finished run to the service's model directory: three self-contained ONNX files with a dynamic
+batch dimension, model.json (resolution, schedule, normalisation, threshold, measurements) and a parity
+check of ONNX Runtime against torch."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.encoders import MODEL_FILES, ModelMetadata
+from training.networks.unet import UNet
+from training.stages.context import StageContext
+from training.stages.inverters import best_inv_id
+
+log = logging.getLogger(__name__)
+PARITY_TOLERANCE = 1e-4
+
+
+class Denoiser(nn.Module):
+    """The ONNX-facing denoiser: (noisy, noise_variance, code) -> eps, in float32."""
+
+    def __init__(self, unet: UNet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, noisy: torch.Tensor, noise_variance: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        return self.unet(noisy, noise_variance, code)
+
+
+def _quiet_exporter_logs() -> None:
+    for name in ("onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _export(module: nn.Module, example: tuple[torch.Tensor, ...], names: list[str], output: str, path: Path) -> None:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(
+        module.eval().float().cpu(), example, str(path), input_names=names, output_names=[output],
+        dynamic_shapes=tuple({0: batch} for _ in names), external_data=False, dynamo=True, verbose=False,
+    )
+
+
+def _examples(batch: int, resolution: tuple[int, int], code_dim: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.random((batch, 3, *resolution), dtype=np.float32),
+        "noisy": rng.standard_normal((batch, 3, *resolution), dtype=np.float32),
+        "noise_variance": rng.random((batch, 1), dtype=np.float32),
+        "code": (rng.standard_normal((batch, code_dim)) * 0.3).astype(np.float32),
+    }
+
+
+def parity(modules: dict[str, nn.Module], models_dir: Path, resolution: tuple[int, int], code_dim: int,
+           batches: tuple[int, ...] = (1, 7)) -> dict[str, float]:
+    """Max |ONNX Runtime - torch| per network over the given batch sizes."""
+    import onnxruntime as ort
+
+    worst: dict[str, float] = {}
+    for name, module in modules.items():
+        session = ort.InferenceSession(str(models_dir / MODEL_FILES[name]), providers=["CPUExecutionProvider"])
+        for batch in batches:
+            examples = _examples(batch, resolution, code_dim, seed=batch)
+            feeds = {inp.name: examples[inp.name] for inp in session.get_inputs()}
+            with torch.no_grad():
+                expected = module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+            got = session.run(None, feeds)[0]
+            worst[name] = max(worst.get(name, 0.0), float(np.abs(got - expected).max()))
+    return worst
+
+
+def export_run(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
+    """Write the ONNX files and model.json for the run in `ctx`; returns the metadata written."""
+    preset = ctx.preset
+    _quiet_exporter_logs()
+    models_dir.mkdir(parents=True, exist_ok=True)
+    unet, generator = ctx.generator()
+    inv_id_saved = best_inv_id(ctx)
+    inv_id = ctx.new_inv_id()
+    inv_id.load_state_dict(inv_id_saved["model"])
+    inv_noise_saved = ctx.load("inv_noise")
+    inv_noise = ctx.new_inv_noise()
+    inv_noise.load_state_dict(inv_noise_saved["model"])
+    modules = {"inv_id": inv_id.cpu().eval(), "inv_noise": inv_noise.cpu().eval(),
+               "denoiser": Denoiser(unet.cpu().float()).eval()}
+    example = {k: torch.from_numpy(v) for k, v in _examples(2, preset.resolution, preset.code_dim, 0).items()}
+    _export(modules["inv_id"], (example["image"],), ["image"], "code", models_dir / MODEL_FILES["inv_id"])
+    _export(modules["inv_noise"], (example["image"],), ["image"], "noise", models_dir / MODEL_FILES["inv_noise"])
+    _export(modules["denoiser"], (example["noisy"], example["noise_variance"], example["code"]),
+            ["noisy", "noise_variance", "code"], "eps", models_dir / MODEL_FILES["denoiser"])
+    differences = parity(modules, models_dir, preset.resolution, preset.code_dim)
+    if max(differences.values()) > PARITY_TOLERANCE:
+        raise RuntimeError(f"ONNX Runtime disagrees with torch beyond {PARITY_TOLERANCE}: {differences}")
+    metadata = ModelMetadata(
+        resolution=preset.resolution,
+        code_dim=preset.code_dim,
+        mean=tuple(float(v) for v in generator["mean"]),
+        std=tuple(float(v) for v in generator["std"]),
+        schedule=ctx.diffusion.schedule,
+        steps=preset.sample_steps,
+        match_threshold=inv_id_saved["validation"]["threshold_fmr1"],
+        extra={
+            "preset": preset.name,
+            "inv_id_mode": inv_id_saved["mode"],
+            "validation": inv_id_saved["validation"],
+            "reconstruction": inv_noise_saved["reconstruction"],
+            "code_stats": generator["code_stats"],
+            "identities": len(generator["person_ids"]),
+            "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()},
+            "onnx_parity_max_abs": differences,
+        },
+    )
+    metadata.save(models_dir)
+    log.info("exported %s to %s (parity %s)", ctx.run_dir, models_dir, differences)
+    return metadata.as_dict()

@@ -1,0 +1,60 @@
+"""The stages in order, each skipped when its result exists, so `genreid train` resumes a whole run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from training.stages.codes import train_codes
+from training.stages.context import StageContext
+from training.stages.generator import train_generator
+from training.stages.inverters import train_inv_id, train_inv_noise
+from training.stages.samples import make_samples
+
+log = logging.getLogger(__name__)
+
+
+def stage_table(ctx: StageContext) -> dict[str, tuple[str, Callable[[], None]]]:
+    """Stage name -> (the file that marks it finished, how to run it)."""
+    table: dict[str, tuple[str, Callable[[], None]]] = {
+        "generator": ("generator.pt", lambda: train_generator(ctx)),
+        "codes": ("codes.pt", lambda: train_codes(ctx)),
+        "samples": ("samples.npz", lambda: make_samples(ctx)),
+    }
+    # The first Inv-Id mode is the one expected to ship: Inv-Noise follows it, so a servable model exists
+    # before the comparison modes train.
+    first, *others = ctx.preset.inv_id_modes
+    table[f"inv_id_{first}"] = (f"inv_id_{first}.pt", lambda: train_inv_id(ctx, first))
+    table["inv_noise"] = ("inv_noise.pt", lambda: train_inv_noise(ctx))
+    for mode in others:
+        table[f"inv_id_{mode}"] = (f"inv_id_{mode}.pt", lambda mode=mode: train_inv_id(ctx, mode))
+    return table
+
+
+def run_stages(ctx: StageContext, only: str | None = None) -> None:
+    """Run every unfinished stage (or just `only`), recording wall time per stage in timings.json."""
+    torch.manual_seed(ctx.preset.seed)
+    table = stage_table(ctx)
+    if only is not None and only not in table:
+        raise KeyError(f"unknown stage {only!r}; stages are {list(table)}")
+    timings_path = ctx.path("timings.json")
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    for name, (marker, run) in table.items():
+        if (only is not None and name != only) or ctx.path(marker).exists():
+            continue
+        log.info("stage %s: starting", name)
+        start = time.monotonic()
+        run()
+        if ctx.runtime.world > 1:
+            torch.distributed.barrier()  # later stages read what rank 0 wrote
+        timings[name] = timings.get(name, 0.0) + time.monotonic() - start
+        if ctx.runtime.is_main:
+            timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+        if not ctx.path(marker).exists():
+            log.info("stage %s: stopped before the end; run the same command again to resume", name)
+            return

@@ -1,0 +1,102 @@
+"""Training configurations: `tiny` (tests, seconds), `cpu` (the shipped model, about 3 hours on 2 cores),
+`paper` (the paper's sizes, for GPU hosts)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    resolution: tuple[int, int] = (64, 32)
+    code_dim: int = 32
+    # Generator: conditional U-Net + identity-code table.
+    widths: tuple[int, ...] = (48, 96, 192, 384)
+    blocks: int = 2
+    generator_steps: int = 100_000
+    generator_batch: int = 16
+    generator_lr: float = 1e-4
+    code_lr: float = 1e-4
+    code_l2: float = 0.5
+    ema: float = 0.999
+    # Identity generator: diffusion MLP over the learned codes.
+    codes_steps: int = 20_000
+    codes_batch: int = 256
+    codes_hidden: int = 512
+    codes_lr: float = 1e-3
+    # Generated (image, code, noise) triples for the inverters, made once with the 10-step sampler.
+    samples: int = 50_000
+    sample_steps: int = 10
+    # Inverters.
+    inv_widths: tuple[int, ...] = (48, 96, 192, 384)
+    inv_id_steps: int = 100_000
+    inv_id_batch: int = 64
+    inv_id_lr: float = 4e-5
+    inv_id_modes: tuple[str, ...] = ("hybrid", "paper")
+    real_fraction: float = 0.5  # share of each hybrid batch that is real crops targeting their learned code
+    inv_noise_steps: int = 50_000
+    inv_noise_batch: int = 64
+    inv_noise_lr: float = 1e-4
+    # Identities held out of training (carved from the training split) to pick settings and calibrate.
+    val_identities: int = 50
+    seed: int = 0
+    checkpoint_seconds: float = 300.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        widths=(8, 16),
+        blocks=1,
+        generator_steps=150,
+        generator_batch=16,
+        generator_lr=2e-3,
+        code_lr=1e-2,
+        ema=0.9,
+        codes_steps=150,
+        codes_batch=64,
+        codes_hidden=64,
+        samples=256,
+        sample_steps=4,
+        inv_widths=(8, 16),
+        inv_id_steps=120,
+        inv_id_batch=32,
+        inv_id_lr=2e-3,
+        inv_noise_steps=60,
+        inv_noise_batch=32,
+        inv_noise_lr=2e-3,
+        val_identities=4,
+        checkpoint_seconds=0.0,
+    ),
+    "cpu": Preset(
+        name="cpu",
+        widths=(32, 64, 128, 256),
+        blocks=2,
+        generator_steps=7_000,
+        generator_batch=32,
+        generator_lr=3e-4,
+        code_lr=2e-3,
+        ema=0.995,
+        codes_steps=8_000,
+        samples=12_000,
+        inv_widths=(32, 64, 128, 256),
+        inv_id_steps=4_000,
+        inv_id_batch=64,
+        inv_id_lr=3e-4,
+        inv_noise_steps=1_500,
+        inv_noise_batch=32,
+        inv_noise_lr=3e-4,
+    ),
+    "paper": Preset(name="paper"),
+}
+
+
+def get_preset(name: str, **overrides) -> Preset:
+    """A named preset, with fields overridden (e.g. steps for a shorter run)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)

@@ -1,0 +1,103 @@
+"""What the stages share: the run directory's files, the data, and loaders for earlier stages' results."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.schedule import Schedule
+from training.data.cache import ImageSet, hold_out_identities, load_split
+from training.diffusion import Diffusion
+from training.networks.code_mlp import CodeMLP
+from training.networks.inverters import InvId, InvNoise
+from training.networks.unet import UNet
+from training.presets import Preset
+from training.trainer import Runtime, StageLoop
+
+
+@dataclass
+class StageContext:
+    """One training run: preset, data folder, run directory and the process's runtime."""
+
+    preset: Preset
+    data_root: Path
+    run_dir: Path
+    runtime: Runtime
+    cache_dir: Path | None = None
+    stop_after: int | None = None  # run at most this many steps per stage, then checkpoint (for tests/slices)
+    diffusion: Diffusion = field(default_factory=lambda: Diffusion(Schedule()))
+
+    @cached_property
+    def splits(self) -> tuple[ImageSet, ImageSet]:
+        """(train, validation): validation identities are carved out of bounding_box_train."""
+        data = load_split(self.data_root, "train", self.preset.resolution, self.cache_dir)
+        return hold_out_identities(data, self.preset.val_identities, self.preset.seed)
+
+    def path(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def loop(self, name: str, total: int, items_per_step: int, state_fn, load_fn) -> StageLoop:
+        return StageLoop(
+            name, total, self.path(f"{name}.ckpt"), self.runtime, state_fn, load_fn,
+            log_path=self.path("log.jsonl"), items_per_step=items_per_step,
+            checkpoint_seconds=self.preset.checkpoint_seconds, stop_after=self.stop_after,
+        )
+
+    def finished(self, name: str) -> bool:
+        return self.path(f"{name}.pt").is_file()
+
+    def load(self, name: str) -> dict[str, Any]:
+        path = self.path(f"{name}.pt")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: stage '{name}' has not finished; run it first")
+        return torch.load(path, map_location=self.runtime.device, weights_only=False)
+
+    def write_json(self, name: str, payload: dict[str, Any]) -> None:
+        self.path(name).write_text(json.dumps(payload, indent=2) + "\n")
+
+    # Networks of earlier stages, rebuilt from their saved results.
+
+    def generator(self) -> tuple[UNet, dict[str, Any]]:
+        """The EMA denoiser in eval mode, and the generator's saved record (codes, mean, std, ...)."""
+        saved = self.load("generator")
+        unet = UNet(self.preset.widths, self.preset.blocks, self.preset.code_dim, embed_dim=64)
+        unet.load_state_dict(saved["unet"])
+        return unet.to(self.runtime.device).eval(), saved
+
+    def code_sampler(self) -> tuple[CodeMLP, dict[str, Any]]:
+        saved = self.load("codes")
+        mlp = CodeMLP(self.preset.code_dim, self.preset.codes_hidden)
+        mlp.load_state_dict(saved["mlp"])
+        return mlp.to(self.runtime.device).eval(), saved
+
+    def new_inv_id(self) -> InvId:
+        return InvId(self.preset.inv_widths, self.preset.blocks, self.preset.resolution, self.preset.code_dim)
+
+    def new_inv_noise(self) -> InvNoise:
+        return InvNoise(self.preset.inv_widths, self.preset.blocks)
+
+
+def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images -> the generator's per-channel normalised space."""
+    return (images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+def denormalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (images * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)).clamp(0.0, 1.0)
+
+
+def to_device_floats(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1] on `device` (same as service.imaging.to_chw_float)."""
+    return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator, *others: torch.Tensor) -> list[torch.Tensor]:
+    """Flip a random half of the batch horizontally, and the same samples of `others` (e.g. their noise)."""
+    flip = (torch.rand(len(images), generator=generator) < 0.5).to(images.device).view(-1, 1, 1, 1)
+    return [torch.where(flip, t.flip(-1), t) for t in (images, *others)]

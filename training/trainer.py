@@ -1,0 +1,187 @@
+"""What every training stage shares: device and precision, torchrun/DDP, deterministic batches,
+atomic checkpoints with resume, tqdm progress and a JSON loss log."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how this process computes: device, autocast dtype, and its rank under torchrun."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast: about 1.9x faster than fp32 for the U-Net on this CPU, and safe on recent GPUs."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """Move to the device in channels_last; under torchrun, wrap in DistributedDataParallel."""
+        module = module.to(self.device, memory_format=torch.channels_last)
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return module
+
+
+def setup_runtime() -> Runtime:
+    """CUDA when present, else CPU; joins the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device, rank, world)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def step_generator(seed: int, step: int, rank: int, salt: int = 0) -> tuple[np.random.Generator, torch.Generator]:
+    """RNGs that depend only on (seed, step, rank): a resumed run draws exactly what an uninterrupted one does."""
+    entropy = [seed, step, rank, salt]
+    torch_gen = torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+    return np.random.default_rng(entropy), torch_gen
+
+
+def batch_indices(n: int, batch: int, step: int, seed: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    """Indices of this rank's batch at `step`: successive seeded permutations (epochs) of range(n)."""
+    start = (step * world + rank) * batch
+    positions = np.arange(start, start + batch)
+    epochs = positions // n
+    out = np.empty(batch, dtype=np.int64)
+    for epoch in np.unique(epochs):
+        order = np.random.default_rng([seed, int(epoch)]).permutation(n)
+        mask = epochs == epoch
+        out[mask] = order[positions[mask] % n]
+    return out
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point state, for smoother samples."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for key, value in module.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.state[key].lerp_(value, 1.0 - self.decay)
+            else:
+                self.state[key].copy_(value)
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary name then rename: a kill mid-write never leaves a torn checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(obj, partial)
+    os.replace(partial, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+class StageLoop:
+    """Runs `step_fn(step) -> {metric: value}` for `total` steps with checkpoints and resume.
+
+    `state_fn()` returns everything to checkpoint (modules, optimisers, EMA); `load_fn(state)` restores it.
+    Progress shows the metrics and images/s; every `log_every` steps a JSON line goes to `log_path`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        total: int,
+        checkpoint: Path,
+        runtime: Runtime,
+        state_fn: Callable[[], dict[str, Any]],
+        load_fn: Callable[[dict[str, Any]], None],
+        log_path: Path,
+        items_per_step: int,
+        checkpoint_seconds: float = 300.0,
+        log_every: int = 50,
+        stop_after: int | None = None,
+    ):
+        self.name, self.total, self.checkpoint, self.runtime = name, total, checkpoint, runtime
+        self.state_fn, self.load_fn, self.log_path = state_fn, load_fn, log_path
+        self.items_per_step, self.checkpoint_seconds, self.log_every = items_per_step, checkpoint_seconds, log_every
+        self.stop_after = stop_after
+
+    def _save(self, step: int) -> None:
+        if self.runtime.is_main:
+            save_atomic({"step": step, "rng": _rng_state(), **self.state_fn()}, self.checkpoint)
+
+    def _resume(self) -> int:
+        if not self.checkpoint.is_file():
+            return 0
+        state = torch.load(self.checkpoint, map_location=self.runtime.device, weights_only=False)
+        self.load_fn(state)
+        _set_rng_state(state["rng"])
+        log.info("%s: resumed from %s at step %d", self.name, self.checkpoint, state["step"])
+        return int(state["step"])
+
+    def run(self, step_fn: Callable[[int], dict[str, float]]) -> bool:
+        """Run the remaining steps (at most `stop_after` of them); True when the stage reached `total`."""
+        start = self._resume()
+        end = self.total if self.stop_after is None else min(self.total, start + self.stop_after)
+        last_save = time.monotonic()
+        progress = tqdm(range(start, end), initial=start, total=self.total, desc=self.name,
+                        disable=not self.runtime.is_main, dynamic_ncols=True)
+        window_start, window_items = time.monotonic(), 0
+        for step in progress:
+            metrics = step_fn(step)
+            window_items += self.items_per_step * self.runtime.world
+            if (step + 1) % self.log_every == 0 or step + 1 == end:
+                rate = window_items / max(time.monotonic() - window_start, 1e-9)
+                window_start, window_items = time.monotonic(), 0
+                record = {"stage": self.name, "step": step + 1, "items_per_s": round(rate, 2), "time": time.time(),
+                          **{k: round(float(v), 6) for k, v in metrics.items()}}
+                progress.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()} | {"img/s": f"{rate:.1f}"})
+                if self.runtime.is_main:
+                    with self.log_path.open("a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+            if time.monotonic() - last_save >= self.checkpoint_seconds and step + 1 < end:
+                self._save(step + 1)
+                last_save = time.monotonic()
+        self._save(end)
+        return end >= self.total
