@@ -49,23 +49,26 @@ class Services:
     faiss_device: Literal["cpu", "gpu"]
 
 
-def get_services(request: Request) -> Services:
+# These are trivial and never block: `async def` spares each request a threadpool hop per dependency.
+async def get_services(request: Request) -> Services:
     return request.state.services
 
 
-def get_encoders(request: Request) -> Encoders:
-    return get_services(request).encoders
-
-
-def get_gallery(request: Request) -> Gallery:
-    return get_services(request).gallery
-
-
-def get_reader(request: Request) -> ImageReader:
-    return get_services(request).reader
-
-
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_encoders(services: ServicesDep) -> Encoders:
+    return services.encoders
+
+
+async def get_gallery(services: ServicesDep) -> Gallery:
+    return services.gallery
+
+
+async def get_reader(services: ServicesDep) -> ImageReader:
+    return services.reader
+
+
 EncodersDep = Annotated[Encoders, Depends(get_encoders)]
 GalleryDep = Annotated[Gallery, Depends(get_gallery)]
 ReaderDep = Annotated[ImageReader, Depends(get_reader)]
@@ -76,9 +79,11 @@ _api_key_header = APIKeyHeader(
 )
 
 
-def require_api_key(request: Request, key: Annotated[str | None, Security(_api_key_header)]) -> None:
+async def require_api_key(
+    services: ServicesDep, key: Annotated[str | None, Security(_api_key_header)]
+) -> None:
     """401 unless the server has no key or the header matches it (compared in constant time)."""
-    expected = get_services(request).settings.api_key
+    expected = services.settings.api_key
     if expected is None:
         return
     if key is None or not hmac.compare_digest(key.encode(), expected.get_secret_value().encode()):

@@ -9,7 +9,6 @@ master and a GPU search copy, when there is one, gets the same additions and is 
 from __future__ import annotations
 
 import fcntl
-import logging
 import math
 import sqlite3
 import threading
@@ -22,8 +21,6 @@ from typing import TextIO
 import faiss
 import numpy as np
 
-log = logging.getLogger(__name__)
-
 DATABASE_FILE = "gallery.sqlite3"
 LOCK_FILE = "gallery.lock"
 SCHEMA = """
@@ -33,7 +30,6 @@ CREATE TABLE IF NOT EXISTS entries (
     camera TEXT,
     code BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS entries_person ON entries (person_id);
 """
 
 # Makes a search-only copy of the master index (e.g. on a GPU); None searches the master itself.

@@ -42,8 +42,10 @@ def _open(source: bytes | str | Path, max_pixels: int) -> Image.Image:
             image.load()
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"not a readable image: {err}") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image in a format this service reads (JPEG, PNG, WebP, BMP, GIF, TIFF, ...)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(f"image too large to decode safely: {err}") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"corrupt or truncated image: {err}") from None
     return image

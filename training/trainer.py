@@ -47,6 +47,13 @@ class Runtime:
             return nn.parallel.DistributedDataParallel(module, device_ids=ids)
         return module
 
+    def sync_buffers(self, module: nn.Module) -> None:
+        """DDP copies rank 0's buffers (BatchNorm statistics) to all ranks before each forward; do it once
+        more after the last step so every rank ends with the same state."""
+        if self.world > 1:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, 0)
+
 
 def setup_runtime() -> Runtime:
     """CUDA when present, else CPU; joins the process group when started by torchrun."""

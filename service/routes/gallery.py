@@ -81,7 +81,7 @@ def remove_entry(entry_id: Annotated[int, Path(ge=1, le=MAX_ENTRY_ID)], gallery:
     return Removed(removed=len(removed), entry_ids=removed)
 
 
-@router.delete("/persons/{person_id}", response_model=Removed, responses=error_responses(404, 422))
+@router.delete("/persons/{person_id}", response_model=Removed, responses=error_responses(404))
 def remove_person(person_id: str, gallery: GalleryDep) -> Removed:
     """Remove every entry of a person."""
     removed = gallery.remove_person(person_id)

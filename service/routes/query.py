@@ -49,6 +49,7 @@ def query(
     include_noise: Annotated[bool, Query(description="return the generator noise array")] = True,
     noise_preview: Annotated[bool, Query(description="also return a PNG preview of the noise")] = False,
 ) -> QueryResult:
+    """Rank the gallery for one crop, best first; also its identity code and, by default, its noise."""
     image = reader.read([file], "file")
     code = encoders.identity(image)[0]
     threshold = encoders.metadata.match_threshold

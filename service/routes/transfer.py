@@ -25,6 +25,7 @@ def transfer(
     reader: ReaderDep,
     scale: Annotated[int, Query(ge=1, le=8, description="nearest-neighbour upscaling, for viewing")] = 1,
 ) -> Response:
+    """The person in `identity`, rendered in the pose, background and light of `pose`, as a PNG."""
     codes = encoders.identity(reader.read([identity], "identity"))
     noises = encoders.noise(reader.read([pose], "pose"))
     image = encoders.render(codes, noises)[0]

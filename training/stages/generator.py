@@ -44,7 +44,8 @@ def code_statistics(codes: np.ndarray) -> dict[str, float]:
             "pair_max": float(off.max())}
 
 
-def train_generator(ctx: StageContext) -> None:
+def train_generator(ctx: StageContext) -> ConditionalGenerator:
+    """Train (or resume) the generator; returns the model as trained so far."""
     preset, runtime = ctx.preset, ctx.runtime
     train, _ = ctx.splits
     person_ids = np.unique(train.person_ids)
@@ -93,12 +94,15 @@ def train_generator(ctx: StageContext) -> None:
         ema.update(unwrap(wrapped).unet)
         return {"loss": loss.item(), "noise_l1": noise_loss.item()}
 
-    if not ctx.loop("generator", preset.generator_steps, preset.generator_batch, state, load).run(step):
-        return
+    finished = ctx.loop("generator", preset.generator_steps, preset.generator_batch, state, load).run(step)
+    runtime.sync_buffers(model)
+    if not finished:
+        return model
     codes = model.codes.weight.detach().float().cpu()
     stats = code_statistics(codes.numpy())
     log.info("generator done; code distances %s", stats)
     if runtime.is_main:
         save_atomic({"unet": ema.state, "codes": codes, "person_ids": person_ids, "mean": mean.cpu(),
                      "std": std.cpu(), "code_stats": stats}, ctx.path("generator.pt"))
+    return model
 

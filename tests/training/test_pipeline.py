@@ -1,0 +1,115 @@
+"""The tiny preset end to end on synthetic data, and what each stage must have learned."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from service.encoders import Encoders
+from training.export import parity
+from training.pipeline import stage_table
+from training.stages.codes import sample_codes
+from training.stages.inverters import embed
+from training.stages.samples import generate
+
+
+def test_every_stage_finished_and_timed(tiny_run):
+    ctx = tiny_run.ctx
+    for name, (marker, _) in stage_table(ctx).items():
+        assert ctx.path(marker).exists(), name
+    timings = json.loads(ctx.path("timings.json").read_text())
+    assert set(timings) == set(stage_table(ctx))
+    assert all(seconds > 0 for seconds in timings.values())
+
+
+def test_generator_loss_falls(tiny_run):
+    records = [json.loads(line) for line in tiny_run.ctx.path("log.jsonl").read_text().splitlines()]
+    losses = [r["noise_l1"] for r in records if r["stage"] == "generator"]
+    assert len(losses) >= 3
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_inv_id_recovers_codes_of_new_generated_samples(tiny_run):
+    """Held-out generated images (fresh codes and noises) map back near their codes, far better than chance."""
+    ctx = tiny_run.ctx
+    unet, saved = ctx.generator()
+    mlp, code_saved = ctx.code_sampler()
+    gen = torch.Generator().manual_seed(12345)
+    codes = sample_codes(mlp, code_saved, 128, ctx.diffusion, gen)
+    images = generate(unet, saved, codes, torch.randn((128, 3, *ctx.preset.resolution), generator=gen), ctx)
+    inv_id = ctx.new_inv_id()
+    inv_id.load_state_dict(ctx.load("inv_id_paper")["model"])
+    with torch.no_grad():
+        predicted = inv_id.eval()(images).numpy()
+    truth = codes.numpy()
+    error = ((predicted - truth) ** 2).sum(1).mean()
+    chance = ((truth - truth.mean(0)) ** 2).sum(1).mean()  # best constant guess
+    assert error < 0.5 * chance
+
+
+def test_hybrid_inv_id_ranks_held_out_identities(tiny_run):
+    validation = tiny_run.ctx.load("inv_id_hybrid")["validation"]
+    _, val = tiny_run.ctx.splits
+    identities = len(np.unique(val.person_ids))
+    assert validation["mAP"] > 2.0 / identities  # random ranking gives about 1/identities
+    assert validation["threshold_fmr1"] > 0
+
+
+def test_onnx_matches_torch_on_batches_of_1_and_7(tiny_run):
+    ctx = tiny_run.ctx
+    unet, _ = ctx.generator()
+    inv_id, inv_noise = ctx.new_inv_id(), ctx.new_inv_noise()
+    inv_id.load_state_dict(ctx.load(f"inv_id_{tiny_run.metadata['inv_id_mode']}")["model"])
+    inv_noise.load_state_dict(ctx.load("inv_noise")["model"])
+    from training.export import Denoiser
+
+    modules = {"inv_id": inv_id.eval(), "inv_noise": inv_noise.eval(), "denoiser": Denoiser(unet).eval()}
+    differences = parity(modules, tiny_run.models, ctx.preset.resolution, ctx.preset.code_dim, (1, 7))
+    assert set(differences) == {"inv_id", "inv_noise", "denoiser"}
+    assert max(differences.values()) <= 1e-4
+
+
+def test_export_serves_through_onnx_runtime(tiny_run, synthetic_root):
+    encoders = Encoders(tiny_run.models, device="cpu")
+    assert encoders.metadata.resolution == (64, 32)
+    assert encoders.metadata.match_threshold == tiny_run.metadata["match_threshold"]
+    _, val = tiny_run.ctx.splits
+    images = val.floats(slice(0, 5))
+    codes = encoders.identity(images)
+    assert codes.shape == (5, 32)
+    with torch.no_grad():
+        inv_id = tiny_run.ctx.new_inv_id()
+        inv_id.load_state_dict(tiny_run.ctx.load(f"inv_id_{tiny_run.metadata['inv_id_mode']}")["model"])
+        reference = embed(inv_id, val.subset(np.arange(len(val)) < 5), torch.device("cpu"))
+    np.testing.assert_allclose(codes, reference, atol=1e-4)
+    rendered = encoders.render(codes, encoders.noise(images))
+    assert rendered.shape == images.shape and rendered.min() >= 0 and rendered.max() <= 1
+
+
+def test_evaluate_command_prints_metrics(tiny_run, synthetic_root):
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "evaluate", "--data", str(synthetic_root), "--models",
+         str(tiny_run.models), "--device", "cpu"],
+        capture_output=True, text=True, check=True,
+    )
+    metrics = json.loads(result.stdout)
+    assert set(metrics) == {"mAP", "rank1", "rank5", "rank10", "mINP", "queries", "gallery"}
+    assert metrics["queries"] == 6 * 3 and metrics["gallery"] == 6 * 3 * 2
+    assert 0 <= metrics["mAP"] <= 1 and metrics["rank1"] <= metrics["rank5"] <= metrics["rank10"]
+
+
+def test_figures_are_written(tiny_run, tmp_path):
+    from training.figures import make_figures
+
+    written = make_figures(tiny_run.ctx, tmp_path, tiny_run.models)
+    names = {path.name for path in written}
+    assert names == {"generation.png", "reconstruction.png", "neighbours.png", "sweep.png", "retrieval.png"}
+    from PIL import Image
+
+    with Image.open(tmp_path / "generation.png") as image:
+        # 8 noises across, 6 identities down; tiles are 64x32 crops scaled 3x with a 4-pixel gap.
+        assert image.size == (8 * (32 * 3 + 4) + 4, 6 * (64 * 3 + 4) + 4)
