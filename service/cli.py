@@ -1,6 +1,6 @@
 """The `genreid` command.
 
-`serve` and `evaluate` need only the serve extra; `train`, `export` and `figures` import torch lazily
+`serve` and `evaluate` need only the serve extra; `train`, `export`, `figures` and `card` import torch lazily
 through training/cli.py, so a serve-only install never touches it.
 """
 
@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-TRAINING_COMMANDS = ("train", "export", "figures")
+TRAINING_COMMANDS = ("train", "export", "figures", "card")
 DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 

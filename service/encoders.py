@@ -113,6 +113,9 @@ class Encoders:
                 raise ModelError(f"{path}: missing model file")
             self.sessions[name] = ort.InferenceSession(str(path), options, providers=providers)
         self.providers = self.sessions["inv_id"].get_providers()
+        if device == "cuda" and self.providers[0] != "CUDAExecutionProvider":
+            # ONNX Runtime falls back to the CPU silently when the CUDA libraries fail to load.
+            raise ModelError(f"device 'cuda' requested but ONNX Runtime runs on {self.providers}")
         log.info("loaded models from %s on %s", self.models_dir, self.providers)
 
     @property

@@ -1,4 +1,4 @@
-"""`genreid train`, `genreid export` and `genreid figures` (reached lazily from service/cli.py)."""
+"""`genreid train`, `export`, `figures` and `card` (reached lazily from service/cli.py)."""
 
 from __future__ import annotations
 
@@ -85,6 +85,14 @@ def figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def card(args: argparse.Namespace) -> int:
+    from training.model_card import write_card
+
+    preset, data = load_run(args.run_dir)
+    print(write_card(_context(preset, data, args.run_dir, args.cache_dir, None), args.models))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genreid")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -106,7 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     fig.add_argument("--out", type=Path, default=Path("docs/figures"))
     fig.add_argument("--models", type=Path, default=Path("models"), help="exported models (for retrieval)")
     fig.set_defaults(handler=figures)
-    for sub in (run, out, fig):
+    model_card = commands.add_parser("card", help="write MODEL_CARD.md (+ .json): training facts and test metrics")
+    model_card.add_argument("run_dir", type=Path)
+    model_card.add_argument("--models", type=Path, default=Path("models"), help="the exported model directory")
+    model_card.set_defaults(handler=card)
+    for sub in (run, out, fig, model_card):
         sub.add_argument("--cache-dir", type=Path, help="decoded-image cache (default $XDG_CACHE_HOME/genreid)")
     return parser
 

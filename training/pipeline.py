@@ -6,7 +6,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 

@@ -113,3 +113,18 @@ def test_figures_are_written(tiny_run, tmp_path):
     with Image.open(tmp_path / "generation.png") as image:
         # 8 noises across, 6 identities down; tiles are 64x32 crops scaled 3x with a 4-pixel gap.
         assert image.size == (8 * (32 * 3 + 4) + 4, 6 * (64 * 3 + 4) + 4)
+
+
+def test_model_card_reports_both_inv_id_variants(tiny_run):
+    from training.model_card import CARD_JSON, write_card
+
+    path = write_card(tiny_run.ctx, tiny_run.models)
+    card = json.loads((tiny_run.models / CARD_JSON).read_text())
+    assert set(card["test"]) == {"hybrid", "paper"}
+    assert card["shipped_inv_id"] == tiny_run.metadata["inv_id_mode"]
+    # The shipped variant's test metrics come through ONNX Runtime and match `genreid evaluate`'s path.
+    assert card["test"]["hybrid"]["gallery"] == 6 * 3 * 2
+    assert set(card["training_wall_seconds"]) >= {"generator", "codes", "samples", "inv_noise"}
+    text = path.read_text()
+    assert "Inv-Id `hybrid`" in text and "Inv-Id `paper`" in text
+    assert f"{card['match_threshold']:.4f}" in text
