@@ -147,15 +147,21 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
-        return "yes" if value else "NO"
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
     return str(value)
 
 
+def verdict(met: bool | None) -> str | None:
+    return None if met is None else "met" if met else "MISSED"
+
+
 def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """A plain aligned table of `columns` of `rows` (missing values print as '-')."""
-    cells = [[_cell(row.get(column)) for column in columns] for row in rows]
+    """A plain aligned table of `columns` of `rows` (missing values print as '-'; `target_met` as
+    met/MISSED)."""
+    cells = [[_cell(verdict(row.get(column)) if column == "target_met" else row.get(column)) for column in columns]
+             for row in rows]
     widths = [max(len(column), *(len(r[i]) for r in cells)) for i, column in enumerate(columns)]
     print(f"\n{title}")
     print("  ".join(column.ljust(w) for column, w in zip(columns, widths, strict=True)))

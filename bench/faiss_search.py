@@ -2,11 +2,13 @@
 index (IVF-Flat by default, or HNSW) at 10M with its recall@10 against exact search.
 
 The service searches one query at a time on an exact index (service/gallery.py), so the number that
-matters for /query is the single-query time; batched search (many queries in one call, BLAS) is reported
-beside it as the floor. FAISS scans a flat index for fewer than 20 queries with one thread per query, so a
-single query uses one core however many there are: two variants that would let it use all of them are
-timed too, `shards` (IndexShards with one threaded flat shard per core) and `blas` (the BLAS path forced
-for single queries, faiss.cvar.distance_compute_blas_threshold = 1).
+matters for /query is the single-query time; batched search (many queries in one call) is reported beside
+it as the floor. FAISS takes its BLAS path only when queries x dim reach distance_compute_blas_threshold
+(128,000 in faiss 1.15: 4,000 queries at 32-d), so a single query runs the plain scan, threaded or not
+depending on the FAISS version. Three variants are timed beside the service's configuration: `1 thread`
+(faiss.omp_set_num_threads(1): immune to OpenMP threads spinning while another process or ONNX Runtime holds
+the cores), `BLAS for 1 query` (distance_compute_blas_threshold = 1) and `threaded shards` (IndexShards,
+one flat shard per thread).
 
 Vectors are 32-d float32 (the identity code), generated chunk by chunk from seeded generators so that the
 exact ground truth at 10M can be brute-forced chunk by chunk without a second copy in memory (10M x 32 x 4 B
@@ -127,6 +129,12 @@ def bench_exact(args: argparse.Namespace, size: int) -> list[dict]:
     build = fill(flat, vectors)
     rows.append({"size": size, "index": "Flat (service)", "build_s": round(build, 2),
                  **time_search(flat, queries, args.single_queries)})
+    if args.threads > 1:
+        faiss.omp_set_num_threads(1)
+        try:
+            rows.append({"size": size, "index": "Flat, 1 thread", **time_search(flat, queries, args.single_queries)})
+        finally:
+            faiss.omp_set_num_threads(args.threads)
     threshold = faiss.cvar.distance_compute_blas_threshold
     faiss.cvar.distance_compute_blas_threshold = 1
     try:

@@ -43,7 +43,7 @@ def _open(source: bytes | str | Path, max_pixels: int) -> Image.Image:
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError("not an image in a format this service reads (JPEG, PNG, WebP, BMP, GIF, TIFF, ...)") from None
+        raise ImageError("not a readable image: unknown format (JPEG, PNG, WebP, BMP, GIF, TIFF, ... are read)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(f"image too large to decode safely: {err}") from None
     except (OSError, SyntaxError, ValueError) as err:

@@ -72,11 +72,12 @@ PRESETS: dict[str, Preset] = {
         val_identities=4,
         checkpoint_seconds=0.0,
     ),
+    # The shipped model: about 2.5 hours of this 2-core CPU in all (wall times in models/MODEL_CARD.md).
     "cpu": Preset(
         name="cpu",
         widths=(32, 64, 128, 256),
         blocks=2,
-        generator_steps=7_000,
+        generator_steps=5_000,
         generator_batch=32,
         generator_lr=3e-4,
         code_lr=2e-3,
@@ -84,7 +85,7 @@ PRESETS: dict[str, Preset] = {
         codes_steps=8_000,
         samples=12_000,
         inv_widths=(32, 64, 128, 256),
-        inv_id_steps=4_000,
+        inv_id_steps=2_500,
         inv_id_batch=64,
         inv_id_lr=3e-4,
         inv_noise_steps=1_500,
