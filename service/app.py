@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 
+import faiss
 from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
@@ -26,7 +27,8 @@ def open_services(settings: Settings) -> Services:
     """Load the ONNX models (GPU when usable) and rebuild the FAISS index from the gallery store."""
     encoders = Encoders(settings.models, device=settings.device, threads=settings.threads)
     search_copy = gpu_search_copy(settings.device)
-    store = Gallery(settings.data, encoders.metadata.code_dim, search_copy)
+    faiss.omp_set_num_threads(settings.search_threads)
+    store = Gallery(settings.data, encoders.metadata.code_dim, search_copy, settings.power_safe)
     faiss_device = "cpu" if search_copy is None else "gpu"
     log.info(
         "models %s on %s; FAISS on %s; gallery %s holds %d entries",

@@ -43,9 +43,9 @@ def _open(source: bytes | str | Path, max_pixels: int) -> Image.Image:
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError("not a readable image: unknown format (JPEG, PNG, WebP, BMP, GIF, TIFF, ... are read)") from None
+        raise ImageError("not a readable image: unknown format (JPEG, PNG, WebP, BMP, GIF, TIFF are read)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"image too large to decode safely: {err}") from None
+        raise ImageError(f"not a readable image: {err}") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"corrupt or truncated image: {err}") from None
     return image

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging")
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default)")
+    search_threads: int = Field(
+        1, ge=1, description="FAISS threads per search: 1 avoids OpenMP spinning against inference threads"
+    )
+    power_safe: bool = Field(
+        False, description="fsync every gallery write (survives power loss; kill -9 is survived either way)"
+    )
 
     @field_validator("api_key", mode="before")
     @classmethod
