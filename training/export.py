@@ -45,6 +45,42 @@ def _export(module: nn.Module, example: tuple[torch.Tensor, ...], names: list[st
     )
 
 
+def round_weights_to_half(module: nn.Module) -> nn.Module:
+    """Round every parameter to the nearest float16 value (computation stays float32), so the weights can be
+    stored in half precision losslessly and the exported files fit the 60 MB budget of models/."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(parameter.half().float())
+    return module
+
+
+def store_weights_as_half(path: Path, min_size: int = 1024) -> None:
+    """Rewrite float32 initializers that float16 holds exactly as float16 + a Cast node: half the bytes, the
+    same numbers (ONNX Runtime folds the casts when it loads the model)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    casts, kept = [], []
+    for initializer in graph.initializer:
+        values = numpy_helper.to_array(initializer)
+        half = values.astype(np.float16)
+        if values.dtype == np.float32 and values.size >= min_size and np.array_equal(half.astype(np.float32), values):
+            kept.append(numpy_helper.from_array(half, initializer.name + "_fp16"))
+            casts.append(helper.make_node("Cast", [initializer.name + "_fp16"], [initializer.name],
+                                          to=onnx.TensorProto.FLOAT))
+        else:
+            kept.append(initializer)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 def _examples(batch: int, resolution: tuple[int, int], code_dim: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
@@ -87,11 +123,15 @@ def export_run(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
     inv_noise.load_state_dict(inv_noise_saved["model"])
     modules = {"inv_id": inv_id.cpu().eval(), "inv_noise": inv_noise.cpu().eval(),
                "denoiser": Denoiser(unet.cpu().float()).eval()}
+    for module in modules.values():
+        round_weights_to_half(module)
     example = {k: torch.from_numpy(v) for k, v in _examples(2, preset.resolution, preset.code_dim, 0).items()}
     _export(modules["inv_id"], (example["image"],), ["image"], "code", models_dir / MODEL_FILES["inv_id"])
     _export(modules["inv_noise"], (example["image"],), ["image"], "noise", models_dir / MODEL_FILES["inv_noise"])
     _export(modules["denoiser"], (example["noisy"], example["noise_variance"], example["code"]),
             ["noisy", "noise_variance", "code"], "eps", models_dir / MODEL_FILES["denoiser"])
+    for filename in MODEL_FILES.values():
+        store_weights_as_half(models_dir / filename)
     differences = parity(modules, models_dir, preset.resolution, preset.code_dim)
     if max(differences.values()) > PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX Runtime disagrees with torch beyond {PARITY_TOLERANCE}: {differences}")

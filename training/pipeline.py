@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -35,14 +37,22 @@ def stage_table(ctx: StageContext) -> dict[str, tuple[str, Callable[[], None]]]:
     return table
 
 
+def record_time(path: Path, stage: str, seconds: float) -> None:
+    """Add `seconds` to the stage's wall time; read just before writing, since stages of one run may train
+    in parallel processes."""
+    timings = json.loads(path.read_text()) if path.is_file() else {}
+    timings[stage] = timings.get(stage, 0.0) + seconds
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(timings, indent=2) + "\n")
+    os.replace(partial, path)
+
+
 def run_stages(ctx: StageContext, only: str | None = None) -> None:
     """Run every unfinished stage (or just `only`), recording wall time per stage in timings.json."""
     torch.manual_seed(ctx.preset.seed)
     table = stage_table(ctx)
     if only is not None and only not in table:
         raise KeyError(f"unknown stage {only!r}; stages are {list(table)}")
-    timings_path = ctx.path("timings.json")
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     for name, (marker, run) in table.items():
         if (only is not None and name != only) or ctx.path(marker).exists():
             continue
@@ -51,9 +61,8 @@ def run_stages(ctx: StageContext, only: str | None = None) -> None:
         run()
         if ctx.runtime.world > 1:
             torch.distributed.barrier()  # later stages read what rank 0 wrote
-        timings[name] = timings.get(name, 0.0) + time.monotonic() - start
         if ctx.runtime.is_main:
-            timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+            record_time(ctx.path("timings.json"), name, time.monotonic() - start)
         if not ctx.path(marker).exists():
             log.info("stage %s: stopped before the end; run the same command again to resume", name)
             return
