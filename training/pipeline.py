@@ -49,7 +49,6 @@ def record_time(path: Path, stage: str, seconds: float) -> None:
 
 def run_stages(ctx: StageContext, only: str | None = None) -> None:
     """Run every unfinished stage (or just `only`), recording wall time per stage in timings.json."""
-    torch.manual_seed(ctx.preset.seed)
     table = stage_table(ctx)
     if only is not None and only not in table:
         raise KeyError(f"unknown stage {only!r}; stages are {list(table)}")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from service.encoders import Encoders
-from training.export import parity
+from training.export import parity, round_weights_to_half
 from training.pipeline import stage_table
 from training.stages.codes import sample_codes
 from training.stages.inverters import embed
@@ -67,7 +67,9 @@ def test_onnx_matches_torch_on_batches_of_1_and_7(tiny_run):
     inv_noise.load_state_dict(ctx.load("inv_noise")["model"])
     from training.export import Denoiser
 
-    modules = {"inv_id": inv_id.eval(), "inv_noise": inv_noise.eval(), "denoiser": Denoiser(unet).eval()}
+    # What export ships: the trained weights rounded to float16 (stored as such), computing in float32.
+    modules = {name: round_weights_to_half(module.eval()) for name, module in
+               {"inv_id": inv_id, "inv_noise": inv_noise, "denoiser": Denoiser(unet)}.items()}
     differences = parity(modules, tiny_run.models, ctx.preset.resolution, ctx.preset.code_dim, (1, 7))
     assert set(differences) == {"inv_id", "inv_noise", "denoiser"}
     assert max(differences.values()) <= 1e-4
@@ -84,7 +86,7 @@ def test_export_serves_through_onnx_runtime(tiny_run, synthetic_root):
     with torch.no_grad():
         inv_id = tiny_run.ctx.new_inv_id()
         inv_id.load_state_dict(tiny_run.ctx.load(f"inv_id_{tiny_run.metadata['inv_id_mode']}")["model"])
-        reference = embed(inv_id, val.subset(np.arange(len(val)) < 5), torch.device("cpu"))
+        reference = embed(round_weights_to_half(inv_id), val.subset(np.arange(len(val)) < 5), torch.device("cpu"))
     np.testing.assert_allclose(codes, reference, atol=1e-4)
     rendered = encoders.render(codes, encoders.noise(images))
     assert rendered.shape == images.shape and rendered.min() >= 0 and rendered.max() <= 1

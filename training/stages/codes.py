@@ -34,6 +34,7 @@ def sample_codes(mlp: CodeMLP, saved: dict, count: int, diffusion: Diffusion, ge
 
 
 def train_codes(ctx: StageContext) -> None:
+    torch.manual_seed(ctx.preset.seed)  # initial weights depend on the preset's seed alone
     preset, runtime = ctx.preset, ctx.runtime
     table = ctx.load("generator")["codes"].to(runtime.device)
     mean, std = table.mean(0), table.std(0)

@@ -46,6 +46,7 @@ def code_statistics(codes: np.ndarray) -> dict[str, float]:
 
 def train_generator(ctx: StageContext) -> ConditionalGenerator:
     """Train (or resume) the generator; returns the model as trained so far."""
+    torch.manual_seed(ctx.preset.seed)  # initial weights depend on the preset's seed alone
     preset, runtime = ctx.preset, ctx.runtime
     train, _ = ctx.splits
     person_ids = np.unique(train.person_ids)

@@ -67,6 +67,7 @@ def validate_inv_id(model: torch.nn.Module, val: ImageSet, device: torch.device,
 
 
 def train_inv_id(ctx: StageContext, mode: str) -> None:
+    torch.manual_seed(ctx.preset.seed)  # initial weights depend on the preset's seed alone
     if mode not in MODES:
         raise ValueError(f"unknown Inv-Id mode {mode!r}; choose one of {MODES}")
     preset, runtime = ctx.preset, ctx.runtime
@@ -148,6 +149,7 @@ def reconstruction_error(ctx: StageContext, inv_id: torch.nn.Module, inv_noise: 
 
 
 def train_inv_noise(ctx: StageContext) -> None:
+    torch.manual_seed(ctx.preset.seed)  # initial weights depend on the preset's seed alone
     preset, runtime = ctx.preset, ctx.runtime
     triples = load_triples(ctx)
     model = ctx.new_inv_noise()
