@@ -78,6 +78,7 @@ def build_card(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
     shipped = metadata.extra["inv_id_mode"]
     timings = json.loads(ctx.path("timings.json").read_text())
     train, val = ctx.splits
+    finished = [mode for mode in ctx.preset.inv_id_modes if ctx.finished(f"inv_id_{mode}")]
     return {
         "data": {
             "root": ctx.data_root.name,
@@ -91,8 +92,8 @@ def build_card(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
         "hardware": hardware(),
         "shipped_inv_id": shipped,
         "test": test_metrics(ctx, encoders, shipped),
-        "validation": {mode: ctx.load(f"inv_id_{mode}")["validation"] for mode in ctx.preset.inv_id_modes
-                       if ctx.finished(f"inv_id_{mode}")},
+        "validation": {mode: ctx.load(f"inv_id_{mode}")["validation"] for mode in finished},
+        "inv_id_steps": {mode: ctx.load(f"inv_id_{mode}").get("steps", ctx.preset.inv_id_steps) for mode in finished},
         "match_threshold": metadata.match_threshold,
         "reconstruction": {"validation": metadata.extra["reconstruction"],
                            "test_queries": reconstruction_on_test(ctx, encoders)},
@@ -108,7 +109,8 @@ def _pct(value: float) -> str:
 def render_markdown(card: dict[str, Any]) -> str:
     data, test = card["data"], card["test"]
     rows = "\n".join(
-        f"| Inv-Id `{mode}`{' (shipped)' if mode == card['shipped_inv_id'] else ''} | {_pct(m['mAP'])} | "
+        f"| Inv-Id `{mode}`{' (shipped)' if mode == card['shipped_inv_id'] else ''}, "
+        f"{card['inv_id_steps'][mode]} steps x {card['preset']['inv_id_batch']} | {_pct(m['mAP'])} | "
         f"{_pct(m['rank1'])} | {_pct(m['rank5'])} | {_pct(m['rank10'])} | {_pct(m['mINP'])} |"
         for mode, m in test.items()
     )

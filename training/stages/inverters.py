@@ -131,7 +131,8 @@ def train_inv_id(ctx: StageContext, mode: str) -> None:
     metrics = validate_inv_id(model, val, runtime.device, preset.seed)
     log.info("%s done; validation %s", name, metrics)
     if runtime.is_main:
-        save_atomic({"model": model.state_dict(), "validation": metrics}, ctx.path(f"{name}.pt"))
+        save_atomic({"model": model.state_dict(), "validation": metrics, "steps": preset.inv_id_steps},
+                    ctx.path(f"{name}.pt"))
 
 
 def reconstruction_error(ctx: StageContext, inv_id: torch.nn.Module, inv_noise: torch.nn.Module,
