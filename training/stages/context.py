@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -42,7 +43,14 @@ class StageContext:
     def path(self, name: str) -> Path:
         return self.run_dir / name
 
-    def loop(self, name: str, total: int, items_per_step: int, state_fn, load_fn) -> StageLoop:
+    def loop(
+        self,
+        name: str,
+        total: int,
+        items_per_step: int,
+        state_fn: Callable[[], dict[str, Any]],
+        load_fn: Callable[[dict[str, Any]], None],
+    ) -> StageLoop:
         return StageLoop(
             name, total, self.path(f"{name}.ckpt"), self.runtime, state_fn, load_fn,
             log_path=self.path("log.jsonl"), items_per_step=items_per_step,

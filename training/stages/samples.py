@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from training.networks.unet import UNet
 from training.stages.codes import sample_codes
 from training.stages.context import StageContext, denormalise
 
@@ -42,11 +43,11 @@ def load_triples(ctx: StageContext) -> Triples:
         return Triples(saved["images"], saved["codes"], saved["noises"])
 
 
-def generate(unet, saved: dict, codes: torch.Tensor, noises: torch.Tensor, ctx: StageContext) -> torch.Tensor:
+def generate(unet: UNet, saved: dict, codes: torch.Tensor, noises: torch.Tensor, ctx: StageContext) -> torch.Tensor:
     """Images in [0, 1] of identities `codes` from starting noises `noises`."""
     mean, std = saved["mean"].to(noises.device), saved["std"].to(noises.device)
 
-    def denoise(x, variance, c):
+    def denoise(x: torch.Tensor, variance: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         with ctx.runtime.autocast():
             return unet(x, variance, c)
 
