@@ -42,6 +42,7 @@ class Preset:
     val_identities: int = 50
     seed: int = 0
     checkpoint_seconds: float = 300.0
+    log_every: int = 50  # steps per line of log.jsonl (and per images/s window)
 
     def as_dict(self) -> dict:
         return asdict(self)

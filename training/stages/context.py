@@ -54,7 +54,8 @@ class StageContext:
         return StageLoop(
             name, total, self.path(f"{name}.ckpt"), self.runtime, state_fn, load_fn,
             log_path=self.path("log.jsonl"), items_per_step=items_per_step,
-            checkpoint_seconds=self.preset.checkpoint_seconds, stop_after=self.stop_after,
+            checkpoint_seconds=self.preset.checkpoint_seconds, log_every=self.preset.log_every,
+            stop_after=self.stop_after,
         )
 
     def finished(self, name: str) -> bool:

@@ -51,7 +51,6 @@ def train_generator(ctx: StageContext) -> ConditionalGenerator:
     train, _ = ctx.splits
     person_ids = np.unique(train.person_ids)
     labels_np = np.searchsorted(person_ids, train.person_ids)
-    images = torch.from_numpy(train.images)  # uint8 on CPU; batches move to the device
     floats = to_device_floats(train.images, torch.device("cpu"))
     mean, std = floats.mean(dim=(0, 2, 3)).to(runtime.device), floats.std(dim=(0, 2, 3)).to(runtime.device)
     del floats
@@ -79,7 +78,7 @@ def train_generator(ctx: StageContext) -> ConditionalGenerator:
     def step(index: int) -> dict[str, float]:
         _, gen = step_generator(preset.seed, index, runtime.rank)
         batch = batch_indices(len(train), preset.generator_batch, index, preset.seed, runtime.rank, runtime.world)
-        x0 = normalise(to_device_floats(images[batch].numpy(), runtime.device), mean, std)
+        x0 = normalise(to_device_floats(train.images[batch], runtime.device), mean, std)
         (x0,) = random_flip(x0, gen)
         eps = torch.randn(x0.shape, generator=gen).to(runtime.device)
         t = torch.rand(len(x0), generator=gen).to(runtime.device)
