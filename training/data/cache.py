@@ -56,7 +56,8 @@ def load_split(
     images = np.stack([decode_resized(c.path, size) for c in tqdm(crops, desc=f"decode {split}", leave=False)])
     result = ImageSet(images, np.array([c.person_id for c in crops]), np.array([c.camera for c in crops]))
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp.npz")
+    # A temporary name per process: torchrun ranks may decode the same split at once.
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
     np.savez(partial, images=result.images, person_ids=result.person_ids, cameras=result.cameras)
     os.replace(partial, path)
     return result
