@@ -91,7 +91,7 @@ def export_untrained(preset_name: str, directory: Path) -> Path:
     preset = get_preset(preset_name)
     torch.manual_seed(preset.seed)
     modules = {
-        "inv_id": InvId(preset.inv_widths, preset.blocks, preset.resolution, preset.code_dim),
+        "inv_id": InvId(preset.inv_widths, preset.blocks, preset.resolution, preset.code_dim, preset.inv_id_stripes),
         "inv_noise": InvNoise(preset.inv_widths, preset.blocks),
         "denoiser": Denoiser(UNet(preset.widths, preset.blocks, preset.code_dim, embed_dim=64)),
     }

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging")
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default)")
+    spinning: bool = Field(
+        False, description="ONNX Runtime threads busy-wait between runs (for hosts with cores to spare)"
+    )
     search_threads: int = Field(
         1, ge=1, description="FAISS threads per search: 1 avoids OpenMP spinning against inference threads"
     )

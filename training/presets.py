@@ -34,7 +34,13 @@ class Preset:
     inv_id_batch: int = 64
     inv_id_lr: float = 4e-5
     inv_id_modes: tuple[str, ...] = ("hybrid", "paper")
+    inv_id_stripes: int = 0  # 0: flatten the trunk's whole feature map; n: average it into n horizontal stripes
     real_fraction: float = 0.5  # share of each hybrid batch that is real crops targeting their learned code
+    # Regularisers of the hybrid Inv-Id's real crops (picked on the validation identities).
+    real_identities: int = 0  # draw the real crops as this many identities x (real crops / this) each; 0: at random
+    triplet_weight: float = 0.0  # batch-hard triplet loss on the real crops' codes (needs real_identities)
+    label_smoothing: float = 0.0  # of the softmax over the learned codes
+    inv_id_weight_decay: float = 0.0  # decoupled (AdamW)
     inv_noise_steps: int = 50_000
     inv_noise_batch: int = 64
     inv_noise_lr: float = 1e-4

@@ -86,7 +86,8 @@ class StageContext:
         return mlp.to(self.runtime.device).eval(), saved
 
     def new_inv_id(self) -> InvId:
-        return InvId(self.preset.inv_widths, self.preset.blocks, self.preset.resolution, self.preset.code_dim)
+        preset = self.preset
+        return InvId(preset.inv_widths, preset.blocks, preset.resolution, preset.code_dim, preset.inv_id_stripes)
 
     def new_inv_noise(self) -> InvNoise:
         return InvNoise(self.preset.inv_widths, self.preset.blocks)

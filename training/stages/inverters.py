@@ -44,6 +44,24 @@ def augment_real(images: torch.Tensor, gen: torch.Generator, pad: int = 3) -> to
     return out
 
 
+def identity_batch(labels: np.ndarray, identities: int, per_identity: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of `identities` distinct labels x `per_identity` crops each (repeats only for rarer labels), so a
+    batch holds positives and hard negatives for the triplet loss."""
+    by_label = {label: np.flatnonzero(labels == label) for label in np.unique(labels)}
+    chosen = rng.choice(list(by_label), size=identities, replace=False)
+    return np.concatenate([rng.choice(by_label[label], size=per_identity, replace=len(by_label[label]) < per_identity)
+                           for label in chosen])
+
+
+def batch_hard_triplet(codes: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+    """Mean over anchors of relu(farthest positive - nearest negative + margin) (Hermans et al., 2017)."""
+    dist = torch.cdist(codes, codes)
+    same = labels[:, None] == labels[None, :]
+    hardest_positive = dist.masked_fill(~same, 0.0).max(1).values
+    hardest_negative = dist.masked_fill(same, math.inf).min(1).values
+    return F.relu(hardest_positive - hardest_negative + margin).mean()
+
+
 @torch.no_grad()
 def embed(model: torch.nn.Module, data: ImageSet, device: torch.device, batch: int = 256) -> np.ndarray:
     model.eval()
@@ -79,13 +97,17 @@ def train_inv_id(ctx: StageContext, mode: str) -> None:
     labels_np = np.searchsorted(generator["person_ids"], train.person_ids)
     real_count = round(preset.inv_id_batch * preset.real_fraction) if mode == "hybrid" else 0
     generated_count = preset.inv_id_batch - real_count
+    if preset.triplet_weight and not (real_count and preset.real_identities):
+        raise ValueError("triplet_weight needs a hybrid Inv-Id with real_identities > 0")
+    if real_count and preset.real_identities and real_count % preset.real_identities:
+        raise ValueError(f"real_identities={preset.real_identities} must divide the {real_count} real crops per batch")
     # Softmax temperature from the code geometry: the nearest other code sits 4 logits below one's own.
-    nearest = torch.cdist(table, table).fill_diagonal_(math.inf).min(1).values.mean()
-    scale = 4.0 / nearest.pow(2).item()
+    nearest = torch.cdist(table, table).fill_diagonal_(math.inf).min(1).values.mean().item()
+    scale = 4.0 / nearest**2
 
     model = ctx.new_inv_id()
     wrapped = runtime.wrap(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=preset.inv_id_lr)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=preset.inv_id_lr, weight_decay=preset.inv_id_weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, preset.inv_id_lr, total_steps=preset.inv_id_steps,
                                                    pct_start=0.05)
 
@@ -99,12 +121,15 @@ def train_inv_id(ctx: StageContext, mode: str) -> None:
 
     def step(index: int) -> dict[str, float]:
         wrapped.train()
-        _, gen = step_generator(preset.seed, index, runtime.rank, salt=4)
+        rng, gen = step_generator(preset.seed, index, runtime.rank, salt=4)
         picked = batch_indices(len(triples), generated_count, index, preset.seed + 1, runtime.rank, runtime.world)
         (images,) = random_flip(to_device_floats(triples.images[picked], runtime.device), gen)
         targets = torch.from_numpy(triples.codes[picked]).to(runtime.device)
         if real_count:
-            real = batch_indices(len(train), real_count, index, preset.seed + 2, runtime.rank, runtime.world)
+            if preset.real_identities:
+                real = identity_batch(labels_np, preset.real_identities, real_count // preset.real_identities, rng)
+            else:
+                real = batch_indices(len(train), real_count, index, preset.seed + 2, runtime.rank, runtime.world)
             images = torch.cat([images, augment_real(to_device_floats(train.images[real], runtime.device), gen)])
             real_labels = torch.from_numpy(labels_np[real]).to(runtime.device)
             targets = torch.cat([targets, table[real_labels]])
@@ -114,10 +139,15 @@ def train_inv_id(ctx: StageContext, mode: str) -> None:
         loss = mse
         metrics = {"mse": mse.item()}
         if real_count:
-            logits = -scale * torch.cdist(predicted[generated_count:], table).pow(2)
-            ce = F.cross_entropy(logits, real_labels)
+            real_codes = predicted[generated_count:]
+            logits = -scale * torch.cdist(real_codes, table).pow(2)
+            ce = F.cross_entropy(logits, real_labels, label_smoothing=preset.label_smoothing)
             loss = loss + ce
             metrics["ce"] = ce.item()
+            if preset.triplet_weight:
+                triplet = batch_hard_triplet(real_codes, real_labels, margin=nearest)
+                loss = loss + preset.triplet_weight * triplet
+                metrics["triplet"] = triplet.item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
