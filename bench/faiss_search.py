@@ -1,14 +1,13 @@
 """FAISS search time against gallery size: exact IndexFlatL2 at 10k, 100k and 1M entries, and an approximate
 index (IVF-Flat by default, or HNSW) at 10M with its recall@10 against exact search.
 
-The service searches one query at a time on an exact index (service/gallery.py), so the number that
-matters for /query is the single-query time; batched search (many queries in one call) is reported beside
-it as the floor. FAISS takes its BLAS path only when queries x dim reach distance_compute_blas_threshold
-(128,000 in faiss 1.15: 4,000 queries at 32-d), so a single query runs the plain scan, threaded or not
-depending on the FAISS version. Three variants are timed beside the service's configuration: `1 thread`
-(faiss.omp_set_num_threads(1): immune to OpenMP threads spinning while another process or ONNX Runtime holds
-the cores), `BLAS for 1 query` (distance_compute_blas_threshold = 1) and `threaded shards` (IndexShards,
-one flat shard per thread).
+The service searches one query at a time on an exact index, so the number that matters for /query is the
+single-query time of the service's own `service.gallery.VectorIndex` at the service's default FAISS thread
+count (`Settings.search_threads`); batched search (many queries in one call) is reported beside it as the
+floor. FAISS takes its BLAS path only when queries x dim reach distance_compute_blas_threshold (128,000 in
+faiss 1.15: 4,000 queries at 32-d), so a single query runs the plain scan. The alternatives timed beside it:
+plain Flat at `--threads` OpenMP threads, `BLAS for 1 query` (distance_compute_blas_threshold = 1) and
+`threaded shards` (IndexShards, one single-threaded flat shard per thread).
 
 Vectors are 32-d float32 (the identity code), generated chunk by chunk from seeded generators so that the
 exact ground truth at 10M can be brute-forced chunk by chunk without a second copy in memory (10M x 32 x 4 B
@@ -42,8 +41,12 @@ from _common import (
     write_result,
 )
 
+from service.gallery import VectorIndex
+from service.settings import Settings
+
 TARGET_1M_MS = 10.0
 K = 10
+SERVICE_ROW = "VectorIndex (the service's)"
 
 
 class Vectors:
@@ -121,37 +124,44 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def bench_exact(args: argparse.Namespace, size: int) -> list[dict]:
-    """Flat L2 at `size`: as the service searches, and the two multi-core single-query variants."""
+    """Exact search at `size`: the service's own index at its search-thread setting, then the alternatives."""
     vectors = Vectors(size, args.dim, args.distribution, args.seed, args.chunk, args.per_identity)
     queries = vectors.sample(args.queries, salt=size)
-    rows = []
+    service_threads = Settings().search_threads
+    index = VectorIndex(args.dim)
+    with Stopwatch() as build:
+        for offset, chunk in vectors.chunks():
+            index.add(np.arange(offset, offset + len(chunk), dtype=np.int64), chunk)
+    faiss.omp_set_num_threads(service_threads)
+    rows = [{"size": size, "index": SERVICE_ROW, "threads": service_threads, "build_s": round(build.seconds, 2),
+             **time_search(index.master, queries, args.single_queries)}]
+    del index
+    gc.collect()
     flat = faiss.IndexFlatL2(args.dim)
-    build = fill(flat, vectors)
-    rows.append({"size": size, "index": "Flat (service)", "build_s": round(build, 2),
-                 **time_search(flat, queries, args.single_queries)})
-    if args.threads > 1:
-        faiss.omp_set_num_threads(1)
-        try:
-            rows.append({"size": size, "index": "Flat, 1 thread", **time_search(flat, queries, args.single_queries)})
-        finally:
-            faiss.omp_set_num_threads(args.threads)
+    build_s = fill(flat, vectors)
+    faiss.omp_set_num_threads(args.threads)
+    if args.threads != service_threads:
+        rows.append({"size": size, "index": "Flat", "threads": args.threads, "build_s": round(build_s, 2),
+                     **time_search(flat, queries, args.single_queries)})
     threshold = faiss.cvar.distance_compute_blas_threshold
     faiss.cvar.distance_compute_blas_threshold = 1
     try:
-        rows.append({"size": size, "index": "Flat, BLAS for 1 query",
+        rows.append({"size": size, "index": "Flat, BLAS for 1 query", "threads": args.threads,
                      **time_search(flat, queries, args.single_queries)})
     finally:
         faiss.cvar.distance_compute_blas_threshold = threshold
     del flat
     gc.collect()
     if args.threads > 1:
+        faiss.omp_set_num_threads(1)  # one thread inside each shard: the shards are the parallelism
         shards = faiss.IndexShards(args.dim, True, True)  # threaded, successive ids
         parts = [faiss.IndexFlatL2(args.dim) for _ in range(args.threads)]
         for part in parts:
             shards.add_shard(part)
-        build = fill(shards, vectors)
-        rows.append({"size": size, "index": f"Flat in {args.threads} threaded shards", "build_s": round(build, 2),
-                     **time_search(shards, queries, args.single_queries)})
+        build_s = fill(shards, vectors)
+        rows.append({"size": size, "index": f"Flat in {args.threads} threaded shards", "threads": args.threads,
+                     "build_s": round(build_s, 2), **time_search(shards, queries, args.single_queries)})
+        faiss.omp_set_num_threads(args.threads)
         del shards, parts
         gc.collect()
     return rows
@@ -234,10 +244,10 @@ def main() -> None:
     warn_if_busy(info)
     started = time.time()
     exact = [row for size in args.sizes for row in bench_exact(args, size)]
-    columns = ["size", "index", "build_s", "batch_ms_per_query", "single_p50_ms", "single_p99_ms"]
-    print_table(f"exact search, {args.dim}-d, k={K}, {args.threads} threads", exact, columns)
+    columns = ["size", "index", "threads", "build_s", "batch_ms_per_query", "single_p50_ms", "single_p99_ms"]
+    print_table(f"exact search, {args.dim}-d, k={K}", exact, columns)
     results: dict = {"exact": exact, "target_1m_ms": TARGET_1M_MS}
-    service_1m = [r for r in exact if r["size"] == 1_000_000 and r["index"] == "Flat (service)"]
+    service_1m = [r for r in exact if r["size"] == 1_000_000 and r["index"] == SERVICE_ROW]
     if service_1m:
         met = service_1m[0]["single_p50_ms"] <= TARGET_1M_MS
         results["target_met"] = met

@@ -15,7 +15,7 @@ from torch import nn
 from service.encoders import MODEL_FILES, ModelMetadata
 from training.networks.unet import UNet
 from training.stages.context import StageContext
-from training.stages.inverters import best_inv_id
+from training.stages.inverters import best_inv_id, reconstruction_error
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-4
@@ -118,9 +118,8 @@ def export_run(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
     inv_id_saved = best_inv_id(ctx)
     inv_id = ctx.new_inv_id()
     inv_id.load_state_dict(inv_id_saved["model"])
-    inv_noise_saved = ctx.load("inv_noise")
     inv_noise = ctx.new_inv_noise()
-    inv_noise.load_state_dict(inv_noise_saved["model"])
+    inv_noise.load_state_dict(ctx.load("inv_noise")["model"])
     modules = {"inv_id": inv_id.cpu().eval(), "inv_noise": inv_noise.cpu().eval(),
                "denoiser": Denoiser(unet.cpu().float()).eval()}
     for module in modules.values():
@@ -135,6 +134,8 @@ def export_run(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
     differences = parity(modules, models_dir, preset.resolution, preset.code_dim)
     if max(differences.values()) > PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX Runtime disagrees with torch beyond {PARITY_TOLERANCE}: {differences}")
+    _, val = ctx.splits
+    reconstruction = reconstruction_error(ctx, modules["inv_id"], modules["inv_noise"], val.images[:256])
     metadata = ModelMetadata(
         resolution=preset.resolution,
         code_dim=preset.code_dim,
@@ -147,7 +148,7 @@ def export_run(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
             "preset": preset.name,
             "inv_id_mode": inv_id_saved["mode"],
             "validation": inv_id_saved["validation"],
-            "reconstruction": inv_noise_saved["reconstruction"],
+            "reconstruction": reconstruction,
             "code_stats": generator["code_stats"],
             "identities": len(generator["person_ids"]),
             "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()},
