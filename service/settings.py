@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging")
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default)")
     spinning: bool = Field(
-        False, description="ONNX Runtime threads busy-wait between runs (for hosts with cores to spare)"
+        True, description="ONNX Runtime threads busy-wait between runs (off: for hosts shared with other CPU work)"
     )
     search_threads: int = Field(
         1, ge=1, description="FAISS threads per search: 1 avoids OpenMP spinning against inference threads"

@@ -97,8 +97,8 @@ def train_inv_id(ctx: StageContext, mode: str) -> None:
     labels_np = np.searchsorted(generator["person_ids"], train.person_ids)
     real_count = round(preset.inv_id_batch * preset.real_fraction) if mode == "hybrid" else 0
     generated_count = preset.inv_id_batch - real_count
-    if preset.triplet_weight and not (real_count and preset.real_identities):
-        raise ValueError("triplet_weight needs a hybrid Inv-Id with real_identities > 0")
+    if real_count and preset.triplet_weight and not preset.real_identities:
+        raise ValueError("triplet_weight needs real_identities > 0 (identity-balanced real crops)")
     if real_count and preset.real_identities and real_count % preset.real_identities:
         raise ValueError(f"real_identities={preset.real_identities} must divide the {real_count} real crops per batch")
     # Softmax temperature from the code geometry: the nearest other code sits 4 logits below one's own.
