@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from service.batching import Coalescer
 from service.schedule import Schedule, ddim_sample
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,9 @@ class Encoders:
         if device == "cuda" and self.providers[0] != "CUDAExecutionProvider":
             # ONNX Runtime falls back to the CPU silently when the CUDA libraries fail to load.
             raise ModelError(f"device 'cuda' requested but ONNX Runtime runs on {self.providers}")
+        # Concurrent requests' crops share one run per network (service/batching.py).
+        self._coalescers = {name: Coalescer(partial(self._run_session, name), batch_size)
+                            for name in ("inv_id", "inv_noise")}
         log.info("loaded models from %s on %s", self.models_dir, self.providers)
 
     @property
@@ -130,17 +135,22 @@ class Encoders:
         return self.metadata.resolution
 
     def _run(self, name: str, images: np.ndarray) -> np.ndarray:
+        """Checked here, so one caller's bad shape never fails the others it would be batched with."""
         images = np.ascontiguousarray(images, dtype=np.float32)
         expected = (3, *self.resolution)
         if images.ndim != 4 or images.shape[1:] != expected:
             raise ValueError(f"expected images of shape (N, {expected}), got {images.shape}")
+        if len(images) == 0:
+            return np.zeros((0,), np.float32)
+        return self._coalescers[name](images)
+
+    def _run_session(self, name: str, images: np.ndarray) -> np.ndarray:
         session = self.sessions[name]
         input_name = session.get_inputs()[0].name
-        outputs = [
+        return np.concatenate([
             session.run(None, {input_name: images[start : start + self.batch_size]})[0]
             for start in range(0, len(images), self.batch_size)
-        ]
-        return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+        ])
 
     def identity(self, images: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) in [0, 1] -> (N, code_dim) identity codes."""

@@ -101,9 +101,9 @@ def train_inv_id(ctx: StageContext, mode: str) -> None:
         raise ValueError("triplet_weight needs real_identities > 0 (identity-balanced real crops)")
     if real_count and preset.real_identities and real_count % preset.real_identities:
         raise ValueError(f"real_identities={preset.real_identities} must divide the {real_count} real crops per batch")
-    # Softmax temperature from the code geometry: the nearest other code sits 4 logits below one's own.
+    # Softmax temperature from the code geometry: the nearest other code sits `softmax_gap` logits below one's own.
     nearest = torch.cdist(table, table).fill_diagonal_(math.inf).min(1).values.mean().item()
-    scale = 4.0 / nearest**2
+    scale = preset.softmax_gap / nearest**2
 
     model = ctx.new_inv_id()
     wrapped = runtime.wrap(model)
