@@ -148,7 +148,10 @@ Same-person same-camera gallery crops are dropped per query; queries without a t
 
 The paper reports 73 mAP on the official split with a lenient evaluation (same-camera matches kept).
 `paper` = Inv-Id trained on generated images only, as in the paper; `hybrid` = also on real training crops
-targeting their identity's learned code.
+targeting their identity's learned code ({_pct(preset['real_fraction'])}% of each batch, {preset['real_identities']}
+identities at a time, triplet weight {preset['triplet_weight']}, label smoothing {preset['label_smoothing']}, weight
+decay {preset['inv_id_weight_decay']}; Inv-Id head over {preset['inv_id_stripes'] or 'no'} stripes). The recipe and
+how it was chosen on the validation identities: docs/METHOD.md in the repository.
 
 ## Match threshold
 Distance {card['match_threshold']:.4f}: 1% of different-person pairs of the validation identities fall under it
@@ -171,7 +174,8 @@ mean pairwise {card['code_stats']['pair_mean']:.3f}, max {card['code_stats']['pa
 {params}
 
 ## Training wall time
-On {device}, torch {hw['torch']}, bf16 autocast + channels_last.
+On {device}, torch {hw['torch']}, bf16 autocast + channels_last. As the run recorded it (timings.json): a stage that
+shared the machine with other work took longer than it would alone.
 
 | stage | minutes |
 | --- | --- |
