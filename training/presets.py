@@ -1,4 +1,4 @@
-"""Training configurations: `tiny` (tests, seconds), `cpu` (the shipped model, about 3 hours on 2 cores),
+"""Training configurations: `tiny` (tests, seconds), `cpu` (the shipped model, about 2 hours on 2 cores),
 `paper` (the paper's sizes, for GPU hosts)."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ PRESETS: dict[str, Preset] = {
         val_identities=4,
         checkpoint_seconds=0.0,
     ),
-    # The shipped model: about 2.5 hours of this 2-core CPU in all (wall times in models/MODEL_CARD.md).
+    # The shipped model: about 2 hours of this 2-core CPU in all (wall times in models/MODEL_CARD.md).
     "cpu": Preset(
         name="cpu",
         widths=(32, 64, 128, 256),
