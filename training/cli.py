@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -61,11 +60,11 @@ def train(args: argparse.Namespace) -> int:
         data = check_layout(args.data, ("train",)).resolve()
         preset = get_preset(args.preset or "cpu", **dict(args.set or []))
         run_dir.mkdir(parents=True, exist_ok=True)
-    # Write then rename: stages of one run may start in parallel processes that read it.
-    partial = run_dir / (CONFIG_FILE + ".partial")
-    partial.write_text(json.dumps({"preset": preset.as_dict(), "data": str(data)}, indent=2))
-    os.replace(partial, run_dir / CONFIG_FILE)
     from training.pipeline import run_stages
+    from training.trainer import write_text_atomic
+
+    # Stages of one run may start in parallel processes that read it.
+    write_text_atomic(run_dir / CONFIG_FILE, json.dumps({"preset": preset.as_dict(), "data": str(data)}, indent=2))
 
     run_stages(_context(preset, data, run_dir, args.cache_dir, args.stop_after), args.stage)
     return 0

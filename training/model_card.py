@@ -20,7 +20,7 @@ from service.encoders import Encoders, ModelMetadata
 from service.evaluation import evaluate_codes
 from training.data.cache import ImageSet, load_split
 from training.stages.context import StageContext
-from training.stages.inverters import embed
+from training.stages.inverters import embed, finished_inv_ids
 
 CARD_FILE, CARD_JSON = "MODEL_CARD.md", "MODEL_CARD.json"
 SUBSET = "market1501-subset"
@@ -45,19 +45,19 @@ def _metrics(q_codes: np.ndarray, g_codes: np.ndarray, query: ImageSet, gallery:
                           gallery.cameras).as_dict()
 
 
-def test_metrics(ctx: StageContext, encoders: Encoders, shipped_mode: str) -> dict[str, dict[str, Any]]:
+def test_metrics(
+    ctx: StageContext, encoders: Encoders, shipped_mode: str, finished: dict[str, dict]
+) -> dict[str, dict[str, Any]]:
     """Metrics on the test split for each finished Inv-Id; the shipped one through ONNX Runtime."""
     query = load_split(ctx.data_root, "query", ctx.preset.resolution, ctx.cache_dir)
     gallery = load_split(ctx.data_root, "gallery", ctx.preset.resolution, ctx.cache_dir)
     results = {}
-    for mode in ctx.preset.inv_id_modes:
-        if not ctx.finished(f"inv_id_{mode}"):
-            continue
+    for mode, saved in finished.items():
         if mode == shipped_mode:
             codes = encoders.identity(query.floats()), encoders.identity(gallery.floats())
         else:
             model = ctx.new_inv_id().to(ctx.runtime.device)
-            model.load_state_dict(ctx.load(f"inv_id_{mode}")["model"])
+            model.load_state_dict(saved["model"])
             codes = embed(model, query, ctx.runtime.device), embed(model, gallery, ctx.runtime.device)
         results[mode] = _metrics(*codes, query, gallery)
     return results
@@ -78,7 +78,7 @@ def build_card(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
     shipped = metadata.extra["inv_id_mode"]
     timings = json.loads(ctx.path("timings.json").read_text())
     train, val = ctx.splits
-    finished = [mode for mode in ctx.preset.inv_id_modes if ctx.finished(f"inv_id_{mode}")]
+    finished = finished_inv_ids(ctx)
     return {
         "data": {
             "root": ctx.data_root.name,
@@ -91,9 +91,9 @@ def build_card(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
         "training_wall_seconds": timings,
         "hardware": hardware(),
         "shipped_inv_id": shipped,
-        "test": test_metrics(ctx, encoders, shipped),
-        "validation": {mode: ctx.load(f"inv_id_{mode}")["validation"] for mode in finished},
-        "inv_id_steps": {mode: ctx.load(f"inv_id_{mode}").get("steps", ctx.preset.inv_id_steps) for mode in finished},
+        "test": test_metrics(ctx, encoders, shipped, finished),
+        "validation": {mode: saved["validation"] for mode, saved in finished.items()},
+        "inv_id_steps": {mode: saved.get("steps", ctx.preset.inv_id_steps) for mode, saved in finished.items()},
         "match_threshold": metadata.match_threshold,
         "reconstruction": {"validation": metadata.extra["reconstruction"],
                            "test_queries": reconstruction_on_test(ctx, encoders)},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from training.stages.context import StageContext
 from training.stages.generator import train_generator
 from training.stages.inverters import train_inv_id, train_inv_noise
 from training.stages.samples import make_samples
+from training.trainer import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,7 @@ def record_time(path: Path, stage: str, seconds: float) -> None:
     in parallel processes."""
     timings = json.loads(path.read_text()) if path.is_file() else {}
     timings[stage] = timings.get(stage, 0.0) + seconds
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(timings, indent=2) + "\n")
-    os.replace(partial, path)
+    write_text_atomic(path, json.dumps(timings, indent=2) + "\n")
 
 
 def run_stages(ctx: StageContext, only: str | None = None) -> None:

@@ -118,6 +118,13 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.replace(partial, path)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary name then rename: a process reading `path` meanwhile sees the old or the new text."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def _rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 

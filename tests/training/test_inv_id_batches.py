@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from training.stages.inverters import batch_hard_triplet, identity_batch
+from training.stages.inverters import batch_hard_triplet, group_by_label, identity_batch
 
 
 def test_identity_batch_draws_distinct_identities_with_k_crops_each():
     labels = np.repeat(np.arange(10), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
-    picked = identity_batch(labels, identities=5, per_identity=4, rng=np.random.default_rng(0))
+    picked = identity_batch(group_by_label(labels), identities=5, per_identity=4, rng=np.random.default_rng(0))
     assert picked.shape == (20,)
     groups = labels[picked].reshape(5, 4)
     assert (groups == groups[:, :1]).all()  # each block of 4 is one identity
@@ -23,9 +23,10 @@ def test_identity_batch_draws_distinct_identities_with_k_crops_each():
 
 def test_identity_batch_is_a_function_of_the_generator():
     labels = np.repeat(np.arange(30), 5)
-    first = identity_batch(labels, 8, 4, np.random.default_rng([3, 7]))
-    again = identity_batch(labels, 8, 4, np.random.default_rng([3, 7]))
-    other = identity_batch(labels, 8, 4, np.random.default_rng([3, 8]))
+    groups = group_by_label(labels)
+    first = identity_batch(groups, 8, 4, np.random.default_rng([3, 7]))
+    again = identity_batch(groups, 8, 4, np.random.default_rng([3, 7]))
+    other = identity_batch(groups, 8, 4, np.random.default_rng([3, 8]))
     assert np.array_equal(first, again) and not np.array_equal(first, other)
 
 

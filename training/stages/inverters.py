@@ -44,13 +44,19 @@ def augment_real(images: torch.Tensor, gen: torch.Generator, pad: int = 3) -> to
     return out
 
 
-def identity_batch(labels: np.ndarray, identities: int, per_identity: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of `identities` distinct labels x `per_identity` crops each (repeats only for rarer labels), so a
-    batch holds positives and hard negatives for the triplet loss."""
-    by_label = {label: np.flatnonzero(labels == label) for label in np.unique(labels)}
-    chosen = rng.choice(list(by_label), size=identities, replace=False)
-    return np.concatenate([rng.choice(by_label[label], size=per_identity, replace=len(by_label[label]) < per_identity)
-                           for label in chosen])
+def group_by_label(labels: np.ndarray) -> list[np.ndarray]:
+    """Indices of each distinct label's items, in label order (computed once, drawn from every step)."""
+    return [np.flatnonzero(labels == label) for label in np.unique(labels)]
+
+
+def identity_batch(
+    groups: list[np.ndarray], identities: int, per_identity: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Indices of `identities` distinct groups x `per_identity` items each (repeats only for smaller groups), so
+    a batch holds positives and hard negatives for the triplet loss."""
+    chosen = rng.choice(len(groups), size=identities, replace=False)
+    return np.concatenate([rng.choice(groups[g], size=per_identity, replace=len(groups[g]) < per_identity)
+                           for g in chosen])
 
 
 def batch_hard_triplet(codes: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
@@ -95,6 +101,7 @@ def train_inv_id(ctx: StageContext, mode: str) -> None:
     generator = ctx.load("generator")
     table = generator["codes"].to(runtime.device)
     labels_np = np.searchsorted(generator["person_ids"], train.person_ids)
+    groups = group_by_label(labels_np)
     real_count = round(preset.inv_id_batch * preset.real_fraction) if mode == "hybrid" else 0
     generated_count = preset.inv_id_batch - real_count
     if real_count and preset.triplet_weight and not preset.real_identities:
@@ -127,7 +134,7 @@ def train_inv_id(ctx: StageContext, mode: str) -> None:
         targets = torch.from_numpy(triples.codes[picked]).to(runtime.device)
         if real_count:
             if preset.real_identities:
-                real = identity_batch(labels_np, preset.real_identities, real_count // preset.real_identities, rng)
+                real = identity_batch(groups, preset.real_identities, real_count // preset.real_identities, rng)
             else:
                 real = batch_indices(len(train), real_count, index, preset.seed + 2, runtime.rank, runtime.world)
             images = torch.cat([images, augment_real(to_device_floats(train.images[real], runtime.device), gen)])
@@ -217,11 +224,16 @@ def train_inv_noise(ctx: StageContext) -> None:
         save_atomic({"model": model.state_dict()}, ctx.path("inv_noise.pt"))
 
 
+def finished_inv_ids(ctx: StageContext) -> dict[str, dict]:
+    """Mode -> saved result (weights, validation metrics, steps, mode) of every Inv-Id that has finished."""
+    return {mode: ctx.load(f"inv_id_{mode}") | {"mode": mode} for mode in ctx.preset.inv_id_modes
+            if ctx.finished(f"inv_id_{mode}")}
+
+
 def best_inv_id(ctx: StageContext) -> dict:
     """The finished Inv-Id with the best validation mAP (settings are picked on validation, never on test)."""
-    finished = [ctx.load(f"inv_id_{mode}") | {"mode": mode} for mode in ctx.preset.inv_id_modes
-                if ctx.finished(f"inv_id_{mode}")]
+    finished = finished_inv_ids(ctx)
     if not finished:
         raise FileNotFoundError("no Inv-Id has finished; run the inv_id stage first")
-    return max(finished, key=lambda saved: saved["validation"]["mAP"])
+    return max(finished.values(), key=lambda saved: saved["validation"]["mAP"])
 
