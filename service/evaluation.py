@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from service.similarity import code_distances
+
 _CHUNK = 512  # queries per block: bounds memory at the official size (3,368 x 15,913)
 
 
@@ -26,14 +28,6 @@ class RetrievalMetrics:
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
-
-
-def euclidean_distances(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
-    """(Q, D), (G, D) -> (Q, G) Euclidean distances, float32."""
-    query = np.asarray(query, dtype=np.float32)
-    gallery = np.asarray(gallery, dtype=np.float32)
-    squared = (query**2).sum(1)[:, None] + (gallery**2).sum(1)[None, :] - 2.0 * query @ gallery.T
-    return np.sqrt(np.maximum(squared, 0.0))
 
 
 def _block_stats(
@@ -104,5 +98,5 @@ def evaluate_codes(
     q_cams: np.ndarray,
     g_cams: np.ndarray,
 ) -> RetrievalMetrics:
-    """Rank the gallery by Euclidean distance between identity codes and score it."""
-    return evaluate_ranking(euclidean_distances(q_codes, g_codes), q_pids, g_pids, q_cams, g_cams)
+    """Rank the gallery as the service does (service.similarity) and score it."""
+    return evaluate_ranking(code_distances(q_codes, g_codes), q_pids, g_pids, q_cams, g_cams)

@@ -21,6 +21,8 @@ from typing import TextIO
 import faiss
 import numpy as np
 
+from service.similarity import unit_length
+
 DATABASE_FILE = "gallery.sqlite3"
 LOCK_FILE = "gallery.lock"
 SCHEMA = """
@@ -61,7 +63,7 @@ def gpu_search_copy(device: str) -> SearchCopy | None:
 
 
 class VectorIndex:
-    """Exact L2 search keyed by entry id."""
+    """Exact L2 search keyed by entry id (the Gallery feeds it unit-length codes)."""
 
     def __init__(self, dim: int, search_copy: SearchCopy | None = None):
         self.master = faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
@@ -133,7 +135,7 @@ class Gallery:
             self._remember(Entry(entry_id, person_id, camera))
         ids = np.fromiter((row[0] for row in rows), np.int64, len(rows))
         codes = np.frombuffer(b"".join(row[3] for row in rows), np.float32).reshape(len(rows), self.dim)
-        self.index.add(ids, codes)
+        self.index.add(ids, unit_length(codes))
 
     def _remember(self, entry: Entry) -> None:
         self._entries[entry.entry_id] = entry
@@ -169,7 +171,7 @@ class Gallery:
             entries = [Entry(i, p, c) for i, p, c in zip(ids, person_ids, cameras, strict=True)]
             for entry in entries:
                 self._remember(entry)
-            self.index.add(np.asarray(ids, np.int64), codes)
+            self.index.add(np.asarray(ids, np.int64), unit_length(codes))
         return entries
 
     def remove_entry(self, entry_id: int) -> list[int]:
@@ -191,8 +193,9 @@ class Gallery:
         return entry_ids
 
     def search(self, code: np.ndarray, k: int) -> list[Match]:
-        """The k nearest entries (k capped at the gallery size), best first, with Euclidean distances."""
-        query = np.ascontiguousarray(code, dtype=np.float32).reshape(1, self.dim)
+        """The k nearest entries (k capped at the gallery size), best first, with their distances
+        (service.similarity: between unit-length codes)."""
+        query = unit_length(np.reshape(code, (1, self.dim)))
         with self._lock:
             k = min(k, self.index.size)
             if k == 0:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.evaluation import RetrievalMetrics, euclidean_distances, evaluate_codes, evaluate_ranking
+from service.evaluation import RetrievalMetrics, evaluate_codes, evaluate_ranking
+from service.similarity import code_distances, euclidean_distances, unit_length
 
 
 def reference_market1501(
@@ -202,7 +203,25 @@ def test_euclidean_distance_to_itself_is_zero_not_nan() -> None:
     assert off_diagonal.min() > 1.0  # distinct random 64-d codes are far apart
 
 
-def test_evaluate_codes_ranks_by_euclidean_distance() -> None:
+def test_unit_length_scales_rows_to_one_and_keeps_zero_codes_zero() -> None:
+    codes = np.random.default_rng(11).normal(size=(20, 8)) * np.arange(1, 21)[:, None]
+    unit = unit_length(np.vstack([codes, np.zeros((1, 8))]))
+    assert unit.dtype == np.float32 and unit.flags.c_contiguous
+    np.testing.assert_allclose(np.linalg.norm(unit[:-1], axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(unit[:-1] * np.linalg.norm(codes, axis=1, keepdims=True), codes, rtol=1e-5)
+    assert not unit[-1].any()
+
+
+def test_code_distances_ignore_length_and_follow_the_angle() -> None:
+    rng = np.random.default_rng(12)
+    query, gallery = rng.normal(size=(7, 16)), rng.normal(size=(9, 16))
+    scaled = code_distances(query * rng.uniform(0.1, 10, (7, 1)), gallery * rng.uniform(0.1, 10, (9, 1)))
+    np.testing.assert_allclose(scaled, code_distances(query, gallery), rtol=1e-4, atol=1e-5)
+    cosine = (query @ gallery.T) / np.outer(np.linalg.norm(query, axis=1), np.linalg.norm(gallery, axis=1))
+    np.testing.assert_allclose(scaled, np.sqrt(2.0 - 2.0 * cosine), rtol=1e-4, atol=1e-4)
+
+
+def test_evaluate_codes_ranks_by_direction() -> None:
     rng = np.random.default_rng(10)
     people, cameras = 30, 4
     centres = rng.normal(size=(people + 1, 16))
@@ -210,19 +229,21 @@ def test_evaluate_codes_ranks_by_euclidean_distance() -> None:
     g_cams = rng.integers(1, cameras + 1, 400)
     q_pids = rng.integers(1, people + 1, 90)
     q_cams = rng.integers(1, cameras + 1, 90)
-    g_codes = centres[g_pids] + rng.normal(scale=0.8, size=(400, 16))
-    q_codes = centres[q_pids] + rng.normal(scale=0.8, size=(90, 16))
+    # Lengths vary at random, as image quality does: only the direction tells people apart.
+    g_codes = (centres[g_pids] + rng.normal(scale=0.8, size=(400, 16))) * rng.uniform(0.2, 5.0, (400, 1))
+    q_codes = (centres[q_pids] + rng.normal(scale=0.8, size=(90, 16))) * rng.uniform(0.2, 5.0, (90, 1))
     from_codes = evaluate_codes(q_codes, g_codes, q_pids, g_pids, q_cams, g_cams)
-    assert from_codes == evaluate_ranking(
-        euclidean_distances(q_codes, g_codes), q_pids, g_pids, q_cams, g_cams
-    )
-    # And against the reference on directly computed float64 distances.
-    direct = np.sqrt(((q_codes[:, None, :] - g_codes[None, :, :]) ** 2).sum(-1))
+    # Against the reference on directly computed float64 distances between unit-length codes.
+    q_unit = q_codes / np.linalg.norm(q_codes, axis=1, keepdims=True)
+    g_unit = g_codes / np.linalg.norm(g_codes, axis=1, keepdims=True)
+    direct = np.sqrt(((q_unit[:, None, :] - g_unit[None, :, :]) ** 2).sum(-1))
     cmc, m_ap, _, valid = reference_market1501(direct, q_pids, g_pids, q_cams, g_cams)
     assert from_codes.queries == valid
     assert from_codes.mAP == pytest.approx(m_ap, abs=1e-6)
     assert from_codes.rank1 == pytest.approx(cmc[0], abs=1e-12)
     assert from_codes.rank1 > 0.5  # clustered codes retrieve well: the ranking is not reversed
+    by_length = evaluate_ranking(euclidean_distances(q_codes, g_codes), q_pids, g_pids, q_cams, g_cams)
+    assert from_codes.mAP > by_length.mAP  # raw Euclidean distance is misled by the lengths
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -17,8 +17,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from service.encoders import Encoders
-from service.evaluation import euclidean_distances
 from service.imaging import noise_preview
+from service.similarity import code_distances
 from training.data.cache import load_split
 from training.stages.context import StageContext
 from training.stages.samples import generate
@@ -79,7 +79,7 @@ def neighbours_figure(ctx: StageContext, anchors: int = 4, k: int = 5) -> Image.
     table, person_ids = saved["codes"].numpy(), saved["person_ids"]
     train, _ = ctx.splits
     first_crop = {int(pid): int(np.flatnonzero(train.person_ids == pid)[0]) for pid in person_ids}
-    dist = euclidean_distances(table, table)
+    dist = code_distances(table, table)
     np.fill_diagonal(dist, np.inf)
     rows = []
     for anchor in np.random.default_rng(3).choice(len(table), anchors, replace=False):
@@ -103,7 +103,7 @@ def retrieval_figure(encoders: Encoders, data_root: Path, ctx: StageContext, que
     picked = np.random.default_rng(4).choice(len(query), queries, replace=False)
     q_codes = encoders.identity(query.floats(picked))
     g_codes = encoders.identity(gallery.floats())
-    dist = euclidean_distances(q_codes, g_codes)
+    dist = code_distances(q_codes, g_codes)
     rows = []
     for row, index in enumerate(picked):
         # Standard protocol: same person seen by the same camera is not a retrieval.

@@ -39,6 +39,7 @@ class Preset:
     # Regularisers of the hybrid Inv-Id's real crops (picked on the validation identities).
     real_identities: int = 0  # draw the real crops as this many identities x (real crops / this) each; 0: at random
     triplet_weight: float = 0.0  # batch-hard triplet loss on the real crops' codes (needs real_identities)
+    triplet_by_direction: bool = False  # the triplet loss on unit-length codes, as the service compares them
     label_smoothing: float = 0.0  # of the softmax over the learned codes
     softmax_gap: float = 4.0  # logits between one's own learned code and the mean nearest other code
     inv_id_weight_decay: float = 0.0  # decoupled (AdamW)

@@ -1,4 +1,4 @@
-"""/query: invert one crop and rank the gallery by Euclidean distance in identity-code space."""
+"""/query: invert one crop and rank the gallery by the distance between identity codes (service.similarity)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class MatchOut(BaseModel):
     entry_id: int
     person_id: str
     camera: str | None
-    distance: float = Field(description="Euclidean distance between identity codes")
+    distance: float = Field(description="Euclidean distance between the unit-length identity codes, in [0, 2]")
     same_person: bool | None = Field(description="distance <= the model's match_threshold; null without one")
 
 

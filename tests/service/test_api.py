@@ -12,6 +12,8 @@ from PIL import Image
 
 from service.app import create_app
 
+from .conftest import MATCH_THRESHOLD
+
 PEOPLE = [(1, 0), (1, 5), (2, 0), (2, 9), (3, 0)]
 
 
@@ -146,7 +148,7 @@ def test_health_reports_runtime(client, enrol, models_dir: Path):
     assert health["providers"] == ["CPUExecutionProvider"]
     assert health["faiss_device"] == "cpu"
     assert health["index_size"] == 3 and health["persons"] == 2
-    assert health["match_threshold"] == 0.5
+    assert health["match_threshold"] == MATCH_THRESHOLD
 
 
 def test_openapi_docs_are_served(client):

@@ -27,12 +27,13 @@ def store(tmp_path: Path):
     gallery.close()
 
 
-def test_search_returns_euclidean_distances_best_first(store: Gallery):
-    stored = codes(5)
+def test_search_returns_distances_between_unit_codes_best_first(store: Gallery):
+    stored = codes(5) * np.array([[0.5], [1.0], [2.0], [4.0], [8.0]], np.float32)
     entries = store.add(["a", "b", "c", "d", "e"], [None] * 5, stored)
-    query = stored[2] + 0.1
+    query = 3.0 * stored[2] + 0.1
     matches = store.search(query, 5)
-    expected = np.linalg.norm(stored - query, axis=1)
+    unit = stored / np.linalg.norm(stored, axis=1, keepdims=True)
+    expected = np.linalg.norm(unit - query / np.linalg.norm(query), axis=1)
     assert [m.entry.entry_id for m in matches] == [entries[i].entry_id for i in np.argsort(expected)]
     np.testing.assert_allclose([m.distance for m in matches], np.sort(expected), rtol=1e-5)
 

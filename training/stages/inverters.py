@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from service.evaluation import euclidean_distances, evaluate_codes
+from service.evaluation import evaluate_codes
+from service.similarity import code_distances
 from training.data.cache import ImageSet, query_gallery_split
 from training.stages.context import StageContext, random_flip, to_device_floats
 from training.stages.samples import generate, load_triples
@@ -59,6 +60,11 @@ def identity_batch(
                            for g in chosen])
 
 
+def mean_nearest_distance(codes: torch.Tensor) -> float:
+    """Mean distance from each code to its nearest other: the scale of the code table's geometry."""
+    return torch.cdist(codes, codes).fill_diagonal_(math.inf).min(1).values.mean().item()
+
+
 def batch_hard_triplet(codes: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
     """Mean over anchors of relu(farthest positive - nearest negative + margin) (Hermans et al., 2017)."""
     dist = torch.cdist(codes, codes)
@@ -82,7 +88,7 @@ def validate_inv_id(model: torch.nn.Module, val: ImageSet, device: torch.device,
     query, gallery = query_gallery_split(val, seed)
     metrics = evaluate_codes(codes[query], codes[gallery], val.person_ids[query], val.person_ids[gallery],
                              val.cameras[query], val.cameras[gallery]).as_dict()
-    dist = euclidean_distances(codes, codes)
+    dist = code_distances(codes, codes)
     upper = np.triu(np.ones_like(dist, dtype=bool), k=1)
     same = val.person_ids[:, None] == val.person_ids[None, :]
     threshold = float(np.quantile(dist[upper & ~same], 0.01))
@@ -109,7 +115,8 @@ def train_inv_id(ctx: StageContext, mode: str) -> None:
     if real_count and preset.real_identities and real_count % preset.real_identities:
         raise ValueError(f"real_identities={preset.real_identities} must divide the {real_count} real crops per batch")
     # Softmax temperature from the code geometry: the nearest other code sits `softmax_gap` logits below one's own.
-    nearest = torch.cdist(table, table).fill_diagonal_(math.inf).min(1).values.mean().item()
+    nearest = mean_nearest_distance(table)
+    unit_nearest = mean_nearest_distance(F.normalize(table, dim=1))
     scale = preset.softmax_gap / nearest**2
 
     model = ctx.new_inv_id()
@@ -152,7 +159,10 @@ def train_inv_id(ctx: StageContext, mode: str) -> None:
             loss = loss + ce
             metrics["ce"] = ce.item()
             if preset.triplet_weight:
-                triplet = batch_hard_triplet(real_codes, real_labels, margin=nearest)
+                if preset.triplet_by_direction:
+                    triplet = batch_hard_triplet(F.normalize(real_codes, dim=1), real_labels, margin=unit_nearest)
+                else:
+                    triplet = batch_hard_triplet(real_codes, real_labels, margin=nearest)
                 loss = loss + preset.triplet_weight * triplet
                 metrics["triplet"] = triplet.item()
         optimizer.zero_grad(set_to_none=True)
