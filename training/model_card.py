@@ -139,7 +139,8 @@ background, light). Input {preset['resolution'][0]}x{preset['resolution'][1]} RG
 - Test: the subset's query/ and bounding_box_test/. {data['note']}
 
 ## Retrieval on the subset's test split (standard protocol, %)
-Same-person same-camera gallery crops are dropped per query; queries without a true match are skipped.
+Gallery ranked by the distance between unit-length identity codes, as the service ranks it. Same-person
+same-camera gallery crops are dropped per query; queries without a true match are skipped.
 
 | model | mAP | rank-1 | rank-5 | rank-10 | mINP |
 | --- | --- | --- | --- | --- | --- |
@@ -154,9 +155,10 @@ decay {preset['inv_id_weight_decay']}; Inv-Id head over {preset['inv_id_stripes'
 how it was chosen on the validation identities: docs/METHOD.md in the repository.
 
 ## Match threshold
-Distance {card['match_threshold']:.4f}: 1% of different-person pairs of the validation identities fall under it
-(true-match rate there: {_pct(card['validation'][card['shipped_inv_id']]['tpr_at_fmr1'])}%). `/query` marks matches
-under it `same_person: true`.
+Distance {card['match_threshold']:.4f} between unit-length codes: 1% of different-person pairs of the validation
+identities fall under it (true-match rate there:
+{_pct(card['validation'][card['shipped_inv_id']]['tpr_at_fmr1'])}%). `/query` marks matches under it
+`same_person: true`.
 
 ## Reconstruction (regenerated from Inv-Id + Inv-Noise, pixel values in [0, 1])
 - Real validation crops: L1 {recon['validation']['l1']:.3f}, PSNR {recon['validation']['psnr']:.1f} dB

@@ -39,7 +39,6 @@ class Preset:
     # Regularisers of the hybrid Inv-Id's real crops (picked on the validation identities).
     real_identities: int = 0  # draw the real crops as this many identities x (real crops / this) each; 0: at random
     triplet_weight: float = 0.0  # batch-hard triplet loss on the real crops' codes (needs real_identities)
-    triplet_by_direction: bool = False  # the triplet loss on unit-length codes, as the service compares them
     label_smoothing: float = 0.0  # of the softmax over the learned codes
     softmax_gap: float = 4.0  # logits between one's own learned code and the mean nearest other code
     inv_id_weight_decay: float = 0.0  # decoupled (AdamW)
@@ -100,11 +99,11 @@ PRESETS: dict[str, Preset] = {
         samples=12_000,
         inv_widths=(32, 64, 128, 256),
         inv_id_steps=2_500,
-        inv_id_batch=64,
+        inv_id_batch=96,
         inv_id_lr=3e-4,
         inv_id_stripes=4,
         real_fraction=0.75,
-        real_identities=12,
+        real_identities=18,
         triplet_weight=24.0,
         label_smoothing=0.1,
         inv_id_weight_decay=0.05,

@@ -60,11 +60,6 @@ def identity_batch(
                            for g in chosen])
 
 
-def mean_nearest_distance(codes: torch.Tensor) -> float:
-    """Mean distance from each code to its nearest other: the scale of the code table's geometry."""
-    return torch.cdist(codes, codes).fill_diagonal_(math.inf).min(1).values.mean().item()
-
-
 def batch_hard_triplet(codes: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
     """Mean over anchors of relu(farthest positive - nearest negative + margin) (Hermans et al., 2017)."""
     dist = torch.cdist(codes, codes)
@@ -115,8 +110,7 @@ def train_inv_id(ctx: StageContext, mode: str) -> None:
     if real_count and preset.real_identities and real_count % preset.real_identities:
         raise ValueError(f"real_identities={preset.real_identities} must divide the {real_count} real crops per batch")
     # Softmax temperature from the code geometry: the nearest other code sits `softmax_gap` logits below one's own.
-    nearest = mean_nearest_distance(table)
-    unit_nearest = mean_nearest_distance(F.normalize(table, dim=1))
+    nearest = torch.cdist(table, table).fill_diagonal_(math.inf).min(1).values.mean().item()
     scale = preset.softmax_gap / nearest**2
 
     model = ctx.new_inv_id()
@@ -159,10 +153,7 @@ def train_inv_id(ctx: StageContext, mode: str) -> None:
             loss = loss + ce
             metrics["ce"] = ce.item()
             if preset.triplet_weight:
-                if preset.triplet_by_direction:
-                    triplet = batch_hard_triplet(F.normalize(real_codes, dim=1), real_labels, margin=unit_nearest)
-                else:
-                    triplet = batch_hard_triplet(real_codes, real_labels, margin=nearest)
+                triplet = batch_hard_triplet(real_codes, real_labels, margin=nearest)
                 loss = loss + preset.triplet_weight * triplet
                 metrics["triplet"] = triplet.item()
         optimizer.zero_grad(set_to_none=True)
