@@ -11,8 +11,8 @@ gallery directory, fills the gallery to --gallery-size entries, then measures:
             (whose crops the server may batch into one run), against raw batched preprocess + identity at the
             same batch size in one stream. Target: >= 70 % of raw.
 
-Raw inference runs with the same models, device and ONNX Runtime thread count as the server, while the
-server sits idle, once with ONNX Runtime's threads spinning between runs and once not; the faster counts.
+Raw inference runs with the same models, device and ONNX Runtime thread count as the server (service
+Encoders, so the same process-wide thread pool), while the server sits idle.
 On a 2-core machine the load generator shares the cores with the server; request bodies are encoded once up
 front to keep the client's share small. Loopback only; every loop is bounded by a
 request count and a time limit, and the server is stopped at the end, on error too.
@@ -419,13 +419,12 @@ def check_query(include_noise: bool, k: int) -> Callable[[httpx.Response], None]
     return check
 
 
-def bench_queries(args: argparse.Namespace, base_url: str, raw_encoders: Sequence[Encoders], crop: bytes,
+def bench_queries(args: argparse.Namespace, base_url: str, encoders: Encoders, crop: bytes,
                   entries: int) -> list[dict]:
     rows = []
     body = query_body(crop)
     for include_noise in args.noise:
-        raw = min((raw_query(encoders, crop, include_noise, args.raw_iterations, args.warmup)
-                   for encoders in raw_encoders), key=lambda stats: stats["p50_ms"])
+        raw = raw_query(encoders, crop, include_noise, args.raw_iterations, args.warmup)
         for concurrency in args.concurrency:
             path = f"/query?k={args.k}&include_noise={'true' if include_noise else 'false'}"
             run = drive(base_url, path, [body], concurrency, args.requests, max(1, args.warmup // concurrency),
@@ -447,16 +446,15 @@ def bench_queries(args: argparse.Namespace, base_url: str, raw_encoders: Sequenc
     return rows
 
 
-def bench_ingest(args: argparse.Namespace, base_url: str, raw_encoders: Sequence[Encoders], crops: Sequence[bytes],
+def bench_ingest(args: argparse.Namespace, base_url: str, encoders: Encoders, crops: Sequence[bytes],
                  workdir: Path) -> list[dict]:
     rows = []
     for batch in args.ingest_batches:
         requests = max(1, args.ingest_crops // batch)
         bodies = [gallery_body(cycle(crops, i * batch, batch), [f"ingest{batch}-{i}"] * batch,
                                [f"c{i % 6 + 1}"] * batch) for i in range(min(requests, 16))]
-        raw = max((raw_ingest(encoders, crops, batch, requests * batch, args.ingest_seconds)
-                   for encoders in raw_encoders), key=lambda stats: stats["raw_crops_per_s"])
-        store = raw_store(workdir / f"store-{batch}", raw_encoders[0].metadata.code_dim, batch, min(requests, 64))
+        raw = raw_ingest(encoders, crops, batch, requests * batch, args.ingest_seconds)
+        store = raw_store(workdir / f"store-{batch}", encoders.metadata.code_dim, batch, min(requests, 64))
         for clients in args.ingest_clients:
             run = drive(base_url, "/gallery", bodies, clients, requests, args.ingest_warmup, args.ingest_seconds)
             stats = summarise_ms(run.latencies)
@@ -530,11 +528,7 @@ def main() -> None:
     try:
         crops, source = load_crops(args.data_root, args.pool, workdir)
         results |= {"crops": source, "pool": len(crops)}
-        # Raw inference is timed with ONNX Runtime's threads spinning and not, and the faster counts, so the
-        # server's overhead is measured against the best raw configuration, not its own.
-        raw_encoders = [Encoders(models, device=args.device, threads=args.threads, spinning=spinning)
-                        for spinning in (False, True)]
-        encoders = raw_encoders[0]
+        encoders = Encoders(models, device=args.device, threads=args.threads)
         results["providers"] = list(encoders.providers)
         print(f"models {models} on {encoders.providers}; {len(crops)} crops from {source}; "
               f"gallery on {results['gallery_filesystem']} ({workdir})", flush=True)
@@ -543,8 +537,8 @@ def main() -> None:
             results["fill"] = fill_gallery(base_url, crops, args.gallery_size, args.fill_workers)
             results["gallery_entries"] = gallery_entries(base_url)
             print(f"  filled: {results['fill']}", flush=True)
-            results["query"] = bench_queries(args, base_url, raw_encoders, crops[0], results["gallery_entries"])
-            results["ingest"] = bench_ingest(args, base_url, raw_encoders, crops, workdir)
+            results["query"] = bench_queries(args, base_url, encoders, crops[0], results["gallery_entries"])
+            results["ingest"] = bench_ingest(args, base_url, encoders, crops, workdir)
         results["search_only"] = raw_search(encoders.metadata.code_dim, results["gallery_entries"], args.k,
                                             args.raw_iterations)
     except Exception:

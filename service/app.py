@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def open_services(settings: Settings) -> Services:
     """Load the ONNX models (GPU when usable) and rebuild the FAISS index from the gallery store."""
-    encoders = Encoders(settings.models, device=settings.device, threads=settings.threads, spinning=settings.spinning)
+    encoders = Encoders(settings.models, device=settings.device, threads=settings.threads)
     search_copy = gpu_search_copy(settings.device)
     faiss.omp_set_num_threads(settings.search_threads)
     store = Gallery(settings.data, encoders.metadata.code_dim, search_copy, settings.power_safe)

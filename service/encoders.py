@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,6 +30,31 @@ MODEL_FILES = {"inv_id": "inv_id.onnx", "inv_noise": "inv_noise.onnx", "denoiser
 
 class ModelError(RuntimeError):
     """The model directory is missing, incomplete or unusable."""
+
+
+_pool_lock = threading.Lock()
+_pool_threads: list[int] = []  # the process-wide pool's size, once created
+
+
+def open_session(path: Path, providers: list[str], threads: int = 0) -> Any:
+    """An ONNX Runtime session on the process-wide intra-op pool. With a pool per session, the idle threads
+    of the network that just ran spin against the next one's: Inv-Id then Inv-Noise on one crop took 10.3 ms
+    with per-session pools and 7.6 ms with one (docs/BENCHMARKS.md). ONNX Runtime allows one such pool per
+    process, and then no session of its own, so every session goes through here; the first sizes the pool
+    (`threads`, 0: one per core)."""
+    import onnxruntime as ort
+
+    with _pool_lock:
+        if not _pool_threads:
+            ort.set_global_thread_pool_sizes(threads, 1)
+            _pool_threads.append(threads)
+        elif _pool_threads[0] != threads:
+            log.warning("ONNX Runtime's process-wide thread pool already has threads=%d; threads=%d is ignored",
+                        _pool_threads[0], threads)
+    options = ort.SessionOptions()
+    options.use_per_session_threads = False
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=providers)
 
 
 @dataclass(frozen=True)
@@ -98,29 +124,18 @@ def choose_providers(device: str) -> list[str]:
 class Encoders:
     """Batched inference over the three exported networks."""
 
-    def __init__(
-        self, models_dir: str | Path, device: str = "auto", batch_size: int = 64, threads: int = 0,
-        spinning: bool = True,
-    ):
-        """`spinning` (ONNX Runtime's default) lets its idle threads busy-wait for the next run: 2.5 instead of
-        2.9 ms per crop here; turn it off where other CPU work shares the cores."""
-        import onnxruntime as ort
-
+    def __init__(self, models_dir: str | Path, device: str = "auto", batch_size: int = 64, threads: int = 0):
+        """`threads` sizes the process-wide ONNX Runtime pool (see `open_session`)."""
         self.models_dir = Path(models_dir)
         self.metadata = ModelMetadata.load(self.models_dir)
         self.batch_size = batch_size
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        if not spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = choose_providers(device)
-        self.sessions: dict[str, ort.InferenceSession] = {}
+        self.sessions: dict[str, Any] = {}
         for name, filename in MODEL_FILES.items():
             path = self.models_dir / filename
             if not path.is_file():
                 raise ModelError(f"{path}: missing model file")
-            self.sessions[name] = ort.InferenceSession(str(path), options, providers=providers)
+            self.sessions[name] = open_session(path, providers, threads)
         self.providers = self.sessions["inv_id"].get_providers()
         if device == "cuda" and self.providers[0] != "CUDAExecutionProvider":
             # ONNX Runtime falls back to the CPU silently when the CUDA libraries fail to load.

@@ -33,9 +33,8 @@ class Settings(BaseSettings):
         None, description="when set (non-empty), every route but /health needs it in X-API-Key"
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging")
-    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default)")
-    spinning: bool = Field(
-        True, description="ONNX Runtime threads busy-wait between runs (off: for hosts shared with other CPU work)"
+    threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads, one pool for all networks (0: one per core)"
     )
     search_threads: int = Field(
         1, ge=1, description="FAISS threads per search: 1 avoids OpenMP spinning against inference threads"

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.encoders import MODEL_FILES, ModelMetadata
+from service.encoders import MODEL_FILES, ModelMetadata, open_session
 from training.networks.unet import UNet
 from training.stages.context import StageContext
 from training.stages.inverters import best_inv_id, reconstruction_error
@@ -94,11 +94,9 @@ def _examples(batch: int, resolution: tuple[int, int], code_dim: int, seed: int)
 def parity(modules: dict[str, nn.Module], models_dir: Path, resolution: tuple[int, int], code_dim: int,
            batches: tuple[int, ...] = (1, 7)) -> dict[str, float]:
     """Max |ONNX Runtime - torch| per network over the given batch sizes."""
-    import onnxruntime as ort
-
     worst: dict[str, float] = {}
     for name, module in modules.items():
-        session = ort.InferenceSession(str(models_dir / MODEL_FILES[name]), providers=["CPUExecutionProvider"])
+        session = open_session(models_dir / MODEL_FILES[name], ["CPUExecutionProvider"])
         for batch in batches:
             examples = _examples(batch, resolution, code_dim, seed=batch)
             feeds = {inp.name: examples[inp.name] for inp in session.get_inputs()}
