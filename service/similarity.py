@@ -1,7 +1,8 @@
 """How identity codes are compared: by direction, as the Euclidean distance between unit-length codes.
 
-Chosen on the validation identities: the hybrid Inv-Id's codes spread in length with image quality, not
-identity, and ranking by direction raised validation mAP by 1.5-2.1 points in every run compared (METHOD.md).
+Chosen on the validation identities: half the spread in the shipped Inv-Id's code lengths is between crops of
+one person, so length is a noisy cue, and ranking by direction raised validation mAP by 1.5-2.1 points in
+every run compared (docs/METHOD.md).
 Distances lie in [0, 2]; 2 - d^2 is twice the cosine similarity. Stored codes stay as the Inv-Id made them
 (they are the generator's condition); only comparisons go through `unit_length`.
 """
