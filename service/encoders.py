@@ -33,7 +33,7 @@ class ModelError(RuntimeError):
 
 
 _pool_lock = threading.Lock()
-_pool_threads: list[int] = []  # the process-wide pool's size, once created
+_pool_threads: int | None = None  # the process-wide pool's size, once created
 
 
 def open_session(path: Path, providers: list[str], threads: int = 0) -> Any:
@@ -44,13 +44,14 @@ def open_session(path: Path, providers: list[str], threads: int = 0) -> Any:
     (`threads`, 0: one per core)."""
     import onnxruntime as ort
 
+    global _pool_threads
     with _pool_lock:
-        if not _pool_threads:
+        if _pool_threads is None:
             ort.set_global_thread_pool_sizes(threads, 1)
-            _pool_threads.append(threads)
-        elif _pool_threads[0] != threads:
+            _pool_threads = threads
+        elif _pool_threads != threads:
             log.warning("ONNX Runtime's process-wide thread pool already has threads=%d; threads=%d is ignored",
-                        _pool_threads[0], threads)
+                        _pool_threads, threads)
     options = ort.SessionOptions()
     options.use_per_session_threads = False
     options.log_severity_level = 3

@@ -63,7 +63,8 @@ def gpu_search_copy(device: str) -> SearchCopy | None:
 
 
 class VectorIndex:
-    """Exact L2 search keyed by entry id (the Gallery feeds it unit-length codes)."""
+    """Exact search keyed by entry id, by direction (service.similarity): codes are stored and queried at
+    unit length, so FAISS's L2 distances are the service's distances."""
 
     def __init__(self, dim: int, search_copy: SearchCopy | None = None):
         self.master = faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
@@ -78,6 +79,7 @@ class VectorIndex:
         return int(self.master.ntotal)
 
     def add(self, ids: np.ndarray, codes: np.ndarray) -> None:
+        codes = unit_length(codes)
         self.master.add_with_ids(codes, ids)
         if self._searcher is not self.master:
             self._searcher.add_with_ids(codes, ids)
@@ -88,8 +90,8 @@ class VectorIndex:
             self._searcher = self._copy()
 
     def search(self, code: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Squared L2 distances and ids of the k nearest, for one (1, dim) query."""
-        return self._searcher.search(code, k)
+        """Squared distances (between unit-length codes) and ids of the k nearest, for one (1, dim) query."""
+        return self._searcher.search(unit_length(code), k)
 
 
 class Gallery:
@@ -135,7 +137,7 @@ class Gallery:
             self._remember(Entry(entry_id, person_id, camera))
         ids = np.fromiter((row[0] for row in rows), np.int64, len(rows))
         codes = np.frombuffer(b"".join(row[3] for row in rows), np.float32).reshape(len(rows), self.dim)
-        self.index.add(ids, unit_length(codes))
+        self.index.add(ids, codes)
 
     def _remember(self, entry: Entry) -> None:
         self._entries[entry.entry_id] = entry
@@ -171,7 +173,7 @@ class Gallery:
             entries = [Entry(i, p, c) for i, p, c in zip(ids, person_ids, cameras, strict=True)]
             for entry in entries:
                 self._remember(entry)
-            self.index.add(np.asarray(ids, np.int64), unit_length(codes))
+            self.index.add(np.asarray(ids, np.int64), codes)
         return entries
 
     def remove_entry(self, entry_id: int) -> list[int]:
@@ -195,7 +197,7 @@ class Gallery:
     def search(self, code: np.ndarray, k: int) -> list[Match]:
         """The k nearest entries (k capped at the gallery size), best first, with their distances
         (service.similarity: between unit-length codes)."""
-        query = unit_length(np.reshape(code, (1, self.dim)))
+        query = np.reshape(code, (1, self.dim))
         with self._lock:
             k = min(k, self.index.size)
             if k == 0:
