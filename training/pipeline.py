@@ -13,7 +13,7 @@ import torch
 from training.stages.codes import train_codes
 from training.stages.context import StageContext
 from training.stages.generator import train_generator
-from training.stages.inverters import train_inv_id, train_inv_noise
+from training.stages.inverters import train_inv_id, train_inv_noise, uses_generator
 from training.stages.samples import make_samples
 from training.trainer import write_text_atomic
 
@@ -22,16 +22,19 @@ log = logging.getLogger(__name__)
 
 def stage_table(ctx: StageContext) -> dict[str, tuple[str, Callable[[], None]]]:
     """Stage name -> (the file that marks it finished, how to run it)."""
-    table: dict[str, tuple[str, Callable[[], None]]] = {
-        "generator": ("generator.pt", lambda: train_generator(ctx)),
-        "codes": ("codes.pt", lambda: train_codes(ctx)),
-        "samples": ("samples.npz", lambda: make_samples(ctx)),
-    }
+    table: dict[str, tuple[str, Callable[[], None]]] = {}
+    # A run of generator-free Inv-Ids only (the discriminative ablation) has no generator, samples or Inv-Noise.
+    generative = any(uses_generator(mode) for mode in ctx.preset.inv_id_modes)
+    if generative:
+        table["generator"] = ("generator.pt", lambda: train_generator(ctx))
+        table["codes"] = ("codes.pt", lambda: train_codes(ctx))
+        table["samples"] = ("samples.npz", lambda: make_samples(ctx))
     # The first Inv-Id mode is the one expected to ship: Inv-Noise follows it, so a servable model exists
     # before the comparison modes train.
     first, *others = ctx.preset.inv_id_modes
     table[f"inv_id_{first}"] = (f"inv_id_{first}.pt", lambda: train_inv_id(ctx, first))
-    table["inv_noise"] = ("inv_noise.pt", lambda: train_inv_noise(ctx))
+    if generative:
+        table["inv_noise"] = ("inv_noise.pt", lambda: train_inv_noise(ctx))
     for mode in others:
         table[f"inv_id_{mode}"] = (f"inv_id_{mode}.pt", lambda mode=mode: train_inv_id(ctx, mode))
     return table

@@ -33,21 +33,28 @@ class Preset:
     inv_id_steps: int = 100_000
     inv_id_batch: int = 64
     inv_id_lr: float = 4e-5
+    # 'hybrid' and 'paper' learn from the generator; 'discriminative' (the ablation) needs no generator at all.
     inv_id_modes: tuple[str, ...] = ("hybrid", "paper")
+    inv_id_resolution: tuple[int, int] = (64, 32)  # Inv-Id's input (H, W); generated samples are upsampled to it
     inv_id_stripes: int = 0  # 0: flatten the trunk's whole feature map; n: average it into n horizontal stripes
     real_fraction: float = 0.5  # share of each hybrid batch that is real crops targeting their learned code
     # Regularisers of the hybrid Inv-Id's real crops (picked on the validation identities).
     real_identities: int = 0  # draw the real crops as this many identities x (real crops / this) each; 0: at random
     triplet_weight: float = 0.0  # batch-hard triplet loss on the real crops' codes (needs real_identities)
+    triplet_margin: float = 0.0  # 0: the generator code table's mean nearest-neighbour distance (not discriminative)
     label_smoothing: float = 0.0  # of the softmax over the learned codes
     softmax_gap: float = 4.0  # logits between one's own learned code and the mean nearest other code
     inv_id_weight_decay: float = 0.0  # decoupled (AdamW)
+    classifier_scale: float = 16.0  # discriminative mode: logits are this times the cosine to each identity's vector
     inv_noise_steps: int = 50_000
     inv_noise_batch: int = 64
     inv_noise_lr: float = 1e-4
     # Identities held out of training (carved from the training split) to pick settings and calibrate.
     val_identities: int = 50
-    seed: int = 0
+    seed: int = 0  # initial weights and batch draws
+    # Which identities are held out, and their query/gallery choice: apart from `seed`, so runs of several seeds
+    # are scored on the same validation queries.
+    split_seed: int = 0
     checkpoint_seconds: float = 300.0
     log_every: int = 50  # steps per line of log.jsonl (and per images/s window)
 

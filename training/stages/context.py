@@ -36,9 +36,21 @@ class StageContext:
 
     @cached_property
     def splits(self) -> tuple[ImageSet, ImageSet]:
-        """(train, validation): validation identities are carved out of bounding_box_train."""
-        data = load_split(self.data_root, "train", self.preset.resolution, self.cache_dir)
-        return hold_out_identities(data, self.preset.val_identities, self.preset.seed)
+        """(train, validation) at the generator's resolution: validation identities are carved out of
+        bounding_box_train."""
+        return self._splits_at(self.preset.resolution)
+
+    @cached_property
+    def inv_id_splits(self) -> tuple[ImageSet, ImageSet]:
+        """The same (train, validation) crops at Inv-Id's resolution, decoded there (not upsampled)."""
+        if tuple(self.preset.inv_id_resolution) == tuple(self.preset.resolution):
+            return self.splits
+        return self._splits_at(self.preset.inv_id_resolution)
+
+    def _splits_at(self, size: tuple[int, int]) -> tuple[ImageSet, ImageSet]:
+        # The held-out identities depend on the split seed and the identity list alone: every size splits alike.
+        data = load_split(self.data_root, "train", size, self.cache_dir)
+        return hold_out_identities(data, self.preset.val_identities, self.preset.split_seed)
 
     def path(self, name: str) -> Path:
         return self.run_dir / name
@@ -87,7 +99,8 @@ class StageContext:
 
     def new_inv_id(self) -> InvId:
         preset = self.preset
-        return InvId(preset.inv_widths, preset.blocks, preset.resolution, preset.code_dim, preset.inv_id_stripes)
+        return InvId(preset.inv_widths, preset.blocks, preset.inv_id_resolution, preset.code_dim,
+                     preset.inv_id_stripes)
 
     def new_inv_noise(self) -> InvNoise:
         return InvNoise(self.preset.inv_widths, self.preset.blocks)

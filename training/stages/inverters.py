@@ -3,7 +3,9 @@
 Inv-Id regresses the generating code (MSE). Mode 'paper' sees generated images only, as the paper does;
 mode 'hybrid' fills `real_fraction` of each batch with augmented real training crops whose target is their
 identity's learned code, plus a softmax over distances to all learned codes, to close the gap between
-generated and real crops that the paper names as a weakness.
+generated and real crops that the paper names as a weakness. Mode 'discriminative' is the ablation without any
+generator: the hybrid's real crops only, a learned cosine classifier instead of the generator's code table.
+Inv-Id may read a higher resolution than the generator draws: generated samples are upsampled to it.
 Inv-Noise regresses the known starting noise (L1); export measures the reconstructions of real crops.
 """
 
@@ -11,34 +13,54 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from service.evaluation import evaluate_codes
 from service.similarity import code_distances
 from training.data.cache import ImageSet, query_gallery_split
+from training.networks.classifiers import CodeTableHead, CosineClassifier
+from training.presets import Preset
 from training.stages.context import StageContext, random_flip, to_device_floats
-from training.stages.samples import generate, load_triples
+from training.stages.samples import Triples, generate, load_triples
 from training.trainer import batch_indices, save_atomic, step_generator
 
 log = logging.getLogger(__name__)
-MODES = ("hybrid", "paper")
+MODES = ("hybrid", "paper", "discriminative")
 
 
-def augment_real(images: torch.Tensor, gen: torch.Generator, pad: int = 3) -> torch.Tensor:
-    """Re-ID's usual augmentations: flip, a small random shift (reflect-padded crop), random erasing."""
+def uses_generator(mode: str) -> bool:
+    """Whether an Inv-Id mode needs the generator's stages (its code table or generated samples)."""
+    return mode != "discriminative"
+
+
+def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 3, *size), bilinear: generated samples brought to Inv-Id's input resolution."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
+
+
+def augment_real(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Re-ID's usual augmentations: flip, a small random shift (reflect-padded crop), random erasing. Sizes are
+    fractions of the crop (a 3-pixel shift and erasures of 8-32 x 4-16 pixels at 64x32), so any resolution gets
+    the same augmentation."""
     (images,) = random_flip(images, gen)
     n, _, height, width = images.shape
+    pad = round(height * 3 / 64)
     padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
     out = torch.stack([padded[i, :, y:y + height, x:x + width] for i, (y, x) in enumerate(zip(dy, dx, strict=True))])
     erase = torch.rand(n, generator=gen) < 0.5
     for i in erase.nonzero().flatten().tolist():
-        eh, ew = int(torch.randint(8, height // 2, (1,), generator=gen)), int(torch.randint(4, width // 2, (1,),
-                                                                                          generator=gen))
+        eh = int(torch.randint(height // 8, height // 2, (1,), generator=gen))
+        ew = int(torch.randint(width // 8, width // 2, (1,), generator=gen))
         y, x = int(torch.randint(0, height - eh, (1,), generator=gen)), int(torch.randint(0, width - ew, (1,),
                                                                                         generator=gen))
         out[i, :, y:y + eh, x:x + ew] = torch.rand((3, 1, 1), generator=gen).to(out.device)
@@ -91,82 +113,155 @@ def validate_inv_id(model: torch.nn.Module, val: ImageSet, device: torch.device,
     return metrics
 
 
-def train_inv_id(ctx: StageContext, mode: str) -> None:
-    torch.manual_seed(ctx.preset.seed)  # initial weights depend on the preset's seed alone
+@dataclass(frozen=True)
+class InvIdPlan:
+    """How one Inv-Id step's batch splits: `generated` samples first, then `real` crops drawn as `identities` x
+    (real / identities) each (0 identities: at random)."""
+
+    generated: int
+    real: int
+    identities: int
+
+
+def inv_id_plan(preset: Preset, mode: str) -> InvIdPlan:
+    """Check the preset's settings for `mode` and split its batch. The discriminative mode keeps the hybrid's real
+    crops (`real_fraction` of `inv_id_batch`) and drops its generated ones, so both see the same real data."""
     if mode not in MODES:
         raise ValueError(f"unknown Inv-Id mode {mode!r}; choose one of {MODES}")
-    preset, runtime = ctx.preset, ctx.runtime
-    name = f"inv_id_{mode}"
-    triples = load_triples(ctx)
-    train, val = ctx.splits
-    generator = ctx.load("generator")
-    table = generator["codes"].to(runtime.device)
-    labels_np = np.searchsorted(generator["person_ids"], train.person_ids)
-    groups = group_by_label(labels_np)
-    real_count = round(preset.inv_id_batch * preset.real_fraction) if mode == "hybrid" else 0
-    generated_count = preset.inv_id_batch - real_count
-    if real_count and preset.triplet_weight and not preset.real_identities:
+    real = 0 if mode == "paper" else round(preset.inv_id_batch * preset.real_fraction)
+    generated = preset.inv_id_batch - real if uses_generator(mode) else 0
+    if not real + generated:
+        raise ValueError(f"mode {mode!r} draws no images: check inv_id_batch and real_fraction")
+    if real and preset.triplet_weight and not preset.real_identities:
         raise ValueError("triplet_weight needs real_identities > 0 (identity-balanced real crops)")
-    if real_count and preset.real_identities and real_count % preset.real_identities:
-        raise ValueError(f"real_identities={preset.real_identities} must divide the {real_count} real crops per batch")
-    # Softmax temperature from the code geometry: the nearest other code sits `softmax_gap` logits below one's own.
-    nearest = torch.cdist(table, table).fill_diagonal_(math.inf).min(1).values.mean().item()
-    scale = preset.softmax_gap / nearest**2
+    if real and preset.real_identities and real % preset.real_identities:
+        raise ValueError(f"real_identities={preset.real_identities} must divide the {real} real crops per batch")
+    if not uses_generator(mode) and preset.triplet_weight and not preset.triplet_margin:
+        raise ValueError("the discriminative mode has no generator code table to take the triplet margin from: "
+                         "set triplet_margin")
+    return InvIdPlan(generated, real, preset.real_identities)
 
-    model = ctx.new_inv_id()
-    wrapped = runtime.wrap(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=preset.inv_id_lr, weight_decay=preset.inv_id_weight_decay)
+
+@dataclass(frozen=True)
+class IdentityTargets:
+    """What real crops are pulled towards: a head giving one logit per training identity, the person id of each
+    of its rows, and the triplet margin."""
+
+    head: CodeTableHead | CosineClassifier
+    person_ids: np.ndarray
+    margin: float
+
+
+def identity_targets(ctx: StageContext, mode: str, train: ImageSet) -> IdentityTargets:
+    """The generator's code table (hybrid, paper) or a new learned cosine classifier (discriminative: no generator
+    needed). Call after building the Inv-Id so its initial weights do not depend on the mode."""
+    preset, device = ctx.preset, ctx.runtime.device
+    if uses_generator(mode):
+        generator = ctx.load("generator")
+        table = CodeTableHead(generator["codes"].to(device), preset.softmax_gap)
+        return IdentityTargets(table, generator["person_ids"], preset.triplet_margin or table.nearest)
+    person_ids = np.unique(train.person_ids)
+    classifier = CosineClassifier(len(person_ids), preset.code_dim, preset.classifier_scale).to(device)
+    return IdentityTargets(classifier, person_ids, preset.triplet_margin)
+
+
+def inv_id_optimiser(
+    preset: Preset, modules: list[nn.Module]
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with decoupled weight decay over every trained parameter, and a one-cycle schedule (5% warm-up)."""
+    parameters = [p for module in modules for p in module.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=preset.inv_id_lr, weight_decay=preset.inv_id_weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, preset.inv_id_lr, total_steps=preset.inv_id_steps,
                                                    pct_start=0.05)
+    return optimizer, schedule
+
+
+def inv_id_loss(
+    predicted: torch.Tensor, targets: torch.Tensor | None, labels: torch.Tensor | None, generated: int,
+    logits_fn: Callable[[torch.Tensor], torch.Tensor], margin: float, preset: Preset,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """MSE to the regressed codes (when there are any); for the real crops (the rows after the first `generated`),
+    label-smoothed cross-entropy over the training identities and the weighted batch-hard triplet loss."""
+    loss = predicted.new_zeros(())
+    metrics: dict[str, float] = {}
+    if targets is not None:
+        mse = F.mse_loss(predicted, targets)
+        loss = loss + mse
+        metrics["mse"] = mse.item()
+    if labels is not None:
+        real_codes = predicted[generated:]
+        ce = F.cross_entropy(logits_fn(real_codes), labels, label_smoothing=preset.label_smoothing)
+        loss = loss + ce
+        metrics["ce"] = ce.item()
+        if preset.triplet_weight:
+            triplet = batch_hard_triplet(real_codes, labels, margin=margin)
+            loss = loss + preset.triplet_weight * triplet
+            metrics["triplet"] = triplet.item()
+    return loss, metrics
+
+
+def train_inv_id(ctx: StageContext, mode: str) -> None:
+    """Train (or resume) the Inv-Id of `mode`; once finished, save its weights with their validation metrics."""
+    preset, runtime = ctx.preset, ctx.runtime
+    plan = inv_id_plan(preset, mode)
+    name = f"inv_id_{mode}"
+    triples: Triples | None = load_triples(ctx) if plan.generated else None
+    train, val = ctx.inv_id_splits
+    torch.manual_seed(preset.seed)  # initial weights depend on the preset's seed alone
+    model = ctx.new_inv_id()
+    identity = identity_targets(ctx, mode, train)
+    head = identity.head
+    labels_np = np.searchsorted(identity.person_ids, train.person_ids)
+    groups = group_by_label(labels_np)
+    wrapped = runtime.wrap(model)
+    # Only a learned head has gradients to share between ranks (DDP refuses a module without any).
+    logits_fn = runtime.wrap(head) if any(p.requires_grad for p in head.parameters()) else head
+    optimizer, schedule = inv_id_optimiser(preset, [model, head])
 
     def state() -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
+        return {"model": model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict()}
 
     def load(saved: dict) -> None:
         model.load_state_dict(saved["model"])
+        head.load_state_dict(saved["head"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
 
     def step(index: int) -> dict[str, float]:
         wrapped.train()
         rng, gen = step_generator(preset.seed, index, runtime.rank, salt=4)
-        picked = batch_indices(len(triples), generated_count, index, preset.seed + 1, runtime.rank, runtime.world)
-        (images,) = random_flip(to_device_floats(triples.images[picked], runtime.device), gen)
-        targets = torch.from_numpy(triples.codes[picked]).to(runtime.device)
-        if real_count:
-            if preset.real_identities:
-                real = identity_batch(groups, preset.real_identities, real_count // preset.real_identities, rng)
+        images, targets, labels = [], [], None
+        if triples is not None:
+            picked = batch_indices(len(triples), plan.generated, index, preset.seed + 1, runtime.rank, runtime.world)
+            generated = resize_images(to_device_floats(triples.images[picked], runtime.device),
+                                      preset.inv_id_resolution)
+            images += random_flip(generated, gen)
+            targets.append(torch.from_numpy(triples.codes[picked]).to(runtime.device))
+        if plan.real:
+            if plan.identities:
+                real = identity_batch(groups, plan.identities, plan.real // plan.identities, rng)
             else:
-                real = batch_indices(len(train), real_count, index, preset.seed + 2, runtime.rank, runtime.world)
-            images = torch.cat([images, augment_real(to_device_floats(train.images[real], runtime.device), gen)])
-            real_labels = torch.from_numpy(labels_np[real]).to(runtime.device)
-            targets = torch.cat([targets, table[real_labels]])
+                real = batch_indices(len(train), plan.real, index, preset.seed + 2, runtime.rank, runtime.world)
+            images.append(augment_real(to_device_floats(train.images[real], runtime.device), gen))
+            labels = torch.from_numpy(labels_np[real]).to(runtime.device)
+            if isinstance(head, CodeTableHead):  # the hybrid also regresses real crops onto their learned code
+                targets.append(head.targets(labels))
         with runtime.autocast():
-            predicted = wrapped(images.contiguous(memory_format=torch.channels_last)).float()
-        mse = F.mse_loss(predicted, targets)
-        loss = mse
-        metrics = {"mse": mse.item()}
-        if real_count:
-            real_codes = predicted[generated_count:]
-            logits = -scale * torch.cdist(real_codes, table).pow(2)
-            ce = F.cross_entropy(logits, real_labels, label_smoothing=preset.label_smoothing)
-            loss = loss + ce
-            metrics["ce"] = ce.item()
-            if preset.triplet_weight:
-                triplet = batch_hard_triplet(real_codes, real_labels, margin=nearest)
-                loss = loss + preset.triplet_weight * triplet
-                metrics["triplet"] = triplet.item()
+            predicted = wrapped(torch.cat(images).contiguous(memory_format=torch.channels_last)).float()
+        loss, metrics = inv_id_loss(predicted, torch.cat(targets) if targets else None, labels, plan.generated,
+                                    logits_fn, identity.margin, preset)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         return metrics
 
-    finished = ctx.loop(name, preset.inv_id_steps, preset.inv_id_batch, state, load).run(step)
+    finished = ctx.loop(name, preset.inv_id_steps, plan.generated + plan.real, state, load).run(step)
     runtime.sync_buffers(model)
     if not finished:
         return
-    metrics = validate_inv_id(model, val, runtime.device, preset.seed)
+    metrics = validate_inv_id(model, val, runtime.device, preset.split_seed)
     log.info("%s done; validation %s", name, metrics)
     if runtime.is_main:
         save_atomic({"model": model.state_dict(), "validation": metrics, "steps": preset.inv_id_steps},
@@ -183,7 +278,9 @@ def reconstruction_error(ctx: StageContext, inv_id: torch.nn.Module, inv_noise: 
     with torch.no_grad():
         inv_id.eval()
         inv_noise.eval()
-        rebuilt = generate(unet, saved, inv_id(x).float(), inv_noise(x).float(), ctx)
+        # Inv-Id may read a higher resolution than the generator draws: it sees the crops upsampled.
+        codes = inv_id(resize_images(x, ctx.preset.inv_id_resolution)).float()
+        rebuilt = generate(unet, saved, codes, inv_noise(x).float(), ctx)
     mse = F.mse_loss(rebuilt, x).item()
     return {"l1": F.l1_loss(rebuilt, x).item(), "psnr": 10.0 * math.log10(1.0 / max(mse, 1e-12))}
 
