@@ -2,7 +2,7 @@
 index (IVF-Flat by default, or HNSW) at 10M with its recall@10 against exact search.
 
 The service searches one query at a time on an exact index, so the number that matters for /query is the
-single-query time of the service's own `service.gallery.VectorIndex` at the service's default FAISS thread
+single-query time of the service's own `service.store.faiss_index.VectorIndex` at the service's default FAISS thread
 count (`Settings.search_threads`); batched search (many queries in one call) is reported beside it as the
 floor. FAISS takes its BLAS path only when queries x dim reach distance_compute_blas_threshold (128,000 in
 faiss 1.15: 4,000 queries at 32-d), so a single query runs the plain scan. The alternatives timed beside it:
@@ -41,8 +41,8 @@ from _common import (
     write_result,
 )
 
-from service.gallery import VectorIndex
 from service.settings import Settings
+from service.store.faiss_index import VectorIndex
 
 TARGET_1M_MS = 10.0
 K = 10

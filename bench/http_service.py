@@ -61,10 +61,12 @@ from _common import (
     write_result,
 )
 
-from service.cli import DEFAULT_MODELS
 from service.encoders import METADATA_FILE, Encoders, ModelMetadata
-from service.gallery import Gallery, VectorIndex
 from service.imaging import preprocess
+from service.settings import default_models
+from service.store import NewEntry
+from service.store.embedded import EmbeddedStore
+from service.store.faiss_index import VectorIndex
 
 HOST = "127.0.0.1"
 QUERY_TARGET_FACTOR, QUERY_TARGET_EXTRA_MS = 1.5, 2.0
@@ -392,16 +394,16 @@ def raw_ingest(encoders: Encoders, crops: Sequence[bytes], batch: int, total: in
 
 
 def raw_store(directory: Path, dim: int, batch: int, requests: int) -> dict:
-    """Gallery.add alone (one SQLite transaction, committed with an fsync, plus the FAISS add) per request
+    """The embedded store's add alone (one SQLite transaction, committed with an fsync, plus the FAISS add) per request
     of `batch` codes, on the same file system as the server's gallery: the part of a POST that is storage."""
     rng = np.random.default_rng(batch)
-    gallery = Gallery(directory, dim)
+    gallery = EmbeddedStore(directory, code_dim=dim)
     latencies = []
     try:
         for i in range(requests + 2):
             codes = rng.standard_normal((batch, dim), dtype=np.float32)
             start = time.perf_counter()
-            gallery.add([f"store{i}"] * batch, ["c1"] * batch, codes)
+            gallery.add([NewEntry(f"store{i}", "c1")] * batch, codes)
             if i >= 2:
                 latencies.append(time.perf_counter() - start)
     finally:
@@ -476,7 +478,7 @@ def bench_ingest(args: argparse.Namespace, base_url: str, encoders: Encoders, cr
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="exported model directory")
+    parser.add_argument("--models", type=Path, default=default_models(), help="exported model directory")
     parser.add_argument("--untrained-preset", metavar="PRESET",
                         help="instead of --models: untrained networks of this training preset (e.g. cpu)")
     parser.add_argument("--data-root", type=Path, help="Market-1501 folder (or its bounding_box_test) to take "

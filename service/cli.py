@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 TRAINING_COMMANDS = ("train", "export", "figures", "card")
-DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def evaluate_command(data: Path, models: Path, device: str) -> dict[str, float | int]:
@@ -47,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="run the retrieval service (see `genreid serve --help`)", add_help=False)
     evaluate = commands.add_parser("evaluate", help="standard Market-1501 metrics of a model, as JSON")
     evaluate.add_argument("--data", type=Path, required=True, help="Market-1501 folder (query/, bounding_box_test/)")
-    evaluate.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="exported model directory")
+    evaluate.add_argument("--models", type=Path, default=None, help="exported model directory (default: shipped)")
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     for name in TRAINING_COMMANDS:
         commands.add_parser(name, help=f"{name} (needs the train extra; see `genreid {name} --help`)",
@@ -72,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from service.encoders import ModelError
     from service.market import MarketLayoutError
+    from service.settings import default_models
 
     try:
-        result = evaluate_command(args.data, args.models, args.device)
+        result = evaluate_command(args.data, args.models or default_models(), args.device)
     except (MarketLayoutError, ModelError) as err:
         print(f"genreid evaluate: {err}", file=sys.stderr)
         return 2

@@ -6,36 +6,47 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, HTTPException, Request, Security, UploadFile
+from fastapi import Depends, HTTPException, Query, Request, Security, UploadFile
 from fastapi.security import APIKeyHeader
+from pydantic import AwareDatetime
 
 from service.encoders import Encoders
-from service.gallery import Gallery
-from service.imaging import ImageError, preprocess
+from service.imaging import ImageError, decode_rgb, resized, stored_crop, to_chw_float
 from service.settings import Settings
+from service.store import EntryFilter, GalleryStore
+from service.store.base import utc
 
 API_KEY_HEADER = "X-API-Key"
 
 
 class ImageReader:
-    """Uploads -> one (N, 3, H, W) float32 batch at the model's resolution; one bad file refuses them all."""
+    """Uploads -> one (N, 3, H, W) float32 batch at the model's resolution, and the small crops a gallery keeps
+    (one decode serves both); one bad file refuses them all, naming it."""
 
     def __init__(self, size: tuple[int, int], max_pixels: int):
         self.size = size
         self.max_pixels = max_pixels
 
     def read(self, uploads: Sequence[UploadFile], field: str) -> np.ndarray:
+        return self.read_with_crops(uploads, field, crops=False)[0]
+
+    def read_with_crops(self, uploads: Sequence[UploadFile], field: str, *, crops: bool
+                        ) -> tuple[np.ndarray, list[bytes] | None]:
         batch = np.empty((len(uploads), 3, *self.size), np.float32)
+        kept: list[bytes] = []
         for i, upload in enumerate(uploads):
             try:
-                batch[i] = preprocess(upload.file.read(), self.size, self.max_pixels)
+                image = decode_rgb(upload.file.read(), self.max_pixels)
             except ImageError as err:
                 where = f"{field}[{i}]" if len(uploads) > 1 else field
                 raise HTTPException(422, f"{where} ({upload.filename!r}): {err}") from None
-        return batch
+            batch[i] = to_chw_float(resized(image, self.size))
+            if crops:
+                kept.append(stored_crop(image, self.size))
+        return batch, kept if crops else None
 
 
 @dataclass(frozen=True)
@@ -44,9 +55,8 @@ class Services:
 
     settings: Settings
     encoders: Encoders
-    gallery: Gallery
+    gallery: GalleryStore
     reader: ImageReader
-    faiss_device: Literal["cpu", "gpu"]
 
 
 # These are trivial and never block: `async def` spares each request a threadpool hop per dependency.
@@ -61,7 +71,7 @@ async def get_encoders(services: ServicesDep) -> Encoders:
     return services.encoders
 
 
-async def get_gallery(services: ServicesDep) -> Gallery:
+async def get_gallery(services: ServicesDep) -> GalleryStore:
     return services.gallery
 
 
@@ -69,8 +79,29 @@ async def get_reader(services: ServicesDep) -> ImageReader:
     return services.reader
 
 
+async def get_entry_filter(
+    camera: Annotated[list[str] | None, Query(description="only entries of these cameras (repeat the parameter)")]
+    = None,
+    exclude_camera: Annotated[
+        list[str] | None, Query(description="leave out entries of these cameras: the cross-camera search")
+    ] = None,
+    seen_after: Annotated[AwareDatetime | None, Query(description="only entries seen at or after (ISO 8601)")]
+    = None,
+    seen_before: Annotated[AwareDatetime | None, Query(description="only entries seen at or before (ISO 8601)")]
+    = None,
+) -> EntryFilter:
+    """Which gallery entries a search or listing considers; entries without seen_at fail either time bound."""
+    if seen_after is not None and seen_before is not None and seen_after > seen_before:
+        raise HTTPException(422, f"seen_after {seen_after.isoformat()} is later than seen_before")
+    return EntryFilter(
+        cameras=None if camera is None else frozenset(camera), exclude_cameras=frozenset(exclude_camera or ()),
+        seen_after=utc(seen_after), seen_before=utc(seen_before),
+    )
+
+
 EncodersDep = Annotated[Encoders, Depends(get_encoders)]
-GalleryDep = Annotated[Gallery, Depends(get_gallery)]
+EntryFilterDep = Annotated[EntryFilter, Depends(get_entry_filter)]
+GalleryDep = Annotated[GalleryStore, Depends(get_gallery)]
 ReaderDep = Annotated[ImageReader, Depends(get_reader)]
 
 _api_key_header = APIKeyHeader(

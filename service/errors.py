@@ -12,6 +12,8 @@ from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.store import UnknownEntries
+
 
 class ErrorBody(BaseModel):
     detail: str
@@ -20,7 +22,7 @@ class ErrorBody(BaseModel):
 _DESCRIPTIONS = {
     400: "Malformed request body",
     401: "Missing or wrong X-API-Key",
-    404: "Unknown entry or person",
+    404: "Unknown entry or person, or an entry without a stored crop",
     413: "Request body over the upload limit, or too many files",
     422: "Invalid parameters, or a file that is not a usable image",
 }
@@ -29,6 +31,11 @@ _DESCRIPTIONS = {
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for the given error statuses, all with the ErrorBody shape."""
     return {code: {"model": ErrorBody, "description": _DESCRIPTIONS[code]} for code in codes}
+
+
+async def unknown_entries(_: Request, exc: UnknownEntries) -> JSONResponse:
+    """A store call that names entries the gallery does not hold is the client's 404, from any route."""
+    return JSONResponse({"detail": str(exc)}, status_code=404)
 
 
 async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

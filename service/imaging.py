@@ -63,15 +63,24 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def decode_rgb(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode any image PIL reads into 8-bit RGB. Raises ImageError on bad input."""
+    return to_rgb(_open(source, max_pixels))
+
+
+def resized(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """An RGB image resized to `size` (H, W), bilinear; uint8 HWC."""
+    height, width = size
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
 def decode_resized(
     source: bytes | str | Path, size: tuple[int, int] = DEFAULT_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
     """Decode, convert to RGB and resize to `size` (H, W); uint8 HWC. Raises ImageError on bad input."""
-    height, width = size
-    image = to_rgb(_open(source, max_pixels))
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+    return resized(decode_rgb(source, max_pixels), size)
 
 
 def to_chw_float(pixels: np.ndarray) -> np.ndarray:
@@ -84,6 +93,14 @@ def preprocess(
 ) -> np.ndarray:
     """Any image PIL can read -> float32 (3, H, W) in [0, 1], the inverters' input."""
     return to_chw_float(decode_resized(source, size, max_pixels))
+
+
+def stored_crop(image: Image.Image, size: tuple[int, int], quality: int = 80) -> bytes:
+    """The small image a gallery keeps of an enrolled crop: WebP at twice the model resolution `size` (H, W),
+    about 2-4 KB, enough for an operator to recognise the person and cheap to store beside the code."""
+    buffer = io.BytesIO()
+    Image.fromarray(resized(image, (2 * size[0], 2 * size[1]))).save(buffer, format="WEBP", quality=quality)
+    return buffer.getvalue()
 
 
 def to_png(image_chw: np.ndarray) -> bytes:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.cli import DEFAULT_MODELS
 from service.imaging import DEFAULT_MAX_PIXELS
 
 ENV_PREFIX = "GENREID_"
+# Where the shipped models are: beside the package in a source checkout (editable install), or where a wheel
+# install puts pyproject's data-files.
+SHIPPED_MODELS = (Path(__file__).resolve().parent.parent / "models", Path(sys.prefix) / "share" / "genreid" / "models")
+
+
+def default_models() -> Path:
+    """The first shipped model directory that exists (the checkout's when none does, so errors name it)."""
+    return next((path for path in SHIPPED_MODELS if (path / "model.json").is_file()), SHIPPED_MODELS[0])
 
 
 class Settings(BaseSettings):
@@ -21,7 +29,8 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8000, ge=1, le=65535, description="TCP port")
-    models: Path = Field(DEFAULT_MODELS, description="exported model directory (model.json + ONNX files)")
+    models: Path = Field(default_factory=default_models,
+                         description="exported model directory (model.json + ONNX files); default: the shipped one")
     data: Path = Field(Path("genreid-data"), description="directory holding the durable gallery")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="inference and FAISS device: auto uses a GPU when one is usable"
@@ -41,6 +50,9 @@ class Settings(BaseSettings):
     )
     power_safe: bool = Field(
         False, description="fsync every gallery write (survives power loss; kill -9 is survived either way)"
+    )
+    store_crops: bool = Field(
+        True, description="keep each enrolled crop as a small WebP beside its code (false: codes only)"
     )
 
     @field_validator("api_key", mode="before")

@@ -1,26 +1,41 @@
-"""/gallery: enrol person crops (one batched inversion per request), count and remove them."""
+"""/gallery: enrol person crops (one batched inversion per request), list, relabel, merge, remove them, and serve
+their stored crops."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Path, UploadFile
-from pydantic import BaseModel, StringConstraints
+from fastapi import APIRouter, Body, File, Form, HTTPException, Path, Query, Response, UploadFile
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, TypeAdapter, ValidationError
 
-from service.dependencies import EncodersDep, GalleryDep, ReaderDep, ServicesDep
+from service.dependencies import EncodersDep, EntryFilterDep, GalleryDep, ReaderDep, ServicesDep
 from service.errors import error_responses
+from service.store import Entry, NewEntry
+from service.store.base import MAX_LABEL
 
 router = APIRouter(prefix="/gallery", tags=["gallery"])
 
-PersonId = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"\S")]
-Camera = Annotated[str, StringConstraints(max_length=256)]
-MAX_ENTRY_ID = 2**63 - 1  # SQLite INTEGER PRIMARY KEY range
+Label = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL, pattern=r"\S")]
+Optional = Annotated[str, StringConstraints(max_length=MAX_LABEL)]  # '' stands for "none" in a form list
+MAX_ENTRY_ID = 2**53 - 1  # exact in every JSON client (JavaScript numbers included)
+EntryId = Annotated[int, Path(ge=1, le=MAX_ENTRY_ID)]
+_MOMENT = TypeAdapter(AwareDatetime)
 
 
 class EntryOut(BaseModel):
     entry_id: int
     person_id: str
     camera: str | None
+    seen_at: datetime | None = Field(description="when the crop was seen (ISO 8601, UTC)")
+    track_id: str | None
+    has_crop: bool = Field(description="GET /gallery/entries/{entry_id}/crop serves it")
+
+    @classmethod
+    def of(cls, entry: Entry) -> EntryOut:
+        return cls(entry_id=entry.entry_id, person_id=entry.person_id, camera=entry.camera,
+                   seen_at=entry.seen_at, track_id=entry.track_id, has_crop=entry.has_crop)
 
 
 class Added(BaseModel):
@@ -33,38 +48,87 @@ class GalleryCounts(BaseModel):
     persons: int
 
 
+class EntryList(BaseModel):
+    total: int = Field(description="entries the filter admits, over all pages")
+    offset: int
+    limit: int
+    entries: list[EntryOut] = Field(description="in entry-id order")
+
+
+class Relabel(BaseModel):
+    person_id: Label
+
+
+class Merge(BaseModel):
+    into: Label = Field(description="the person id that takes over every entry of the merged person")
+
+
+class Moved(BaseModel):
+    moved: int
+    entry_ids: list[int]
+
+
 class Removed(BaseModel):
     removed: int
     entry_ids: list[int]
 
 
+def _per_file(values: list[str] | None, count: int, name: str) -> list[str | None]:
+    """One optional form value per file ('' for none), or none at all."""
+    if values is None:
+        return [None] * count
+    if len(values) != count:
+        raise HTTPException(422, f"{count} files but {len(values)} {name} fields: one per file or none")
+    return [value or None for value in values]
+
+
+def _moments(values: list[str | None]) -> list[datetime | None]:
+    moments = []
+    for i, value in enumerate(values):
+        try:
+            moments.append(None if value is None else _MOMENT.validate_python(value))
+        except ValidationError:
+            raise HTTPException(
+                422, f"seen_at[{i}]: {value!r} is not an ISO 8601 time with a UTC offset (e.g. 2026-12-02T14:55:00Z)"
+            ) from None
+    return moments
+
+
 @router.post("", status_code=201, response_model=Added, responses=error_responses(400, 413, 422))
 def add_images(
     files: Annotated[list[UploadFile], File(description="person crops, any image format PIL reads")],
-    person_id: Annotated[list[PersonId], Form(description="one label per file, in file order")],
+    person_id: Annotated[list[Label], Form(description="one label per file, in file order")],
     services: ServicesDep,
     encoders: EncodersDep,
     gallery: GalleryDep,
     reader: ReaderDep,
     camera: Annotated[
-        list[Camera] | None, Form(description="optional: one camera per file, in file order ('' for unknown)")
+        list[Optional] | None, Form(description="optional: one camera per file, in file order ('' for unknown)")
+    ] = None,
+    seen_at: Annotated[
+        list[Optional] | None,
+        Form(description="optional: when each crop was seen, ISO 8601 with a UTC offset ('' for unknown)"),
+    ] = None,
+    track_id: Annotated[
+        list[Optional] | None, Form(description="optional: the tracker's id of each crop ('' for none)")
     ] = None,
 ) -> Added:
-    """Store every crop's identity code under its person id; all files are checked before any is stored."""
+    """Store every crop's identity code (and, unless the server stores codes only, a small copy of the crop)
+    under its person id; every file and field is checked before anything is stored."""
     max_files = services.settings.max_files
     if len(files) > max_files:
         raise HTTPException(413, f"{len(files)} files: at most {max_files} per request")
     if len(person_id) != len(files):
         raise HTTPException(422, f"{len(files)} files but {len(person_id)} person_id fields: one per file")
-    if camera is not None and len(camera) != len(files):
-        raise HTTPException(422, f"{len(files)} files but {len(camera)} camera fields: one per file or none")
-    cameras = [c or None for c in camera] if camera is not None else [None] * len(files)
-    codes = encoders.identity(reader.read(files, "files"))
-    entries = gallery.add(person_id, cameras, codes)
-    return Added(
-        added=len(entries),
-        entries=[EntryOut(entry_id=e.entry_id, person_id=e.person_id, camera=e.camera) for e in entries],
-    )
+    cameras = _per_file(camera, len(files), "camera")
+    tracks = _per_file(track_id, len(files), "track_id")
+    moments = _moments(_per_file(seen_at, len(files), "seen_at"))
+    images, crops = reader.read_with_crops(files, "files", crops=services.settings.store_crops)
+    codes = encoders.identity(images)
+    new = [NewEntry(p, c, s, t, None if crops is None else crops[i])
+           for i, (p, c, s, t) in enumerate(zip(person_id, cameras, moments, tracks, strict=True))]
+    entries = gallery.add(new, codes)
+    return Added(added=len(entries), entries=[EntryOut.of(e) for e in entries])
 
 
 @router.get("", response_model=GalleryCounts)
@@ -73,9 +137,62 @@ def counts(gallery: GalleryDep) -> GalleryCounts:
     return GalleryCounts(entries=entries, persons=persons)
 
 
+@router.get("/entries", response_model=EntryList, responses=error_responses(422))
+def list_entries(
+    gallery: GalleryDep,
+    entry_filter: EntryFilterDep,
+    person_id: Annotated[str | None, Query(description="only this person's entries")] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> EntryList:
+    """A page of entries, in entry-id order, filtered like /query plus by person id."""
+    page = gallery.list_entries(replace(entry_filter, person_id=person_id), offset=offset, limit=limit)
+    return EntryList(total=page.total, offset=offset, limit=limit, entries=[EntryOut.of(e) for e in page.entries])
+
+
+@router.get("/entries/{entry_id}", response_model=EntryOut, responses=error_responses(404, 422))
+def get_entry(entry_id: EntryId, gallery: GalleryDep) -> EntryOut:
+    found = gallery.get([entry_id])
+    if not found:
+        raise HTTPException(404, f"no gallery entry {entry_id}")
+    return EntryOut.of(found[0])
+
+
+@router.get(
+    "/entries/{entry_id}/crop", response_class=Response, responses={
+        200: {"description": "the stored crop, WebP at twice the model resolution", "content": {"image/webp": {}}},
+        **error_responses(404, 422)},
+)
+def get_crop(entry_id: EntryId, gallery: GalleryDep) -> Response:
+    crop = gallery.crop(entry_id)
+    if crop is None:
+        detail = f"gallery entry {entry_id} has no stored crop" if gallery.get([entry_id]) else (
+            f"no gallery entry {entry_id}")
+        raise HTTPException(404, detail)
+    # Private: crops are biometric data, never to be kept by shared caches.
+    return Response(crop, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.patch("/entries/{entry_id}", response_model=EntryOut, responses=error_responses(400, 404, 422))
+def relabel(entry_id: EntryId, change: Relabel, gallery: GalleryDep) -> EntryOut:
+    """Give one entry another person id (fix a label)."""
+    return EntryOut.of(gallery.relabel(entry_id, person_id=change.person_id))
+
+
+@router.post("/persons/{person_id}/merge", response_model=Moved, responses=error_responses(400, 404, 422))
+def merge(person_id: str, target: Annotated[Merge, Body()], gallery: GalleryDep) -> Moved:
+    """Move every entry of `person_id` to the person `into` (two ids found to be one person)."""
+    if person_id == target.into:
+        raise HTTPException(422, f"cannot merge person {person_id!r} into itself")
+    moved = gallery.merge(person_id, into=target.into)
+    if not moved:
+        raise HTTPException(404, f"no gallery entries for person {person_id!r}")
+    return Moved(moved=len(moved), entry_ids=moved)
+
+
 @router.delete("/entries/{entry_id}", response_model=Removed, responses=error_responses(404, 422))
-def remove_entry(entry_id: Annotated[int, Path(ge=1, le=MAX_ENTRY_ID)], gallery: GalleryDep) -> Removed:
-    removed = gallery.remove_entry(entry_id)
+def remove_entry(entry_id: EntryId, gallery: GalleryDep) -> Removed:
+    removed = gallery.remove_entries([entry_id])
     if not removed:
         raise HTTPException(404, f"no gallery entry {entry_id}")
     return Removed(removed=len(removed), entry_ids=removed)

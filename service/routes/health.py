@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from service.dependencies import ServicesDep
 
@@ -17,27 +17,32 @@ class Health(BaseModel):
     models_loaded: bool
     models_dir: str
     providers: list[str]
-    faiss_device: Literal["cpu", "gpu"]
+    faiss_device: Literal["cpu", "gpu"] | None = Field(description="the embedded gallery's FAISS device")
+    gallery: dict[str, Any] = Field(description="the gallery store: backend and where it is (no credentials)")
     index_size: int
     persons: int
     code_dim: int
     resolution: list[int]
     match_threshold: float | None
+    model_id: str | None = Field(description="the code space; a gallery holds codes of one model_id only")
 
 
 @router.get("/health", response_model=Health)
 def health(services: ServicesDep) -> Health:
     encoders = services.encoders
     entries, persons = services.gallery.counts()
+    store = services.gallery.describe()
     return Health(
         status="ok",
         models_loaded=True,
         models_dir=str(encoders.models_dir),
         providers=list(encoders.providers),
-        faiss_device=services.faiss_device,
+        faiss_device=store.get("faiss_device"),
+        gallery=store,
         index_size=entries,
         persons=persons,
         code_dim=encoders.metadata.code_dim,
         resolution=list(encoders.resolution),
         match_threshold=encoders.metadata.match_threshold,
+        model_id=encoders.metadata.model_id,
     )

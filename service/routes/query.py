@@ -1,24 +1,34 @@
-"""/query: invert one crop and rank the gallery by the distance between identity codes (service.similarity)."""
+"""/query: rank the gallery for a crop (or a stored entry, or many crops at once) by the distance between
+identity codes (service.similarity), optionally within some cameras or a time window."""
 
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
+from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Query, UploadFile
+import numpy as np
+from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
 from pydantic import BaseModel, Field
 
 from service import imaging
-from service.dependencies import EncodersDep, GalleryDep, ReaderDep
+from service.dependencies import EncodersDep, EntryFilterDep, GalleryDep, ReaderDep, ServicesDep
 from service.errors import error_responses
+from service.routes.gallery import MAX_ENTRY_ID
+from service.store import EntryFilter, GalleryStore, Match
 
-router = APIRouter(tags=["query"])
+router = APIRouter(prefix="/query", tags=["query"])
+
+K = Annotated[int, Query(ge=1, le=1000, description="matches to return, capped at the admitted entries")]
 
 
 class MatchOut(BaseModel):
     entry_id: int
     person_id: str
     camera: str | None
+    seen_at: datetime | None
+    track_id: str | None
     distance: float = Field(description="Euclidean distance between the unit-length identity codes, in [0, 2]")
     same_person: bool | None = Field(description="distance <= the model's match_threshold; null without one")
 
@@ -36,30 +46,52 @@ class QueryResult(BaseModel):
     noise_preview: str | None = Field(None, description="base64 PNG of the clipped noise (noise_preview)")
 
 
-@router.post(
-    "/query", response_model=QueryResult, response_model_exclude_unset=True,
-    responses=error_responses(400, 413, 422),
-)
+class BatchResult(BaseModel):
+    results: list[QueryResult] = Field(description="one per file, in file order (no noise)")
+
+
+def ranked(gallery: GalleryStore, codes: np.ndarray, k: int, entry_filter: EntryFilter,
+           threshold: float | None) -> list[list[MatchOut]]:
+    """The gallery's answer for each code, in the API's shape."""
+
+    def out(match: Match) -> MatchOut:
+        entry = match.entry
+        return MatchOut(
+            entry_id=entry.entry_id, person_id=entry.person_id, camera=entry.camera, seen_at=entry.seen_at,
+            track_id=entry.track_id, distance=match.distance,
+            same_person=None if threshold is None else match.distance <= threshold,
+        )
+
+    return [[out(m) for m in row] for row in gallery.search(codes, k, entry_filter)]
+
+
+@router.post("", response_model=QueryResult, response_model_exclude_unset=True,
+             responses=error_responses(400, 404, 413, 422))
 def query(
-    file: Annotated[UploadFile, File(description="the query crop")],
     encoders: EncodersDep,
     gallery: GalleryDep,
     reader: ReaderDep,
-    k: Annotated[int, Query(ge=1, description="matches to return, capped at the gallery size")] = 10,
-    include_noise: Annotated[bool, Query(description="return the generator noise array")] = True,
-    noise_preview: Annotated[bool, Query(description="also return a PNG preview of the noise")] = False,
+    entry_filter: EntryFilterDep,
+    file: Annotated[UploadFile | None, File(description="the query crop (or give entry_id)")] = None,
+    entry_id: Annotated[
+        int | None, Form(ge=1, le=MAX_ENTRY_ID, description="search from this stored entry's code instead of a "
+                         "crop; the entry itself is left out of the matches")
+    ] = None,
+    k: K = 10,
+    include_noise: Annotated[bool, Query(description="return the generator noise array (crops only)")] = True,
+    noise_preview: Annotated[bool, Query(description="also return a PNG preview of the noise (crops only)")] = False,
 ) -> QueryResult:
-    """Rank the gallery for one crop, best first; also its identity code and, by default, its noise."""
+    """Rank the gallery for one crop or stored entry, best first; also the identity code and, for a crop, by
+    default its noise."""
+    if (file is None) == (entry_id is None):
+        raise HTTPException(422, "give either a file or an entry_id, not both or neither")
+    threshold = encoders.metadata.match_threshold
+    if entry_id is not None:
+        code = gallery.codes([entry_id])[0]
+        entry_filter = replace(entry_filter, exclude_ids=entry_filter.exclude_ids | {entry_id})
+        return QueryResult(matches=ranked(gallery, code, k, entry_filter, threshold)[0], identity=code.tolist())
     image = reader.read([file], "file")
     code = encoders.identity(image)[0]
-    threshold = encoders.metadata.match_threshold
-    matches = [
-        MatchOut(
-            entry_id=m.entry.entry_id, person_id=m.entry.person_id, camera=m.entry.camera,
-            distance=m.distance, same_person=None if threshold is None else m.distance <= threshold,
-        )
-        for m in gallery.search(code, k)
-    ]
     extra: dict[str, NoiseArray | str] = {}
     if include_noise or noise_preview:
         noise = encoders.noise(image)[0]
@@ -69,4 +101,25 @@ def query(
         if noise_preview:
             png = imaging.to_png(imaging.noise_preview(noise))
             extra["noise_preview"] = base64.b64encode(png).decode("ascii")
+    matches = ranked(gallery, code, k, entry_filter, threshold)[0]
     return QueryResult(matches=matches, identity=code.tolist(), **extra)
+
+
+@router.post("/batch", response_model=BatchResult, response_model_exclude_unset=True,
+             responses=error_responses(400, 413, 422))
+def query_batch(
+    files: Annotated[list[UploadFile], File(description="the query crops")],
+    services: ServicesDep,
+    encoders: EncodersDep,
+    gallery: GalleryDep,
+    reader: ReaderDep,
+    entry_filter: EntryFilterDep,
+    k: K = 10,
+) -> BatchResult:
+    """Rank the gallery for many crops in one request: one batched inversion and one batched search."""
+    if len(files) > services.settings.max_files:
+        raise HTTPException(413, f"{len(files)} files: at most {services.settings.max_files} per request")
+    codes = encoders.identity(reader.read(files, "files"))
+    rows = ranked(gallery, codes, k, entry_filter, encoders.metadata.match_threshold)
+    return BatchResult(results=[QueryResult(matches=row, identity=code.tolist())
+                                for row, code in zip(rows, codes, strict=True)])

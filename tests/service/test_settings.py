@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.cli import DEFAULT_MODELS
 from service.server import build_parser
-from service.settings import Settings
+from service.settings import Settings, default_models
 
 
 def from_flags(*argv: str) -> Settings:
@@ -20,7 +19,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch):
     for name in Settings.model_fields:
         monkeypatch.delenv(f"GENREID_{name.upper()}", raising=False)
     settings = from_flags()
-    assert settings.models == DEFAULT_MODELS and settings.data == Path("genreid-data")
+    assert settings.models == default_models() and settings.data == Path("genreid-data")
     assert settings.device == "auto" and settings.api_key is None and settings.port == 8000
 
 

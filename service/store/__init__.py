@@ -1,0 +1,16 @@
+"""The gallery store: one contract (base.py), its backends, and the factory that picks one from the settings."""
+
+from service.store.base import (
+    Entry,
+    EntryFilter,
+    EntryPage,
+    GalleryError,
+    GalleryStore,
+    Match,
+    NewEntry,
+    UnknownEntries,
+)
+from service.store.factory import open_gallery
+
+__all__ = ["Entry", "EntryFilter", "EntryPage", "GalleryError", "GalleryStore", "Match", "NewEntry",
+           "UnknownEntries", "open_gallery"]

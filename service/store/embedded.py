@@ -1,0 +1,310 @@
+"""The default store, embedded in the server: SQLite is the source of truth, FAISS and numpy columns mirror it.
+
+Every mutation commits to SQLite (WAL) before touching the mirrors, all under one lock that reads also take,
+so an acknowledged write survives kill -9 and no reader sees half of one. Crops live in their own table, so the
+start-up scan reads codes and filter columns only. One process per gallery directory (a file lock): a second
+server would serve a stale mirror of the first one's writes; replicas share a Milvus gallery instead.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import faiss
+import numpy as np
+
+from service.similarity import unit_length
+from service.store.base import (
+    NO_FILTER,
+    Entry,
+    EntryFilter,
+    EntryPage,
+    GalleryError,
+    GalleryStore,
+    NewEntry,
+    UnknownEntries,
+    check_code_space,
+    from_micros,
+    to_micros,
+)
+from service.store.columns import FilterColumns
+from service.store.faiss_index import SearchCopy, VectorIndex
+
+log = logging.getLogger(__name__)
+
+DATABASE_FILE = "gallery.sqlite3"
+LOCK_FILE = "gallery.lock"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    entry_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    person_id TEXT NOT NULL,
+    camera TEXT,
+    code BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS crops (entry_id INTEGER PRIMARY KEY, image BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS entries_by_person ON entries (person_id);
+"""
+# Columns added after the first release, so galleries made before them open unchanged.
+ADDED_COLUMNS = {"seen_at": "INTEGER", "track_id": "TEXT"}
+ENTRY_SELECT = ("SELECT e.entry_id, e.person_id, e.camera, e.seen_at, e.track_id, c.entry_id IS NOT NULL "
+                "FROM entries e LEFT JOIN crops c ON c.entry_id = e.entry_id")
+CHUNK = 500  # ids per `IN (...)`: far below SQLite's limit on bound parameters
+
+
+def _entry(row: tuple) -> Entry:
+    entry_id, person_id, camera, seen_at, track_id, has_crop = row
+    return Entry(entry_id, person_id, camera, from_micros(seen_at), track_id, bool(has_crop))
+
+
+def _chunks(ids: Sequence[int]) -> Iterator[list[int]]:
+    for start in range(0, len(ids), CHUNK):
+        yield [int(i) for i in ids[start : start + CHUNK]]
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _where(entry_filter: EntryFilter) -> tuple[str, list[Any]]:
+    """The filter as SQL over `entries e`, with the semantics of EntryFilter.admits."""
+    clauses, params = [], []
+    if entry_filter.cameras is not None:
+        clauses.append(f"e.camera IN ({_marks(len(entry_filter.cameras))})")
+        params += sorted(entry_filter.cameras)
+    if entry_filter.exclude_cameras:
+        clauses.append(f"(e.camera IS NULL OR e.camera NOT IN ({_marks(len(entry_filter.exclude_cameras))}))")
+        params += sorted(entry_filter.exclude_cameras)
+    if entry_filter.seen_after is not None:
+        clauses.append("e.seen_at >= ?")
+        params.append(to_micros(entry_filter.seen_after))
+    if entry_filter.seen_before is not None:
+        clauses.append("e.seen_at <= ?")
+        params.append(to_micros(entry_filter.seen_before))
+    if entry_filter.person_id is not None:
+        clauses.append("e.person_id = ?")
+        params.append(entry_filter.person_id)
+    if entry_filter.exclude_ids:
+        clauses.append(f"e.entry_id NOT IN ({_marks(len(entry_filter.exclude_ids))})")
+        params += sorted(entry_filter.exclude_ids)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+class EmbeddedStore(GalleryStore):
+    """SQLite + FAISS in one directory."""
+
+    backend = "embedded"
+
+    def __init__(self, data_dir: str | Path, *, code_dim: int, model_id: str | None = None,
+                 search_copy: SearchCopy | None = None, search_threads: int = 1, power_safe: bool = False):
+        """`power_safe` fsyncs every commit (survives power loss); without it a commit in WAL mode still survives
+        kill -9 of the server, at a fraction of the cost per write. `search_threads`: FAISS's OpenMP threads
+        (1 keeps them from spinning against inference threads)."""
+        super().__init__(code_dim=code_dim)
+        self.model_id = model_id
+        self.path = Path(data_dir) / DATABASE_FILE
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise GalleryError(f"{self.path.parent}: cannot create the gallery directory: {err.strerror}") from None
+        self._lock_file = self._exclusive(self.path.parent / LOCK_FILE)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if power_safe else 'NORMAL'}")
+            with self._db:
+                self._db.executescript(SCHEMA)
+                present = {row[1] for row in self._db.execute("PRAGMA table_info(entries)")}
+                for column, kind in ADDED_COLUMNS.items():
+                    if column not in present:
+                        self._db.execute(f"ALTER TABLE entries ADD COLUMN {column} {kind}")
+        except sqlite3.DatabaseError as err:
+            self._db.close()
+            self._lock_file.close()
+            raise GalleryError(f"{self.path}: not a usable gallery database ({err})") from None
+        faiss.omp_set_num_threads(search_threads)
+        self.index = VectorIndex(code_dim, search_copy)
+        self._columns = FilterColumns()
+        self._persons: Counter[str] = Counter()
+        self._recorded_model = self._meta("model_id")
+        check_code_space(recorded=self._recorded_model, model_id=model_id, where=str(self.path))
+        self._load()
+
+    @staticmethod
+    def _exclusive(path: Path) -> TextIO:
+        """Two servers on one directory would each serve a stale mirror of the other's writes."""
+        handle = path.open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise GalleryError(f"{path.parent}: the gallery is in use by another process") from None
+        return handle
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _load(self) -> None:
+        rows = self._db.execute("SELECT entry_id, person_id, camera, seen_at, code FROM entries").fetchall()
+        if not rows:
+            return
+        if any(len(row[4]) != self.code_dim * 4 for row in rows):
+            raise GalleryError(f"{self.path}: holds codes of another size than this model's {self.code_dim}-d")
+        if self._recorded_model is None and self.model_id is not None:
+            log.warning("%s predates model ids: its codes are taken to be of this model (%s)", self.path,
+                        self.model_id)
+        self._columns.append((row[0], row[2], row[3]) for row in rows)
+        self._persons.update(row[1] for row in rows)
+        ids = np.fromiter((row[0] for row in rows), np.int64, len(rows))
+        codes = np.frombuffer(b"".join(row[4] for row in rows), np.float32).reshape(len(rows), self.code_dim)
+        self.index.add(ids, unit_length(codes))
+
+    # --- writes -------------------------------------------------------------------------------------------
+    def _insert(self, entries: list[NewEntry], codes: np.ndarray, unit_codes: np.ndarray) -> list[Entry]:
+        with self._lock:
+            with self._db:  # one transaction, committed on leaving the block: mirror only what is durable
+                if self._recorded_model is None and self.model_id is not None:
+                    self._db.execute("INSERT OR REPLACE INTO meta VALUES ('model_id', ?)", (self.model_id,))
+                ids = []
+                for entry, code in zip(entries, codes, strict=True):
+                    seen = None if entry.seen_at is None else to_micros(entry.seen_at)
+                    entry_id = self._db.execute(
+                        "INSERT INTO entries (person_id, camera, seen_at, track_id, code) VALUES (?, ?, ?, ?, ?)",
+                        (entry.person_id, entry.camera, seen, entry.track_id, code.tobytes()),
+                    ).lastrowid
+                    if entry.crop is not None:
+                        self._db.execute("INSERT INTO crops VALUES (?, ?)", (entry_id, entry.crop))
+                    ids.append(entry_id)
+            self._recorded_model = self._recorded_model or self.model_id
+            self._columns.append(
+                (i, e.camera, None if e.seen_at is None else to_micros(e.seen_at))
+                for i, e in zip(ids, entries, strict=True))
+            self._persons.update(e.person_id for e in entries)
+            self.index.add(np.asarray(ids, np.int64), unit_codes)
+        return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None)
+                for i, e in zip(ids, entries, strict=True)]
+
+    def _relabel(self, entry_id: int, person_id: str) -> Entry:
+        with self._lock:
+            found = self._get([entry_id])
+            if not found:
+                raise UnknownEntries([entry_id])
+            with self._db:
+                self._db.execute("UPDATE entries SET person_id = ? WHERE entry_id = ?", (person_id, entry_id))
+            self._persons.subtract([found[0].person_id])
+            self._persons[person_id] += 1
+            self._persons = +self._persons  # drop persons left with no entry
+            return self._get([entry_id])[0]
+
+    def _merge(self, person_id: str, into: str) -> list[int]:
+        with self._lock:
+            ids = self._ids_of(person_id)
+            if ids:
+                with self._db:
+                    self._db.execute("UPDATE entries SET person_id = ? WHERE person_id = ?", (into, person_id))
+                self._persons[into] += self._persons.pop(person_id)
+            return ids
+
+    def remove_entries(self, entry_ids: Sequence[int]) -> list[int]:
+        with self._lock:
+            return self._remove([entry.entry_id for entry in self._get(list(dict.fromkeys(entry_ids)))])
+
+    def remove_person(self, person_id: str) -> list[int]:
+        with self._lock:
+            return self._remove(self._ids_of(person_id))
+
+    def _ids_of(self, person_id: str) -> list[int]:
+        rows = self._db.execute("SELECT entry_id FROM entries WHERE person_id = ? ORDER BY entry_id", (person_id,))
+        return [row[0] for row in rows]
+
+    def _remove(self, entry_ids: list[int]) -> list[int]:
+        if not entry_ids:
+            return []
+        persons = [entry.person_id for entry in self._get(entry_ids)]
+        with self._db:
+            self._db.executemany("DELETE FROM crops WHERE entry_id = ?", [(i,) for i in entry_ids])
+            self._db.executemany("DELETE FROM entries WHERE entry_id = ?", [(i,) for i in entry_ids])
+        self._columns.remove(entry_ids)
+        self._persons.subtract(persons)
+        self._persons = +self._persons
+        self.index.remove(np.asarray(entry_ids, np.int64))
+        return entry_ids
+
+    # --- reads --------------------------------------------------------------------------------------------
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            return self.index.size, len(self._persons)
+
+    def get(self, entry_ids: Sequence[int]) -> list[Entry]:
+        with self._lock:
+            return self._get(entry_ids)
+
+    def _get(self, entry_ids: Sequence[int]) -> list[Entry]:
+        found: dict[int, Entry] = {}
+        for chunk in _chunks(entry_ids):
+            rows = self._db.execute(f"{ENTRY_SELECT} WHERE e.entry_id IN ({_marks(len(chunk))})", chunk)
+            found.update((row[0], _entry(row)) for row in rows)
+        return [found[int(i)] for i in entry_ids if int(i) in found]
+
+    def codes(self, entry_ids: Sequence[int]) -> np.ndarray:
+        found: dict[int, bytes] = {}
+        with self._lock:
+            for chunk in _chunks(entry_ids):
+                rows = self._db.execute(
+                    f"SELECT entry_id, code FROM entries WHERE entry_id IN ({_marks(len(chunk))})", chunk)
+                found.update(rows)
+        unknown = [int(i) for i in entry_ids if int(i) not in found]
+        if unknown:
+            raise UnknownEntries(unknown)
+        blob = b"".join(found[int(i)] for i in entry_ids)
+        return np.frombuffer(blob, np.float32).reshape(len(entry_ids), self.code_dim).copy()
+
+    def crop(self, entry_id: int) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT image FROM crops WHERE entry_id = ?", (entry_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def list_entries(self, entry_filter: EntryFilter = NO_FILTER, *, offset: int = 0, limit: int = 50
+                     ) -> EntryPage:
+        where, params = _where(entry_filter)
+        with self._lock:
+            total = self._db.execute(f"SELECT COUNT(*) FROM entries e{where}", params).fetchone()[0]
+            rows = self._db.execute(f"{ENTRY_SELECT}{where} ORDER BY e.entry_id LIMIT ? OFFSET ?",
+                                    [*params, limit, offset]).fetchall()
+        return EntryPage(total, [_entry(row) for row in rows])
+
+    def _nearest(self, unit_queries: np.ndarray, k: int, entry_filter: EntryFilter
+                 ) -> list[list[tuple[Entry, float]]]:
+        if entry_filter.person_id is not None:
+            raise ValueError("a search cannot filter by person id")
+        with self._lock:
+            if entry_filter.is_empty:
+                k = min(k, self.index.size)
+                squared, ids = self.index.search(unit_queries, k) if k else (None, None)
+            else:
+                allowed, refused = self._columns.split(entry_filter)
+                k = min(k, len(allowed))
+                squared, ids = (self.index.search_among(unit_queries, k, allowed=allowed, refused=refused)
+                                if k else (None, None))
+            if not k:
+                return [[] for _ in unit_queries]
+            entries = {e.entry_id: e for e in self._get(np.unique(ids[ids >= 0]).tolist())}
+        return [[(entries[int(i)], float(d)) for d, i in zip(row_d, row_i, strict=True) if i >= 0]
+                for row_d, row_i in zip(squared, ids, strict=True)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "location": str(self.path.parent), "faiss_device": self.index.device}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+            self._lock_file.close()

@@ -1,0 +1,30 @@
+"""`open_gallery(settings, ...)`: the one place that turns settings into a store, keyed by backend, the way
+fast-reid builds a meta-architecture from its config; routes never name a backend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from service.settings import Settings
+from service.store.base import GalleryStore
+
+# backend name -> opener(settings, code_dim, model_id)
+Opener = Callable[[Settings, int, "str | None"], GalleryStore]
+
+
+def _embedded(settings: Settings, code_dim: int, model_id: str | None) -> GalleryStore:
+    from service.store.embedded import EmbeddedStore
+    from service.store.faiss_index import gpu_search_copy
+
+    return EmbeddedStore(settings.data, code_dim=code_dim, model_id=model_id,
+                         search_copy=gpu_search_copy(settings.device), search_threads=settings.search_threads,
+                         power_safe=settings.power_safe)
+
+
+BACKENDS: dict[str, Opener] = {"embedded": _embedded}
+
+
+def open_gallery(settings: Settings, *, code_dim: int, model_id: str | None) -> GalleryStore:
+    """The store the settings name, opened for a model with `code_dim`-d codes and the code space `model_id`
+    (GalleryError when it holds another model's codes or cannot be opened)."""
+    return BACKENDS["embedded"](settings, code_dim, model_id)
