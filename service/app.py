@@ -46,7 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
         version=version("genreid"),
         description="Person re-identification by inverting a conditional diffusion model.",
         lifespan=lifespan,
-        docs_url=None,  # service.routes.ui serves /docs and /redoc from local files, not a CDN
+        docs_url=None,  # service.routes.ui serves /docs from local files, not a CDN; no /redoc (it needs one)
         redoc_url=None,
     )
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)

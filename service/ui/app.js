@@ -1,0 +1,552 @@
+// genreid operator page. Talks to the JSON API of the server that serves it, with fetch() only.
+// Person ids and cameras are user text: they reach the page through textContent and attributes, never as HTML.
+// The API key only ever travels in the X-API-Key header (never in a URL); images that need it are fetched and
+// shown through blob: URLs.
+
+const API = new URL("../", document.baseURI); // the page lives at <root>/ui/
+const KEY_STORAGE = "genreid-api-key";
+const PAGE_SIZE = 24;
+
+const state = {
+  key: sessionStorage.getItem(KEY_STORAGE),
+  keyAsked: false,
+  threshold: null, // the model's match_threshold from GET /health
+  galleryOffset: 0,
+  galleryPerson: "",
+};
+const objectUrls = new Map(); // view -> blob: URLs to release when the view is drawn again
+
+const $ = (id) => document.getElementById(id);
+
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(status ? `${status}: ${detail}` : detail);
+    this.status = status;
+  }
+}
+
+/** One API call; non-2xx answers become ApiError with the API's one-sentence detail. A 401 asks for the key. */
+async function api(path, { method = "GET", params = [], form, json } = {}) {
+  const url = new URL(path, API);
+  for (const [name, value] of params) url.searchParams.append(name, value);
+  const headers = new Headers();
+  if (state.key) headers.set("X-API-Key", state.key);
+  let body = form;
+  if (json !== undefined) {
+    headers.set("Content-Type", "application/json");
+    body = JSON.stringify(json);
+  }
+  let response;
+  try {
+    response = await fetch(url, { method, headers, body });
+  } catch (error) {
+    throw new ApiError(0, `the server did not answer (${error.message})`);
+  }
+  if (response.ok) return response;
+  let detail = response.statusText;
+  try {
+    const answer = await response.json();
+    detail = typeof answer.detail === "string" ? answer.detail : JSON.stringify(answer.detail);
+  } catch {
+    // not JSON: keep the status text
+  }
+  if (response.status === 401) askForKey();
+  throw new ApiError(response.status, detail);
+}
+
+/** An element with text content, attributes and listeners; children are nodes or strings (text, never HTML). */
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(props)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "text") node.textContent = value;
+    else if (name === "className") node.className = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  node.append(...children);
+  return node;
+}
+
+function say(view, message, kind = "info") {
+  const status = $(`${view}-status`);
+  status.textContent = message;
+  status.dataset.kind = kind;
+}
+
+function failed(view, error) {
+  const hint = error.status === 401 ? " Enter the API key above, then try again." : "";
+  say(view, `${error.message}${hint}`, "error");
+}
+
+function trackUrl(view, url) {
+  if (!objectUrls.has(view)) objectUrls.set(view, []);
+  objectUrls.get(view).push(url);
+  return url;
+}
+
+function releaseUrls(view) {
+  for (const url of objectUrls.get(view) ?? []) URL.revokeObjectURL(url);
+  objectUrls.delete(view);
+}
+
+// ---- API key -------------------------------------------------------------------------------------------------
+
+function askForKey() {
+  $("key-panel").hidden = false;
+  if (!state.keyAsked) {
+    state.keyAsked = true;
+    $("key-input").focus();
+  }
+}
+
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  state.key = $("key-input").value;
+  sessionStorage.setItem(KEY_STORAGE, state.key);
+  $("key-input").value = "";
+  $("key-panel").hidden = true;
+  showView();
+});
+
+// ---- shared pieces -------------------------------------------------------------------------------------------
+
+function cameraText(camera) {
+  return camera ?? "unknown";
+}
+
+function describe(entry) {
+  if (entry.person_id === undefined) return `entry ${entry.entry_id}`;
+  return `person ${entry.person_id}, camera ${cameraText(entry.camera)}, entry ${entry.entry_id}`;
+}
+
+/** The stored crop of an entry as a blob: URL, or null when it has none. */
+async function cropUrl(view, entryId) {
+  try {
+    const response = await api(`gallery/entries/${entryId}/crop`);
+    return trackUrl(view, URL.createObjectURL(await response.blob()));
+  } catch (error) {
+    if (error.status === 404) return null;
+    throw error;
+  }
+}
+
+function placeholder(label, text = "no crop") {
+  return el("div", { className: "placeholder", role: "img", "aria-label": label, text });
+}
+
+/** A thumbnail of an entry's stored crop; a placeholder when there is none (has_crop false, or a 404). */
+function thumbnail(view, entry) {
+  const label = `Crop of ${describe(entry)}`;
+  if (entry.has_crop === false) return el("div", { className: "thumb" }, placeholder(`No stored crop for ${describe(entry)}`));
+  const holder = el("div", { className: "thumb loading" }, placeholder(`Loading ${label}`, "loading"));
+  cropUrl(view, entry.entry_id)
+    .then((url) => holder.replaceChildren(url
+      ? el("img", { src: url, alt: label, width: 64, height: 128 })
+      : placeholder(`No stored crop for ${describe(entry)}`)))
+    .catch((error) => holder.replaceChildren(placeholder(`${label}: ${error.message}`, "not loaded")))
+    .finally(() => holder.classList.remove("loading"));
+  return holder;
+}
+
+function picture(src, alt, caption) {
+  return el("figure", {}, el("img", { src, alt, width: 64, height: 128 }), el("figcaption", { text: caption }));
+}
+
+function facts(rows) {
+  return el("dl", { className: "facts" },
+    ...rows.map(([name, value]) => el("div", {}, el("dt", { text: name }), el("dd", { text: String(value) }))));
+}
+
+function entryFacts(entry, extra = []) {
+  const rows = [...extra, ["Person", entry.person_id], ["Camera", cameraText(entry.camera)]];
+  if (entry.seen_at) rows.push(["Seen", entry.seen_at]);
+  rows.push(["Entry", entry.entry_id]);
+  return facts(rows);
+}
+
+function useAsIdentity(entry) {
+  document.querySelector('input[name="identity"][value="entry"]').checked = true;
+  $("transfer-entry").value = entry.entry_id;
+  location.hash = "#transfer";
+}
+
+function entryActions(entry, ...more) {
+  return el("div", { className: "actions" },
+    el("button", { type: "button", text: "Search from this entry", onclick: () => searchFromEntry(entry) }),
+    el("button", { type: "button", text: "Use as transfer identity", onclick: () => useAsIdentity(entry) }),
+    ...more);
+}
+
+function pngBlobUrl(view, base64) {
+  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  return trackUrl(view, URL.createObjectURL(new Blob([bytes], { type: "image/png" })));
+}
+
+/** Wire a drop zone to its file input: a dropped file lands in the input as if picked. */
+function dropZone(zone) {
+  const input = $(zone.dataset.input);
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    zone.classList.add("over");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    input.files = event.dataTransfer.files;
+    input.dispatchEvent(new Event("change", { bubbles: true }));
+  });
+}
+
+function cameraList(text) {
+  return text.split(",").map((c) => c.trim()).filter((c) => c !== "");
+}
+
+function isoTime(localValue) {
+  return new Date(localValue).toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
+// ---- search --------------------------------------------------------------------------------------------------
+
+function searchParams(withPreview) {
+  const params = [["k", $("search-k").value || "10"], ["include_noise", "false"]];
+  if (withPreview) params.push(["noise_preview", "true"]);
+  for (const camera of cameraList($("search-cameras").value)) params.push(["camera", camera]);
+  for (const camera of cameraList($("search-exclude").value)) params.push(["exclude_camera", camera]);
+  if ($("search-after").value) params.push(["seen_after", isoTime($("search-after").value)]);
+  if ($("search-before").value) params.push(["seen_before", isoTime($("search-before").value)]);
+  return params;
+}
+
+/** Where the ranked list crosses the match threshold: before the first match over it. Only meaningful while
+ * the list is sorted by distance; otherwise the per-tile borders carry the verdict alone. */
+function thresholdIndex(matches) {
+  if (state.threshold === null) return -1;
+  const sorted = matches.every((m, i) => i === 0 || matches[i - 1].distance <= m.distance);
+  if (!sorted) return -1;
+  const over = matches.findIndex((m) => m.distance > state.threshold);
+  return over === -1 ? matches.length : over;
+}
+
+function verdict(match) {
+  if (match.same_person === true) return ["same", "same person"];
+  if (match.same_person === false) return ["different", "not the same person"];
+  return ["unknown", "no threshold"];
+}
+
+function matchTile(match, rank) {
+  const [kind, text] = verdict(match);
+  return el("li", { className: `tile ${kind}`, "data-entry-id": match.entry_id, "data-distance": match.distance },
+    thumbnail("search", match),
+    entryFacts(match, [["Rank", rank], ["Distance", match.distance.toFixed(3)]]),
+    el("p", { className: "verdict", text }),
+    entryActions(match));
+}
+
+function thresholdMarker() {
+  const text = `match threshold ${state.threshold.toFixed(3)}: entries before this line are the same person, ` +
+    "entries after it are not";
+  return el("li", { className: "threshold", role: "separator", "aria-label": text, text });
+}
+
+function showMatches(matches) {
+  const list = $("search-results");
+  const cut = thresholdIndex(matches);
+  const items = matches.map((match, i) => matchTile(match, i + 1));
+  if (cut >= 0) items.splice(cut, 0, thresholdMarker());
+  list.replaceChildren(...items);
+}
+
+async function runSearch(form, queryRow, label) {
+  releaseUrls("search");
+  $("search-query").replaceChildren(...queryRow);
+  $("search-results").replaceChildren();
+  say("search", `Searching with ${label}…`);
+  try {
+    const withPreview = form.has("file") && $("search-preview").checked;
+    const answer = await (await api("query", { method: "POST", params: searchParams(withPreview), form })).json();
+    showMatches(answer.matches);
+    const found = answer.matches.length;
+    say("search", found ? `${found} matches for ${label}, best first.` : `No gallery entry passes the filters.`, "ok");
+    if (withPreview) await showReconstruction(form.get("file"), answer.noise_preview);
+  } catch (error) {
+    failed("search", error);
+  }
+}
+
+/** The paper's figure 6 beside the query: the crop, its noise, and the crop regenerated from both halves. */
+async function showReconstruction(file, noisePreview) {
+  const row = $("search-query");
+  if (noisePreview) row.append(picture(pngBlobUrl("search", noisePreview), "Noise extracted from the query crop", "noise"));
+  const form = new FormData();
+  form.append("identity", file);
+  form.append("pose", file);
+  const response = await api("transfer", { method: "POST", params: [["scale", "2"]], form });
+  const url = trackUrl("search", URL.createObjectURL(await response.blob()));
+  row.append(picture(url, "The query crop regenerated from its identity code and noise", "regenerated"));
+}
+
+$("search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const file = $("search-file").files[0];
+  if (!file) {
+    say("search", "Pick a query crop first.", "error");
+    return;
+  }
+  const form = new FormData();
+  form.append("file", file);
+  const url = trackUrl("search-file", URL.createObjectURL(file));
+  runSearch(form, [picture(url, `Query crop ${file.name}`, "query")], `the crop ${file.name}`);
+});
+
+$("search-file").addEventListener("change", () => releaseUrls("search-file"));
+
+function searchFromEntry(entry) {
+  location.hash = "#search";
+  const form = new FormData();
+  form.append("entry_id", String(entry.entry_id));
+  const query = el("figure", {}, thumbnail("search", entry), el("figcaption", { text: `entry ${entry.entry_id}` }));
+  runSearch(form, [query], `entry ${entry.entry_id} (person ${entry.person_id})`);
+}
+
+// ---- enrol ---------------------------------------------------------------------------------------------------
+
+function enrolRow(file) {
+  const url = trackUrl("enrol", URL.createObjectURL(file));
+  const person = el("input", { className: "person", "aria-label": `Person id for ${file.name}`, required: true,
+    value: $("enrol-person-all").value });
+  const camera = el("input", { className: "camera", "aria-label": `Camera for ${file.name}`,
+    value: $("enrol-camera-all").value });
+  const row = el("li", { className: "row" },
+    el("img", { src: url, alt: `Crop ${file.name}`, width: 32, height: 64 }),
+    el("span", { className: "name", text: file.name }),
+    el("label", {}, "Person id ", person),
+    el("label", {}, "Camera ", camera),
+    el("output", { className: "result", "aria-live": "polite" }));
+  row.file = file;
+  return row;
+}
+
+$("enrol-files").addEventListener("change", () => {
+  releaseUrls("enrol");
+  $("enrol-rows").replaceChildren(...[...$("enrol-files").files].map(enrolRow));
+  $("enrol-progress").hidden = true;
+  say("enrol", "");
+});
+
+$("enrol-fill").addEventListener("click", () => {
+  for (const row of $("enrol-rows").children) {
+    if ($("enrol-person-all").value) row.querySelector(".person").value = $("enrol-person-all").value;
+    if ($("enrol-camera-all").value) row.querySelector(".camera").value = $("enrol-camera-all").value;
+  }
+});
+
+async function enrolOne(row) {
+  const result = row.querySelector(".result");
+  const personId = row.querySelector(".person").value;
+  if (!personId.trim()) throw new Error("a person id is needed");
+  const form = new FormData();
+  form.append("files", row.file);
+  form.append("person_id", personId);
+  form.append("camera", row.querySelector(".camera").value);
+  result.textContent = "sending…";
+  const answer = await (await api("gallery", { method: "POST", form })).json();
+  return answer.entries[0];
+}
+
+$("enrol-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const rows = [...$("enrol-rows").children].filter((row) => row.dataset.state !== "done");
+  if (!rows.length) {
+    say("enrol", "Pick crops to enrol first.", "error");
+    return;
+  }
+  const progress = $("enrol-progress");
+  Object.assign(progress, { hidden: false, max: rows.length, value: 0 });
+  let done = 0;
+  for (const row of rows) {
+    const result = row.querySelector(".result");
+    try {
+      const entry = await enrolOne(row);
+      row.dataset.state = "done";
+      result.textContent = `enrolled as entry ${entry.entry_id}`;
+      done += 1;
+    } catch (error) {
+      row.dataset.state = "error";
+      result.textContent = error.message;
+    }
+    progress.value += 1;
+    say("enrol", `${progress.value} of ${rows.length} sent…`);
+  }
+  const errors = rows.length - done;
+  say("enrol", `${done} of ${rows.length} crops enrolled${errors ? `; ${errors} refused, see beside each file` : ""}.`,
+    errors ? "error" : "ok");
+  refreshServer();
+});
+
+// ---- gallery -------------------------------------------------------------------------------------------------
+
+async function confirmDelete(message) {
+  const dialog = $("confirm");
+  $("confirm-message").textContent = message;
+  dialog.returnValue = "";
+  dialog.showModal();
+  return new Promise((resolve) => dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"),
+    { once: true }));
+}
+
+$("confirm-cancel").addEventListener("click", () => $("confirm").close("cancel"));
+$("confirm-ok").addEventListener("click", () => $("confirm").close("ok"));
+
+async function remove(path, message, done) {
+  if (!(await confirmDelete(message))) return;
+  try {
+    const answer = await (await api(path, { method: "DELETE" })).json();
+    await loadGallery();
+    say("gallery", `${done}: ${answer.removed} ${answer.removed === 1 ? "entry" : "entries"} removed.`, "ok");
+  } catch (error) {
+    failed("gallery", error);
+  }
+}
+
+function galleryCard(entry) {
+  const removeEntry = () => remove(`gallery/entries/${entry.entry_id}`,
+    `Delete entry ${entry.entry_id} of person ${entry.person_id}?`, `Entry ${entry.entry_id} deleted`);
+  const removePerson = () => remove(`gallery/persons/${encodeURIComponent(entry.person_id)}`,
+    `Delete every entry of person ${entry.person_id}?`, `Person ${entry.person_id} deleted`);
+  return el("li", { className: "tile", "data-entry-id": entry.entry_id },
+    thumbnail("gallery", entry),
+    entryFacts(entry),
+    entryActions(entry,
+      el("button", { type: "button", className: "danger", text: "Delete entry", onclick: removeEntry }),
+      el("button", { type: "button", className: "danger", text: "Delete person", onclick: removePerson })));
+}
+
+async function loadGallery() {
+  const params = [["offset", state.galleryOffset], ["limit", PAGE_SIZE]];
+  if (state.galleryPerson) params.push(["person_id", state.galleryPerson]);
+  say("gallery", "Loading…");
+  try {
+    const [page, counts] = await Promise.all([
+      api("gallery/entries", { params }).then((r) => r.json()),
+      api("gallery").then((r) => r.json()),
+    ]);
+    if (!page.entries.length && page.offset > 0) {
+      state.galleryOffset = Math.max(0, Math.floor((page.total - 1) / PAGE_SIZE) * PAGE_SIZE);
+      return loadGallery();
+    }
+    releaseUrls("gallery");
+    $("gallery-counts").textContent = `The gallery holds ${counts.entries} entries of ${counts.persons} persons.`;
+    $("gallery-entries").replaceChildren(...page.entries.map(galleryCard));
+    const first = page.entries.length ? page.offset + 1 : 0;
+    const filter = state.galleryPerson ? ` for person ${state.galleryPerson}` : "";
+    $("gallery-range").textContent = `${first}–${page.offset + page.entries.length} of ${page.total}${filter}`;
+    $("gallery-prev").disabled = page.offset === 0;
+    $("gallery-next").disabled = page.offset + page.entries.length >= page.total;
+    say("gallery", "");
+  } catch (error) {
+    failed("gallery", error);
+  }
+}
+
+$("gallery-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  state.galleryPerson = $("gallery-person").value;
+  state.galleryOffset = 0;
+  loadGallery();
+});
+
+$("gallery-clear").addEventListener("click", () => {
+  $("gallery-person").value = "";
+  state.galleryPerson = "";
+  state.galleryOffset = 0;
+  loadGallery();
+});
+
+$("gallery-prev").addEventListener("click", () => {
+  state.galleryOffset = Math.max(0, state.galleryOffset - PAGE_SIZE);
+  loadGallery();
+});
+
+$("gallery-next").addEventListener("click", () => {
+  state.galleryOffset += PAGE_SIZE;
+  loadGallery();
+});
+
+// ---- transfer ------------------------------------------------------------------------------------------------
+
+$("transfer-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  releaseUrls("transfer");
+  const byEntry = document.querySelector('input[name="identity"]:checked').value === "entry";
+  const pose = $("transfer-pose").files[0];
+  const identityFile = $("transfer-identity").files[0];
+  const entryId = $("transfer-entry").value;
+  if (!pose || (byEntry ? !entryId : !identityFile)) {
+    say("transfer", `Pick ${byEntry ? "an entry id" : "an identity crop"} and a pose crop first.`, "error");
+    return;
+  }
+  const form = new FormData();
+  if (byEntry) form.append("identity_entry_id", entryId);
+  else form.append("identity", identityFile);
+  form.append("pose", pose);
+  const identity = byEntry
+    ? el("figure", {}, thumbnail("transfer", { entry_id: entryId }),
+      el("figcaption", { text: `identity: entry ${entryId}` }))
+    : picture(trackUrl("transfer", URL.createObjectURL(identityFile)), `Identity crop ${identityFile.name}`,
+      "identity");
+  const poseFigure = picture(trackUrl("transfer", URL.createObjectURL(pose)), `Pose crop ${pose.name}`, "pose");
+  $("transfer-result").replaceChildren(identity, poseFigure);
+  say("transfer", "Rendering…");
+  try {
+    const params = [["scale", $("transfer-scale").value || "1"]];
+    const response = await api("transfer", { method: "POST", params, form });
+    const url = trackUrl("transfer", URL.createObjectURL(await response.blob()));
+    const who = byEntry ? `the person of entry ${entryId}` : `the person of ${identityFile.name}`;
+    const result = el("figure", { className: "rendered" },
+      el("img", { id: "transfer-image", src: url, alt: `${who} rendered in the pose of ${pose.name}` }),
+      el("figcaption", { text: "rendered" }));
+    $("transfer-result").append(result);
+    say("transfer", `Rendered ${who} in the pose of ${pose.name}.`, "ok");
+  } catch (error) {
+    failed("transfer", error);
+  }
+});
+
+// ---- views and start-up --------------------------------------------------------------------------------------
+
+const VIEWS = ["search", "enrol", "gallery", "transfer"];
+
+function showView() {
+  const name = VIEWS.includes(location.hash.slice(1)) ? location.hash.slice(1) : "search";
+  for (const view of VIEWS) $(view).hidden = view !== name;
+  for (const link of document.querySelectorAll("nav a")) {
+    if (link.getAttribute("href") === `#${name}`) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  if (name === "gallery") loadGallery();
+  return name;
+}
+
+/** The header line: what the server runs and where the match threshold sits (GET /health needs no key). */
+async function refreshServer() {
+  try {
+    const health = await (await api("health")).json();
+    state.threshold = health.match_threshold ?? null;
+    const threshold = state.threshold === null ? "no match threshold" : `match threshold ${state.threshold.toFixed(3)}`;
+    $("server").textContent = `${health.index_size} entries, ${health.persons} persons; ${threshold}; ` +
+      `${health.providers[0] ?? "no provider"}`;
+  } catch (error) {
+    $("server").textContent = `Server status unknown: ${error.message}`;
+  }
+}
+
+window.addEventListener("hashchange", () => {
+  const name = showView();
+  $(`${name}-title`).focus();
+});
+document.querySelectorAll(".drop").forEach(dropZone);
+await refreshServer();
+showView();
+document.body.dataset.ready = "true";
