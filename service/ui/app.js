@@ -166,7 +166,7 @@ function entryFacts(entry, extra = []) {
 }
 
 function useAsIdentity(entry) {
-  document.querySelector('input[name="identity"][value="entry"]').checked = true;
+  chooseIdentity("entry");
   $("transfer-entry").value = entry.entry_id;
   location.hash = "#transfer";
 }
@@ -296,11 +296,10 @@ $("search-form").addEventListener("submit", (event) => {
   }
   const form = new FormData();
   form.append("file", file);
+  releaseUrls("search-file"); // apart from "search", which runSearch releases after this URL is made
   const url = trackUrl("search-file", URL.createObjectURL(file));
   runSearch(form, [picture(url, `Query crop ${file.name}`, "query")], `the crop ${file.name}`);
 });
-
-$("search-file").addEventListener("change", () => releaseUrls("search-file"));
 
 function searchFromEntry(entry) {
   location.hash = "#search";
@@ -405,16 +404,26 @@ async function remove(path, message, done) {
     const answer = await (await api(path, { method: "DELETE" })).json();
     await loadGallery();
     say("gallery", `${done}: ${answer.removed} ${answer.removed === 1 ? "entry" : "entries"} removed.`, "ok");
+    $("gallery-title").focus(); // the pressed button is gone with the redrawn list
   } catch (error) {
     failed("gallery", error);
   }
 }
 
+/** Whether DELETE /gallery/persons/{person_id} can name this person: the server routes on the decoded path (so
+ * no "/"), and URLs fold "." and ".." segments away. */
+function addressable(personId) {
+  return !personId.includes("/") && personId !== "." && personId !== "..";
+}
+
 function galleryCard(entry) {
   const removeEntry = () => remove(`gallery/entries/${entry.entry_id}`,
     `Delete entry ${entry.entry_id} of person ${entry.person_id}?`, `Entry ${entry.entry_id} deleted`);
-  const removePerson = () => remove(`gallery/persons/${encodeURIComponent(entry.person_id)}`,
-    `Delete every entry of person ${entry.person_id}?`, `Person ${entry.person_id} deleted`);
+  const removePerson = () => (addressable(entry.person_id)
+    ? remove(`gallery/persons/${encodeURIComponent(entry.person_id)}`,
+      `Delete every entry of person ${entry.person_id}?`, `Person ${entry.person_id} deleted`)
+    : say("gallery", `The API cannot delete person ${entry.person_id} at once (its id cannot be part of a URL ` +
+      "path): delete its entries one by one.", "error"));
   return el("li", { className: "tile", "data-entry-id": entry.entry_id },
     thumbnail("gallery", entry),
     entryFacts(entry),
@@ -475,6 +484,13 @@ $("gallery-next").addEventListener("click", () => {
 });
 
 // ---- transfer ------------------------------------------------------------------------------------------------
+
+function chooseIdentity(kind) {
+  document.querySelector(`input[name="identity"][value="${kind}"]`).checked = true;
+}
+
+$("transfer-entry").addEventListener("input", () => chooseIdentity("entry"));
+$("transfer-identity").addEventListener("change", () => chooseIdentity("crop"));
 
 $("transfer-form").addEventListener("submit", async (event) => {
   event.preventDefault();

@@ -129,7 +129,8 @@ def open_page(browser: Browser) -> Iterator[OpenPage]:
             problems.append(message.text)
 
     def open_(base_url: str, hash_: str = "", viewport: dict[str, int] = DESKTOP) -> Page:
-        context = browser.new_context(base_url=base_url, viewport=viewport)
+        # Not UTC, so the page's local-time to UTC conversion of the seen_at window is exercised.
+        context = browser.new_context(base_url=base_url, viewport=viewport, timezone_id="Europe/Berlin")
         contexts.append(context)
         page = context.new_page()
         page.on("console", record)

@@ -113,11 +113,22 @@ def test_search_shows_what_the_api_ranks(server, open_page, crop):
     assert_page_shows(page, from_entry, threshold(server))
 
 
-def test_search_filters_by_camera(server, open_page, crop):
+def drop_file(page: Page, zone: str, name: str, data: bytes) -> None:
+    """Drop a file on a drop zone as a user dragging it from the desktop would."""
+    transfer = page.evaluate_handle("""([name, bytes]) => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array(bytes)], name, {type: 'image/png'}));
+        return transfer;
+    }""", [name, list(data)])
+    page.dispatch_event(f".drop[data-input={zone}]", "drop", {"dataTransfer": transfer})
+
+
+def test_search_filters_by_camera_on_a_dropped_crop(server, open_page, crop):
     enrol(server, crop, [("camera-a", 211, 0)], camera="7")
     enrol(server, crop, [("camera-a", 211, 1)], camera="8")
     page = open_page(server.url, "#search")
-    page.set_input_files("#search-file", upload("query.png", crop(211, 0)))
+    drop_file(page, "search-file", "query.png", crop(211, 0))
+    assert page.eval_on_selector("#search-file", "input => input.files[0].name") == "query.png"
     page.fill("#search-cameras", "7, 8")
     page.fill("#search-exclude", "7")
     page.click("#search-form button[type=submit]")
@@ -126,6 +137,27 @@ def test_search_filters_by_camera(server, open_page, crop):
                           files={"file": ("query.png", crop(211, 0))})
     assert [m["camera"] for m in matches] == ["8"]
     assert_page_shows(page, matches, threshold(server))
+
+
+def test_search_within_a_seen_at_window(server, open_page, crop):
+    people = [("seen-a", 212, v) for v in range(3)]
+    files = [("files", (f"{v}.png", crop(seed, v), "image/png")) for _, seed, v in people]
+    seen = ["2026-01-01T10:00:00Z", "2026-01-01T12:00:00Z", "2026-01-01T14:00:00Z"]
+    data = {"person_id": [pid for pid, _, _ in people], "seen_at": seen}
+    assert server.api.post("/gallery", files=files, data=data).status_code == 201
+    page = open_page(server.url, "#search")  # in Europe/Berlin: UTC+1 in January
+    page.set_input_files("#search-file", upload("query.png", crop(212, 0)))
+    page.fill("#search-after", "2026-01-01T12:30:00")
+    page.fill("#search-before", "2026-01-01T14:30:00")
+    with page.expect_request("**/query?*") as request:
+        page.click("#search-form button[type=submit]")
+    assert "seen_after=2026-01-01T11%3A30%3A00Z&seen_before=2026-01-01T13%3A30%3A00Z" in request.value.url
+    wait_for_search(page)
+    window = {"seen_after": "2026-01-01T11:30:00Z", "seen_before": "2026-01-01T13:30:00Z"}
+    matches = api_matches(server, {"k": 10, **window}, files={"file": ("query.png", crop(212, 0))})
+    assert [m["seen_at"] for m in matches if m["person_id"] == "seen-a"] == [seen[1]]
+    assert_page_shows(page, matches, threshold(server))
+    expect(page.locator("#search-results li.tile").first).to_contain_text(f"Seen{seen[1]}")
 
 
 def tab_to(page: Page, condition: str, limit: int = 80) -> None:
@@ -190,6 +222,31 @@ def test_delete_through_the_gallery(server, open_page, crop):
     after = gallery_counts(server)
     assert after == {"entries": before["entries"] - 3, "persons": before["persons"] - 1}
     expect(page.locator("#gallery-counts")).to_contain_text(f"{after['entries']} entries of {after['persons']}")
+
+
+def test_gallery_pages_and_ids_a_path_cannot_carry(server, open_page, crop):
+    enrol(server, crop, [("page-a", 281, v) for v in range(26)])
+    enrol(server, crop, [("page/b", 282, 0)])
+    page = open_page(server.url, "#gallery")
+    page.fill("#gallery-person", "page-a")
+    page.click("#gallery-form button[type=submit]")
+    tiles = page.locator("#gallery-entries > li")
+    expect(tiles).to_have_count(24)
+    expect(page.locator("#gallery-range")).to_have_text("1–24 of 26 for person page-a")
+    expect(page.locator("#gallery-prev")).to_be_disabled()
+    page.click("#gallery-next")
+    expect(tiles).to_have_count(2)
+    expect(page.locator("#gallery-range")).to_have_text("25–26 of 26 for person page-a")
+    expect(page.locator("#gallery-next")).to_be_disabled()
+
+    page.fill("#gallery-person", "page/b")
+    page.click("#gallery-form button[type=submit]")
+    expect(tiles).to_have_count(1)
+    tiles.first.get_by_role("button", name="Delete person").click()
+    expect(page.locator("#gallery-status")).to_contain_text("delete its entries one by one")
+    tiles.first.get_by_role("button", name="Delete entry").click()
+    page.click("#confirm-ok")
+    expect(tiles).to_have_count(0)
 
 
 def shown_pixels(page: Page, selector: str) -> np.ndarray:
