@@ -36,12 +36,19 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(synthetic_root, cache_dir, tmp_path_factory) -> TinyRun:
-    """generator -> identity generator -> samples -> both Inv-Ids -> Inv-Noise -> ONNX export."""
-    from training.export import export_run
+def tiny_stages(synthetic_root, cache_dir, tmp_path_factory) -> StageContext:
+    """generator -> identity generator -> samples -> both Inv-Ids -> Inv-Noise."""
     from training.pipeline import run_stages
 
     ctx = make_context(get_preset("tiny"), synthetic_root, tmp_path_factory.mktemp("run"), cache_dir)
     run_stages(ctx)
+    return ctx
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_stages, tmp_path_factory) -> TinyRun:
+    """The trained tiny stages, exported to ONNX."""
+    from training.export import export_run
+
     models = tmp_path_factory.mktemp("models")
-    return TinyRun(ctx, models, export_run(ctx, models))
+    return TinyRun(tiny_stages, models, export_run(tiny_stages, models))

@@ -1,0 +1,109 @@
+"""The discriminative ablation (no generator) and an Inv-Id reading a higher resolution than the generator draws."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from training.networks.classifiers import CodeTableHead, cosine_logits, mean_nearest_distance
+from training.pipeline import run_stages, stage_table
+from training.presets import get_preset
+from training.stages.inverters import (
+    InvIdPlan,
+    augment_real,
+    inv_id_plan,
+    reconstruction_error,
+    resize_images,
+    train_inv_id,
+)
+
+from .conftest import make_context
+
+
+def test_cosine_logits_see_direction_only():
+    weight = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]])
+    codes = torch.tensor([[0.5, 0.0], [0.0, 7.0]])
+    logits = cosine_logits(codes, weight, scale=16.0)
+    np.testing.assert_allclose(logits.numpy(), [[16.0, 0.0, -16.0], [0.0, 16.0, 0.0]], atol=1e-5)
+    assert torch.allclose(cosine_logits(10.0 * codes, 0.1 * weight, 16.0), logits)
+
+
+def test_code_table_head_puts_the_nearest_other_code_gap_logits_below():
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    assert mean_nearest_distance(table) == pytest.approx((1.0 + 1.0 + 2.0) / 3)
+    head = CodeTableHead(torch.tensor([[0.0, 0.0], [0.5, 0.0]]), gap=4.0)
+    logits = head(head.targets(torch.tensor([0])))
+    assert (logits[0, 0] - logits[0, 1]).item() == pytest.approx(4.0)
+    assert head.state_dict() == {}  # the generator's table is not the Inv-Id stage's to save
+
+
+def test_inv_id_plan_splits_each_mode_batch():
+    preset = get_preset("cpu", triplet_margin=0.1)
+    assert inv_id_plan(preset, "hybrid") == InvIdPlan(generated=24, real=72, identities=18)
+    assert inv_id_plan(preset, "paper") == InvIdPlan(generated=96, real=0, identities=18)
+    # The ablation sees the hybrid's real crops (18 identities x 4), without the generated quarter.
+    assert inv_id_plan(preset, "discriminative") == InvIdPlan(generated=0, real=72, identities=18)
+    all_real = get_preset("cpu", real_fraction=1.0, real_identities=24, triplet_margin=0.1)
+    assert inv_id_plan(all_real, "discriminative") == InvIdPlan(generated=0, real=96, identities=24)
+
+
+@pytest.mark.parametrize(("overrides", "mode", "message"), [
+    ({}, "discriminative", "triplet_margin"),  # no code table to take the margin from
+    ({"triplet_margin": 0.1, "real_identities": 0}, "hybrid", "real_identities > 0"),
+    ({"triplet_margin": 0.1, "real_identities": 7}, "discriminative", "must divide"),
+    ({"triplet_margin": 0.1, "real_fraction": 0.0}, "discriminative", "draws no images"),
+    ({}, "generative", "unknown Inv-Id mode"),
+])
+def test_inv_id_plan_refuses_settings_that_conflict(overrides, mode, message):
+    with pytest.raises(ValueError, match=message):
+        inv_id_plan(get_preset("cpu", **overrides), mode)
+
+
+def test_resize_images_upsamples_bilinear_and_keeps_the_range():
+    images = torch.rand((3, 3, 64, 32))
+    assert resize_images(images, (64, 32)) is images
+    up = resize_images(images, (128, 64))
+    assert up.shape == (3, 3, 128, 64) and 0.0 <= up.min() and up.max() <= 1.0
+    flat = torch.full((1, 3, 64, 32), 0.25)
+    assert torch.allclose(resize_images(flat, (128, 64)), torch.full((1, 3, 128, 64), 0.25))
+    # Bilinear: a horizontal ramp stays a ramp, each 2x2 block averaging back to its source pixel.
+    ramp = torch.linspace(0.0, 1.0, 32).expand(1, 3, 64, 32)
+    pooled = torch.nn.functional.avg_pool2d(resize_images(ramp, (128, 64)), 2)
+    assert torch.allclose(pooled[..., 1:-1], ramp[..., 1:-1], atol=1e-6)
+
+
+def test_augment_real_keeps_the_shape_at_any_resolution():
+    for size in ((64, 32), (128, 64)):
+        out = augment_real(torch.rand((6, 3, *size)), torch.Generator().manual_seed(0))
+        assert out.shape == (6, 3, *size)
+
+
+def test_discriminative_run_needs_no_generator(synthetic_root, cache_dir, tmp_path):
+    """The ablation alone: no generator, codes, samples or Inv-Noise stage; real crops decoded at 128x64."""
+    preset = get_preset("tiny", inv_id_modes=("discriminative",), triplet_margin=0.1, inv_id_resolution=(128, 64))
+    ctx = make_context(preset, synthetic_root, tmp_path / "run", cache_dir)
+    assert list(stage_table(ctx)) == ["inv_id_discriminative"]
+    run_stages(ctx)
+    assert not ctx.path("generator.pt").exists()
+    saved = ctx.load("inv_id_discriminative")
+    _, val = ctx.inv_id_splits
+    assert val.images.shape[1:3] == (128, 64)
+    assert saved["validation"]["mAP"] > 2.0 / len(np.unique(val.person_ids))  # random ranking: about 1/identities
+
+
+def test_hybrid_inv_id_reads_128x64_beside_a_64x32_generator(tiny_stages, tmp_path):
+    """Generated 64x32 samples are upsampled, real crops decoded at 128x64; reconstructions still work."""
+    preset = get_preset("tiny", inv_id_resolution=(128, 64), inv_id_steps=8)
+    ctx = make_context(preset, tiny_stages.data_root, tmp_path / "run", tiny_stages.cache_dir)
+    for name in ("generator.pt", "codes.pt", "samples.npz", "inv_noise.pt"):
+        shutil.copy(tiny_stages.path(name), ctx.path(name))
+    train_inv_id(ctx, "hybrid")
+    inv_id, inv_noise = ctx.new_inv_id(), ctx.new_inv_noise()
+    inv_id.load_state_dict(ctx.load("inv_id_hybrid")["model"])
+    inv_noise.load_state_dict(ctx.load("inv_noise")["model"])
+    _, val = ctx.splits
+    error = reconstruction_error(ctx, inv_id, inv_noise, val.images[:4])
+    assert 0.0 < error["l1"] < 1.0
