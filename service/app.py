@@ -14,10 +14,16 @@ from starlette.concurrency import run_in_threadpool
 
 from service.dependencies import ImageReader, Services, require_api_key
 from service.encoders import Encoders
-from service.errors import UploadLimit, error_responses, unknown_entries, validation_error
+from service.errors import (
+    UploadLimit,
+    error_responses,
+    store_unavailable,
+    unknown_entries,
+    validation_error,
+)
 from service.routes import gallery, health, query, transfer, ui
 from service.settings import Settings
-from service.store import UnknownEntries, open_gallery
+from service.store import StoreUnavailable, UnknownEntries, open_gallery
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +58,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(UnknownEntries, unknown_entries)
-    protected = {"dependencies": [Depends(require_api_key)], "responses": error_responses(401)}
+    app.add_exception_handler(StoreUnavailable, store_unavailable)
+    protected = {"dependencies": [Depends(require_api_key)], "responses": error_responses(401, 503)}
     app.include_router(gallery.router, **protected)
     app.include_router(query.router, **protected)
     app.include_router(transfer.router, **protected)

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.store import UnknownEntries
+from service.store import StoreUnavailable, UnknownEntries
 
 
 class ErrorBody(BaseModel):
@@ -25,6 +25,7 @@ _DESCRIPTIONS = {
     404: "Unknown entry or person, or an entry without a stored crop",
     413: "Request body over the upload limit, or too many files",
     422: "Invalid parameters, or a file that is not a usable image",
+    503: "The gallery's engine is unavailable; nothing was changed",
 }
 
 
@@ -36,6 +37,11 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 async def unknown_entries(_: Request, exc: UnknownEntries) -> JSONResponse:
     """A store call that names entries the gallery does not hold is the client's 404, from any route."""
     return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+async def store_unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+    """The gallery's engine failed or is unreachable: a reason, and a hint to retry, never a 500 or a hang."""
+    return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
 
 async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

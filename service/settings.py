@@ -31,7 +31,19 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="TCP port")
     models: Path = Field(default_factory=default_models,
                          description="exported model directory (model.json + ONNX files); default: the shipped one")
-    data: Path = Field(Path("genreid-data"), description="directory holding the durable gallery")
+    data: Path = Field(Path("genreid-data"), description="directory of the embedded gallery (without --gallery-uri)")
+    gallery_uri: str | None = Field(
+        None, description="a Milvus gallery instead of the embedded one: http(s)://host:19530 for a server or "
+        "cluster, or a path ending in .db for milvus-lite in this process (needs the milvus extra)",
+    )
+    gallery_collection: str = Field(
+        "genreid", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,200}$",
+        description="the Milvus collection holding the gallery (one per model: a model upgrade re-embeds into a "
+        "new one)",
+    )
+    gallery_token: SecretStr | None = Field(
+        None, description="Milvus credentials (user:password or an API key); never shown in /health or logs"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="inference and FAISS device: auto uses a GPU when one is usable"
     )
@@ -55,7 +67,7 @@ class Settings(BaseSettings):
         True, description="keep each enrolled crop as a small WebP beside its code (false: codes only)"
     )
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "gallery_token", "gallery_uri", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         # GENREID_API_KEY= in an env file means "no key", not "the empty key".

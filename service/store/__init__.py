@@ -8,9 +8,10 @@ from service.store.base import (
     GalleryStore,
     Match,
     NewEntry,
+    StoreUnavailable,
     UnknownEntries,
 )
 from service.store.factory import open_gallery
 
 __all__ = ["Entry", "EntryFilter", "EntryPage", "GalleryError", "GalleryStore", "Match", "NewEntry",
-           "UnknownEntries", "open_gallery"]
+           "StoreUnavailable", "UnknownEntries", "open_gallery"]

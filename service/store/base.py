@@ -26,6 +26,10 @@ class GalleryError(RuntimeError):
     """The gallery cannot be used as asked: held by another process, made by another model, unreachable."""
 
 
+class StoreUnavailable(GalleryError):
+    """The gallery's engine failed or could not be reached during a call; nothing of the call was applied."""
+
+
 class UnknownEntries(KeyError):
     """Entry ids the gallery does not hold (`ids` lists them)."""
 

@@ -1,12 +1,12 @@
 """`open_gallery(settings, ...)`: the one place that turns settings into a store, keyed by backend, the way
-fast-reid builds a meta-architecture from its config; routes never name a backend."""
+fast-reid builds a meta-architecture from its config; routes and tools never name a backend."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from service.settings import Settings
-from service.store.base import GalleryStore
+from service.store.base import GalleryError, GalleryStore
 
 # backend name -> opener(settings, code_dim, model_id)
 Opener = Callable[[Settings, int, "str | None"], GalleryStore]
@@ -21,10 +21,26 @@ def _embedded(settings: Settings, code_dim: int, model_id: str | None) -> Galler
                          power_safe=settings.power_safe)
 
 
-BACKENDS: dict[str, Opener] = {"embedded": _embedded}
+def _milvus(settings: Settings, code_dim: int, model_id: str | None) -> GalleryStore:
+    try:
+        from service.store.milvus import MilvusStore
+    except ImportError as err:
+        raise GalleryError(f"--gallery-uri needs the milvus extra (pip install -e '.[milvus]'): {err}") from None
+    assert settings.gallery_uri is not None
+    token = None if settings.gallery_token is None else settings.gallery_token.get_secret_value()
+    return MilvusStore(settings.gallery_uri, collection=settings.gallery_collection, code_dim=code_dim,
+                       model_id=model_id, token=token)
+
+
+BACKENDS: dict[str, Opener] = {"embedded": _embedded, "milvus": _milvus}
+
+
+def backend_name(settings: Settings) -> str:
+    """A gallery URI names a Milvus gallery; without one the gallery is embedded under --data."""
+    return "embedded" if settings.gallery_uri is None else "milvus"
 
 
 def open_gallery(settings: Settings, *, code_dim: int, model_id: str | None) -> GalleryStore:
     """The store the settings name, opened for a model with `code_dim`-d codes and the code space `model_id`
     (GalleryError when it holds another model's codes or cannot be opened)."""
-    return BACKENDS["embedded"](settings, code_dim, model_id)
+    return BACKENDS[backend_name(settings)](settings, code_dim, model_id)

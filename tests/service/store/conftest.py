@@ -3,6 +3,7 @@ it (here and, as source, in a fresh process) and how to make its engine fail in 
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -41,17 +42,83 @@ def _sqlite_fails_after(store: GalleryStore, rows: int, table: str) -> Iterator[
         db.execute("DROP TRIGGER inject_failure")
 
 
-BACKENDS = [
-    Backend(
+@contextmanager
+def _engine_fails_after(store: GalleryStore, rows: int, table: str) -> Iterator[None]:
+    """The engine accepts `rows` more rows of this write, then fails (a crop is a field of its row in Milvus, so
+    `table` makes no difference)."""
+    from service.store.milvus import MilvusStore
+
+    assert isinstance(store, MilvusStore)
+    insert = store._insert_rows
+    budget = [rows]
+
+    def failing(chunk: list[dict]) -> None:
+        accepted = chunk[: budget[0]]
+        if accepted:
+            insert(accepted)
+        budget[0] -= len(accepted)
+        if len(accepted) < len(chunk):
+            raise RuntimeError("injected failure")
+
+    store._insert_rows = failing  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del store._insert_rows
+
+
+def _collection(location: Path) -> str:
+    """One collection per test location on the shared engine, the same again when the test reopens it."""
+    return "t" + hashlib.sha1(str(location).encode()).hexdigest()[:16]
+
+
+def _embedded(request: pytest.FixtureRequest) -> Backend:
+    return Backend(
         name="embedded",
         open=lambda location, code_dim, model_id: EmbeddedStore(location, code_dim=code_dim, model_id=model_id),
         open_source="from service.store.embedded import EmbeddedStore\n"
                     "store = EmbeddedStore(location, code_dim=code_dim, model_id=model_id)",
         fail_after=_sqlite_fails_after,
-    ),
-]
+    )
 
 
-@pytest.fixture(params=BACKENDS, ids=lambda backend: backend.name)
+def _milvus_lite(request: pytest.FixtureRequest) -> Backend:
+    """milvus-lite in the test's own process, on a .db path (one process per data directory)."""
+    pytest.importorskip("pymilvus", reason="needs the milvus extra (pip install -e '.[milvus]')")
+    from service.store.milvus import MilvusStore
+
+    return Backend(
+        name="milvus",
+        open=lambda location, code_dim, model_id: MilvusStore(f"{location}.db", collection="gallery",
+                                                              code_dim=code_dim, model_id=model_id),
+        open_source="from service.store.milvus import MilvusStore\n"
+                    "store = MilvusStore(f'{location}.db', collection='gallery', code_dim=code_dim, "
+                    "model_id=model_id)",
+        fail_after=_engine_fails_after,
+    )
+
+
+def _milvus_server(request: pytest.FixtureRequest) -> Backend:
+    """A `milvus-lite server` process on 127.0.0.1 that every client, in any process, talks to over gRPC."""
+    server = request.getfixturevalue("milvus_server")
+    from service.store.milvus import MilvusStore
+
+    return Backend(
+        name="milvus",
+        open=lambda location, code_dim, model_id: MilvusStore(server.uri, collection=_collection(location),
+                                                              code_dim=code_dim, model_id=model_id),
+        open_source="from service.store.milvus import MilvusStore\n"
+                    f"store = MilvusStore({server.uri!r}, collection='t' + __import__('hashlib').sha1("
+                    "str(location).encode()).hexdigest()[:16], code_dim=code_dim, model_id=model_id)",
+        fail_after=_engine_fails_after,
+    )
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Backend]] = {
+    "embedded": _embedded, "milvus-lite": _milvus_lite, "milvus-server": _milvus_server,
+}
+
+
+@pytest.fixture(params=list(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> Backend:
-    return request.param
+    return BACKENDS[request.param](request)

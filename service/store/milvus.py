@@ -1,0 +1,423 @@
+"""The Milvus store: a gallery that several replicas share, on a Milvus server or cluster or on milvus-lite.
+
+What each guarantee rests on (docs/GALLERY_STORE.md has the long form):
+- Every collection is Strong-consistency and every call asks for Strong: a read sees every write acknowledged
+  before it, from any replica. Nothing is cached per process except this process's block of entry ids.
+- Entry ids: each process claims a random block of 2**21 ids in the aux collection (a claim holds only if no other
+  claim of that block is visible after it is written, which Strong reads make safe), so ids are unique across
+  replicas and below 2**53 (exact in JavaScript).
+- A batch is all or nothing as others see it: its rows carry the batch id, and a `pending` marker for that batch is
+  written before them and deleted (one row, atomic) after the last; every read leaves out rows of pending batches.
+  When the engine fails mid-batch the rows written so far are deleted, or, if the engine is gone, stay invisible
+  until a later sweep removes batches pending for longer than STALE_SECONDS.
+- The crop is a field of its entry's row: written and deleted with it. Deleted rows are invisible at once;
+  Milvus frees their space at compaction.
+- Person counts come from one row per person in the aux collection (upserts are idempotent); a person whose last
+  entry is removed while another replica enrols them again can be left uncounted until they are enrolled again.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+from pymilvus import DataType, MilvusClient, MilvusException
+
+from service.store.base import (
+    MAX_LABEL,
+    NO_FILTER,
+    Entry,
+    EntryFilter,
+    EntryPage,
+    GalleryError,
+    GalleryStore,
+    NewEntry,
+    StoreUnavailable,
+    UnknownEntries,
+    check_code_space,
+    from_micros,
+    to_micros,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BLOCK_BITS = 21  # ids per claimed block: 2**21; blocks are drawn from [1, 2**32), so ids stay below 2**53
+STALE_SECONDS = 120.0  # a batch pending this long was abandoned by a failed write
+SWEEP_SECONDS = 60.0  # how often writes look for abandoned batches
+CHUNK = 256  # rows per insert request, far below Milvus's message size limit
+MAX_CROP_CHARS = 65_535  # Milvus VARCHAR limit; stored crops are ~2 KB (base64 ~3 KB)
+MODEL_PROPERTY = "genreid.model_id"
+ENTRY_FIELDS = ["entry_id", "person_id", "camera", "seen_at", "track_id", "has_crop"]
+PAGE = 16_384  # rows per query when a read needs every matching id
+
+
+def literal(text: str) -> str:
+    """A string literal of Milvus's filter language (C-style escapes)."""
+    escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+               .replace("\t", "\\t"))
+    return f'"{escaped}"'
+
+
+def literals(texts: Sequence[str]) -> str:
+    return "[" + ", ".join(literal(t) for t in sorted(texts)) + "]"
+
+
+def _ints(values: Sequence[int]) -> str:
+    return "[" + ", ".join(str(int(v)) for v in values) + "]"
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """The vector index: FLAT (exact), HNSW or IVF_FLAT, written as e.g. `HNSW:M=16,efConstruction=200,ef=64`;
+    `ef` (HNSW) and `nprobe` (IVF) are search parameters, the rest build parameters. Recall and latency of
+    each are measured in docs/BENCHMARKS.md."""
+
+    kind: str = "FLAT"
+    build: dict[str, int] = field(default_factory=dict)
+    search: dict[str, int] = field(default_factory=dict)
+
+    KINDS = ("FLAT", "HNSW", "IVF_FLAT")
+    SEARCH_KEYS = ("ef", "nprobe")
+
+    @classmethod
+    def parse(cls, text: str) -> IndexSpec:
+        kind, _, params = text.partition(":")
+        kind = kind.strip().upper()
+        if kind not in cls.KINDS:
+            raise ValueError(f"gallery index {kind!r}: choose one of {', '.join(cls.KINDS)}")
+        build, search = {}, {}
+        for item in filter(None, (p.strip() for p in params.split(","))):
+            key, _, value = item.partition("=")
+            if not value.strip().isdigit():
+                raise ValueError(f"gallery index parameter {item!r}: write NAME=INTEGER")
+            (search if key.strip() in cls.SEARCH_KEYS else build)[key.strip()] = int(value)
+        return cls(kind, build, search)
+
+
+class MilvusStore(GalleryStore):
+    """One Milvus collection of entries plus `<collection>_meta` for pending batches, id blocks and persons."""
+
+    backend = "milvus"
+
+    def __init__(self, uri: str, *, collection: str, code_dim: int, model_id: str | None,
+                 token: str | None = None, index: IndexSpec | None = None, timeout: float = 10.0):
+        """`timeout` bounds every engine call, so an unreachable engine is an error, never a hang."""
+        super().__init__(code_dim=code_dim)
+        self.uri = uri
+        self.collection = collection
+        self.meta = f"{collection}_meta"
+        self.model_id = model_id
+        self.index = index or IndexSpec()
+        self.timeout = timeout
+        self._owner = uuid.uuid4().hex
+        self._lock = threading.Lock()  # guards this process's id block
+        self._block: int | None = None
+        self._next = 0
+        self._last_sweep = 0.0
+        try:
+            self._client = MilvusClient(uri=uri, token=token or "", timeout=timeout)
+            self._open_collections()
+        except MilvusException as err:
+            raise GalleryError(f"Milvus gallery {self._where()}: {err.message}") from None
+        except Exception as err:  # noqa: BLE001 - connection failures come as several grpc/OS types
+            raise GalleryError(f"Milvus gallery {self._where()} unreachable: {err}") from None
+
+    def _where(self) -> str:
+        """The URI without credentials, and the collection."""
+        parts = urlsplit(self.uri)
+        if parts.scheme and parts.netloc:
+            host = parts.hostname or ""
+            netloc = f"{host}:{parts.port}" if parts.port else host
+            shown = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        else:
+            shown = self.uri
+        return f"{shown} collection {self.collection}"
+
+    # --- set-up -------------------------------------------------------------------------------------------
+    def _open_collections(self) -> None:
+        client = self._client
+        if not client.has_collection(self.collection, timeout=self.timeout):
+            self._create_entries()
+        if not client.has_collection(self.meta, timeout=self.timeout):
+            self._create_meta()
+        info = client.describe_collection(self.collection, timeout=self.timeout)
+        dims = [f.get("params", {}).get("dim") for f in info["fields"] if f["name"] == "unit"]
+        if dims != [self.code_dim]:
+            raise GalleryError(f"Milvus gallery {self._where()} holds codes of another size than this model's "
+                               f"{self.code_dim}-d ({dims})")
+        recorded = (info.get("properties") or {}).get(MODEL_PROPERTY)
+        check_code_space(recorded=recorded, model_id=self.model_id, where=f"Milvus gallery {self._where()}")
+        if recorded is None and self.model_id is not None:
+            client.alter_collection_properties(self.collection, properties={MODEL_PROPERTY: self.model_id},
+                                               timeout=self.timeout)
+        for name in (self.collection, self.meta):
+            client.load_collection(name, timeout=self.timeout)
+        self._sweep()
+
+    def _create(self, name: str, schema: Any, vector: str, index: IndexSpec, **kwargs: Any) -> None:
+        params = self._client.prepare_index_params()
+        params.add_index(field_name=vector, index_type=index.kind, metric_type="L2", params=index.build)
+        try:
+            self._client.create_collection(name, schema=schema, index_params=params, consistency_level="Strong",
+                                           timeout=self.timeout, **kwargs)
+        except MilvusException:
+            if not self._client.has_collection(name, timeout=self.timeout):  # else another replica made it
+                raise
+
+    def _create_entries(self) -> None:
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("entry_id", DataType.INT64, is_primary=True)
+        schema.add_field("person_id", DataType.VARCHAR, max_length=MAX_LABEL * 4)  # bytes: 4 per character
+        for name in ("camera", "track_id"):
+            schema.add_field(name, DataType.VARCHAR, max_length=MAX_LABEL * 4, nullable=True)
+        schema.add_field("seen_at", DataType.INT64, nullable=True)
+        schema.add_field("has_crop", DataType.BOOL)
+        schema.add_field("crop", DataType.VARCHAR, max_length=MAX_CROP_CHARS, nullable=True)
+        schema.add_field("batch", DataType.INT64)
+        schema.add_field("code", DataType.ARRAY, element_type=DataType.FLOAT, max_capacity=self.code_dim)
+        schema.add_field("unit", DataType.FLOAT_VECTOR, dim=self.code_dim)
+        properties = {} if self.model_id is None else {MODEL_PROPERTY: self.model_id}
+        self._create(self.collection, schema, "unit", self.index, properties=properties)
+
+    def _create_meta(self) -> None:
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=MAX_LABEL * 4 + 16)
+        schema.add_field("kind", DataType.VARCHAR, max_length=16)
+        schema.add_field("value", DataType.INT64)
+        schema.add_field("at", DataType.INT64)
+        schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs a vector field in every collection
+        self._create(self.meta, schema, "v", IndexSpec())
+
+    # --- engine calls ---------------------------------------------------------------------------------------
+    def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One engine call with the timeout and Strong reads; engine failures become StoreUnavailable (503)."""
+        try:
+            return method(*args, timeout=self.timeout, **kwargs)
+        except MilvusException as err:
+            raise StoreUnavailable(f"Milvus gallery {self._where()}: {err.message}") from None
+        except Exception as err:  # noqa: BLE001 - grpc and socket errors of an engine that went away
+            raise StoreUnavailable(f"Milvus gallery {self._where()} unreachable: {err}") from None
+
+    def _query(self, name: str, expr: str, fields: list[str], **kwargs: Any) -> list[dict[str, Any]]:
+        return list(self._call(self._client.query, name, filter=expr, output_fields=fields,
+                               consistency_level="Strong", **kwargs))
+
+    def _meta_row(self, key: str, kind: str, value: int) -> dict[str, Any]:
+        return {"key": key, "kind": kind, "value": value, "at": time.time_ns() // 1000, "v": [0.0, 0.0]}
+
+    def _pending(self) -> list[int]:
+        return [row["value"] for row in self._query(self.meta, 'kind == "pending"', ["value"])]
+
+    def _sweep(self) -> None:
+        """Delete the rows of batches abandoned by failed writes (pending for over STALE_SECONDS)."""
+        self._last_sweep = time.monotonic()
+        cutoff = time.time_ns() // 1000 - int(STALE_SECONDS * 1e6)
+        stale = [row["value"] for row in self._query(self.meta, f'kind == "pending" and at < {cutoff}', ["value"])]
+        if stale:
+            log.warning("removing %d abandoned batch(es) from %s", len(stale), self._where())
+            self._call(self._client.delete, self.collection, filter=f"batch in {_ints(stale)}")
+            self._call(self._client.delete, self.meta, ids=[f"pending:{b}" for b in stale])
+
+    def _claim_block(self) -> int:
+        for _ in range(8):
+            block = secrets.randbelow(2**32 - 1) + 1
+            self._call(self._client.insert, self.meta, [self._meta_row(f"block:{block}:{self._owner}", "block",
+                                                                         block)])
+            claims = self._query(self.meta, f'kind == "block" and value == {block}', ["key"])
+            if {row["key"] for row in claims} == {f"block:{block}:{self._owner}"}:
+                return block
+            self._call(self._client.delete, self.meta, ids=[f"block:{block}:{self._owner}"])
+        raise StoreUnavailable(f"Milvus gallery {self._where()}: could not claim a block of entry ids")
+
+    def _new_ids(self, count: int) -> list[int]:
+        ids = []
+        with self._lock:
+            while len(ids) < count:
+                if self._block is None or self._next >= 2**BLOCK_BITS:
+                    self._block, self._next = self._claim_block(), 0
+                take = min(count - len(ids), 2**BLOCK_BITS - self._next)
+                start = (self._block << BLOCK_BITS) + self._next
+                ids += range(start, start + take)
+                self._next += take
+        return ids
+
+    # --- writes -------------------------------------------------------------------------------------------
+    def _insert_rows(self, rows: list[dict[str, Any]]) -> None:
+        """One insert request (the tests make the engine fail here after some rows)."""
+        self._call(self._client.insert, self.collection, rows)
+
+    def _insert(self, entries: list[NewEntry], codes: np.ndarray, unit_codes: np.ndarray) -> list[Entry]:
+        crops = [None if e.crop is None else base64.b64encode(e.crop).decode("ascii") for e in entries]
+        if any(c is not None and len(c) > MAX_CROP_CHARS for c in crops):
+            raise ValueError(f"a stored crop is over {MAX_CROP_CHARS * 3 // 4} bytes")
+        if time.monotonic() - self._last_sweep > SWEEP_SECONDS:
+            self._sweep()
+        ids = self._new_ids(len(entries))
+        batch = ids[0]
+        marker = f"pending:{batch}"
+        self._call(self._client.insert, self.meta, [self._meta_row(marker, "pending", batch)])
+        rows = [{"entry_id": i, "person_id": e.person_id, "camera": e.camera,
+                 "seen_at": None if e.seen_at is None else to_micros(e.seen_at), "track_id": e.track_id,
+                 "has_crop": crop is not None, "crop": crop, "batch": batch, "code": code.tolist(),
+                 "unit": unit.tolist()}
+                for i, e, crop, code, unit in zip(ids, entries, crops, codes, unit_codes, strict=True)]
+        try:
+            for start in range(0, len(rows), CHUNK):
+                self._insert_rows(rows[start : start + CHUNK])
+        except Exception:
+            try:  # undo now if the engine still answers; else the sweep does it, and reads skip them meanwhile
+                self._call(self._client.delete, self.collection, filter=f"batch == {batch}")
+                self._call(self._client.delete, self.meta, ids=[marker])
+            except StoreUnavailable:
+                pass
+            raise
+        self._call(self._client.upsert, self.meta, [self._meta_row(f"person:{p}", "person", 0)
+                                                    for p in sorted({e.person_id for e in entries})])
+        self._call(self._client.delete, self.meta, ids=[marker])  # the batch becomes visible, all at once
+        return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None)
+                for i, e in zip(ids, entries, strict=True)]
+
+    def _relabel(self, entry_id: int, person_id: str) -> Entry:
+        found = self.get([entry_id])
+        if not found:
+            raise UnknownEntries([entry_id])
+        self._call(self._client.upsert, self.meta, [self._meta_row(f"person:{person_id}", "person", 0)])
+        self._call(self._client.upsert, self.collection, [{"entry_id": entry_id, "person_id": person_id}],
+                   partial_update=True)
+        self._forget_if_empty([found[0].person_id])
+        return self.get([entry_id])[0]
+
+    def _merge(self, person_id: str, into: str) -> list[int]:
+        """Entry by entry (each upsert is atomic; repeating a merge that failed half-way finishes it)."""
+        ids = self._ids(f"person_id == {literal(person_id)}")
+        if ids:
+            self._call(self._client.upsert, self.meta, [self._meta_row(f"person:{into}", "person", 0)])
+            for start in range(0, len(ids), CHUNK):
+                self._call(self._client.upsert, self.collection,
+                           [{"entry_id": i, "person_id": into} for i in ids[start : start + CHUNK]],
+                           partial_update=True)
+            self._forget_if_empty([person_id])
+        return ids
+
+    def remove_entries(self, entry_ids: Sequence[int]) -> list[int]:
+        found = self.get(list(dict.fromkeys(int(i) for i in entry_ids)))
+        return self._remove([e.entry_id for e in found], {e.person_id for e in found})
+
+    def remove_person(self, person_id: str) -> list[int]:
+        return self._remove(self._ids(f"person_id == {literal(person_id)}"), {person_id})
+
+    def _remove(self, ids: list[int], persons: set[str]) -> list[int]:
+        if ids:
+            self._call(self._client.delete, self.collection, filter=f"entry_id in {_ints(ids)}")
+            self._forget_if_empty(persons)
+        return ids
+
+    def _forget_if_empty(self, persons: Sequence[str] | set[str]) -> None:
+        gone = [p for p in persons if not self._query(self.collection, f"person_id == {literal(p)}",
+                                                      ["entry_id"], limit=1)]
+        if gone:
+            self._call(self._client.delete, self.meta, ids=[f"person:{p}" for p in gone])
+
+    # --- reads --------------------------------------------------------------------------------------------
+    def _expr(self, entry_filter: EntryFilter) -> str:
+        """The filter in Milvus's language, with the semantics of EntryFilter.admits, and no pending batch."""
+        clauses = []
+        pending = self._pending()
+        if pending:
+            clauses.append(f"batch not in {_ints(pending)}")
+        if entry_filter.cameras is not None:
+            clauses.append(f"camera in {literals(entry_filter.cameras)}" if entry_filter.cameras else "entry_id < 0")
+        if entry_filter.exclude_cameras:
+            clauses.append(f"(camera is null or camera not in {literals(entry_filter.exclude_cameras)})")
+        if entry_filter.seen_after is not None:
+            clauses.append(f"seen_at >= {to_micros(entry_filter.seen_after)}")
+        if entry_filter.seen_before is not None:
+            clauses.append(f"seen_at <= {to_micros(entry_filter.seen_before)}")
+        if entry_filter.person_id is not None:
+            clauses.append(f"person_id == {literal(entry_filter.person_id)}")
+        if entry_filter.exclude_ids:
+            clauses.append(f"entry_id not in {_ints(sorted(entry_filter.exclude_ids))}")
+        return " and ".join(clauses) or "entry_id > 0"
+
+    def _ids(self, condition: str) -> list[int]:
+        """Every visible id matching `condition`, sorted."""
+        expr = f"({condition}) and ({self._expr(NO_FILTER)})"
+        ids: list[int] = []
+        while True:
+            rows = self._query(self.collection, expr, ["entry_id"], limit=PAGE, offset=len(ids))
+            ids += [row["entry_id"] for row in rows]
+            if len(rows) < PAGE:
+                return sorted(ids)
+
+    def counts(self) -> tuple[int, int]:
+        entries = self._query(self.collection, self._expr(NO_FILTER), ["count(*)"])[0]["count(*)"]
+        persons = self._query(self.meta, 'kind == "person"', ["count(*)"])[0]["count(*)"]
+        return int(entries), int(persons)
+
+    def _rows(self, entry_ids: Sequence[int], fields: list[str]) -> dict[int, dict[str, Any]]:
+        found: dict[int, dict[str, Any]] = {}
+        ids = [int(i) for i in entry_ids]
+        visible = self._expr(NO_FILTER)
+        for start in range(0, len(ids), PAGE):
+            chunk = ids[start : start + PAGE]
+            rows = self._query(self.collection, f"entry_id in {_ints(chunk)} and ({visible})", fields)
+            found.update((row["entry_id"], row) for row in rows)
+        return found
+
+    @staticmethod
+    def _entry(row: dict[str, Any]) -> Entry:
+        return Entry(row["entry_id"], row["person_id"], row.get("camera"), from_micros(row.get("seen_at")),
+                     row.get("track_id"), bool(row["has_crop"]))
+
+    def get(self, entry_ids: Sequence[int]) -> list[Entry]:
+        found = self._rows(entry_ids, ENTRY_FIELDS)
+        return [self._entry(found[int(i)]) for i in entry_ids if int(i) in found]
+
+    def codes(self, entry_ids: Sequence[int]) -> np.ndarray:
+        found = self._rows(entry_ids, ["entry_id", "code"])
+        unknown = [int(i) for i in entry_ids if int(i) not in found]
+        if unknown:
+            raise UnknownEntries(unknown)
+        return np.array([found[int(i)]["code"] for i in entry_ids], np.float32).reshape(len(entry_ids),
+                                                                                        self.code_dim)
+
+    def crop(self, entry_id: int) -> bytes | None:
+        row = self._rows([entry_id], ["entry_id", "crop"]).get(int(entry_id))
+        return None if row is None or row["crop"] is None else base64.b64decode(row["crop"])
+
+    def list_entries(self, entry_filter: EntryFilter = NO_FILTER, *, offset: int = 0, limit: int = 50
+                     ) -> EntryPage:
+        """Milvus returns rows in no set order, so a page sorts every admitted id first: O(admitted) per page."""
+        ids = self._ids(self._expr(entry_filter))
+        return EntryPage(len(ids), self.get(ids[offset : offset + limit]))
+
+    def _nearest(self, unit_queries: np.ndarray, k: int, entry_filter: EntryFilter
+                 ) -> list[list[tuple[Entry, float]]]:
+        if entry_filter.person_id is not None:
+            raise ValueError("a search cannot filter by person id")
+        found = self._call(self._client.search, self.collection, data=unit_queries.tolist(), limit=k,
+                           filter=self._expr(entry_filter), output_fields=ENTRY_FIELDS, anns_field="unit",
+                           search_params={"metric_type": "L2", "params": self.index.search},
+                           consistency_level="Strong")
+        return [[(self._entry({**hit["entity"], "entry_id": hit["entry_id"]}), float(hit["distance"]))
+                 for hit in row] for row in found]
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "location": self._where(), "index": self.index.kind}
+
+    def close(self) -> None:
+        self._client.close()
+        if self.uri.endswith(".db"):  # milvus-lite in this process: stop its engine and free the data directory
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)
