@@ -13,8 +13,10 @@ const state = {
   threshold: null, // the model's match_threshold from GET /health
   galleryOffset: 0,
   galleryPerson: "",
+  search: 0, // the latest search: an earlier, slower answer must not replace its results
 };
 const objectUrls = new Map(); // view -> blob: URLs to release when the view is drawn again
+const rowFiles = new WeakMap(); // enrol row -> its File
 
 const $ = (id) => document.getElementById(id);
 
@@ -26,19 +28,14 @@ class ApiError extends Error {
 }
 
 /** One API call; non-2xx answers become ApiError with the API's one-sentence detail. A 401 asks for the key. */
-async function api(path, { method = "GET", params = [], form, json } = {}) {
+async function api(path, { method = "GET", params = [], form } = {}) {
   const url = new URL(path, API);
   for (const [name, value] of params) url.searchParams.append(name, value);
   const headers = new Headers();
   if (state.key) headers.set("X-API-Key", state.key);
-  let body = form;
-  if (json !== undefined) {
-    headers.set("Content-Type", "application/json");
-    body = JSON.stringify(json);
-  }
   let response;
   try {
-    response = await fetch(url, { method, headers, body });
+    response = await fetch(url, { method, headers, body: form });
   } catch (error) {
     throw new ApiError(0, `the server did not answer (${error.message})`);
   }
@@ -66,6 +63,10 @@ function el(tag, props = {}, ...children) {
   }
   node.append(...children);
   return node;
+}
+
+function count(n, one, many) {
+  return `${n} ${n === 1 ? one : many}`;
 }
 
 function say(view, message, kind = "info") {
@@ -138,12 +139,11 @@ function placeholder(label, text = "no crop") {
 /** A thumbnail of an entry's stored crop; a placeholder when there is none (has_crop false, or a 404). */
 function thumbnail(view, entry) {
   const label = `Crop of ${describe(entry)}`;
-  if (entry.has_crop === false) return el("div", { className: "thumb" }, placeholder(`No stored crop for ${describe(entry)}`));
+  const none = () => placeholder(`No stored crop for ${describe(entry)}`);
+  if (entry.has_crop === false) return el("div", { className: "thumb" }, none());
   const holder = el("div", { className: "thumb loading" }, placeholder(`Loading ${label}`, "loading"));
   cropUrl(view, entry.entry_id)
-    .then((url) => holder.replaceChildren(url
-      ? el("img", { src: url, alt: label, width: 64, height: 128 })
-      : placeholder(`No stored crop for ${describe(entry)}`)))
+    .then((url) => holder.replaceChildren(url ? el("img", { src: url, alt: label, width: 64, height: 128 }) : none()))
     .catch((error) => holder.replaceChildren(placeholder(`${label}: ${error.message}`, "not loaded")))
     .finally(() => holder.classList.remove("loading"));
   return holder;
@@ -259,6 +259,7 @@ function showMatches(matches) {
 }
 
 async function runSearch(form, queryRow, label) {
+  const run = ++state.search;
   releaseUrls("search");
   $("search-query").replaceChildren(...queryRow);
   $("search-results").replaceChildren();
@@ -266,24 +267,29 @@ async function runSearch(form, queryRow, label) {
   try {
     const withPreview = form.has("file") && $("search-preview").checked;
     const answer = await (await api("query", { method: "POST", params: searchParams(withPreview), form })).json();
+    if (run !== state.search) return;
     showMatches(answer.matches);
     const found = answer.matches.length;
-    say("search", found ? `${found} matches for ${label}, best first.` : `No gallery entry passes the filters.`, "ok");
-    if (withPreview) await showReconstruction(form.get("file"), answer.noise_preview);
+    say("search", found ? `${count(found, "match", "matches")} for ${label}, best first.`
+      : "No gallery entry passes the filters.", "ok");
+    if (withPreview) await showReconstruction(form.get("file"), answer.noise_preview, run);
   } catch (error) {
-    failed("search", error);
+    if (run === state.search) failed("search", error);
   }
 }
 
 /** The paper's figure 6 beside the query: the crop, its noise, and the crop regenerated from both halves. */
-async function showReconstruction(file, noisePreview) {
+async function showReconstruction(file, noisePreview, run) {
   const row = $("search-query");
-  if (noisePreview) row.append(picture(pngBlobUrl("search", noisePreview), "Noise extracted from the query crop", "noise"));
+  if (noisePreview) {
+    row.append(picture(pngBlobUrl("search", noisePreview), "Noise extracted from the query crop", "noise"));
+  }
   const form = new FormData();
   form.append("identity", file);
   form.append("pose", file);
   const response = await api("transfer", { method: "POST", params: [["scale", "2"]], form });
   const url = trackUrl("search", URL.createObjectURL(await response.blob()));
+  if (run !== state.search) return;
   row.append(picture(url, "The query crop regenerated from its identity code and noise", "regenerated"));
 }
 
@@ -323,7 +329,7 @@ function enrolRow(file) {
     el("label", {}, "Person id ", person),
     el("label", {}, "Camera ", camera),
     el("output", { className: "result", "aria-live": "polite" }));
-  row.file = file;
+  rowFiles.set(row, file);
   return row;
 }
 
@@ -346,7 +352,7 @@ async function enrolOne(row) {
   const personId = row.querySelector(".person").value;
   if (!personId.trim()) throw new Error("a person id is needed");
   const form = new FormData();
-  form.append("files", row.file);
+  form.append("files", rowFiles.get(row));
   form.append("person_id", personId);
   form.append("camera", row.querySelector(".camera").value);
   result.textContent = "sending…";
@@ -403,8 +409,9 @@ async function remove(path, message, done) {
   try {
     const answer = await (await api(path, { method: "DELETE" })).json();
     await loadGallery();
-    say("gallery", `${done}: ${answer.removed} ${answer.removed === 1 ? "entry" : "entries"} removed.`, "ok");
+    say("gallery", `${done}: ${count(answer.removed, "entry", "entries")} removed.`, "ok");
     $("gallery-title").focus(); // the pressed button is gone with the redrawn list
+    refreshServer();
   } catch (error) {
     failed("gallery", error);
   }
@@ -446,7 +453,8 @@ async function loadGallery() {
       return loadGallery();
     }
     releaseUrls("gallery");
-    $("gallery-counts").textContent = `The gallery holds ${counts.entries} entries of ${counts.persons} persons.`;
+    const persons = count(counts.persons, "person", "persons");
+    $("gallery-counts").textContent = `The gallery holds ${count(counts.entries, "entry", "entries")} of ${persons}.`;
     $("gallery-entries").replaceChildren(...page.entries.map(galleryCard));
     const first = page.entries.length ? page.offset + 1 : 0;
     const filter = state.galleryPerson ? ` for person ${state.galleryPerson}` : "";
@@ -551,7 +559,8 @@ async function refreshServer() {
     const health = await (await api("health")).json();
     state.threshold = health.match_threshold ?? null;
     const threshold = state.threshold === null ? "no match threshold" : `match threshold ${state.threshold.toFixed(3)}`;
-    $("server").textContent = `${health.index_size} entries, ${health.persons} persons; ${threshold}; ` +
+    $("server").textContent = `${count(health.index_size, "entry", "entries")}, ` +
+      `${count(health.persons, "person", "persons")}; ${threshold}; ` +
       `${health.providers[0] ?? "no provider"}`;
   } catch (error) {
     $("server").textContent = `Server status unknown: ${error.message}`;

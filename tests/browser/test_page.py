@@ -354,7 +354,7 @@ def test_without_the_key_every_action_shows_the_401(keyed_server, open_page, cro
     page.click("#enrol-form button[type=submit]")
     expect(page.locator("#enrol-rows > li")).to_have_attribute("data-state", "done")
     page.goto("/ui/#gallery")
-    expect(page.locator("#gallery-counts")).to_have_text("The gallery holds 1 entries of 1 persons.")
+    expect(page.locator("#gallery-counts")).to_have_text("The gallery holds 1 entry of 1 person.")
     expect(page.locator("#gallery-entries img")).to_have_count(1)
     api_calls = [(url, header) for url, header in sent if "/ui/" not in url]
     assert api_calls and all(key not in url for url, _ in sent)
