@@ -1,6 +1,6 @@
 """The `genreid` command.
 
-`serve` and `evaluate` need only the serve extra; `train`, `export`, `figures` and `card` import torch lazily
+`serve`, `evaluate` and `gallery` need only the serve extra; `train`, `export`, `figures` and `card` import torch lazily
 through training/cli.py, so a serve-only install never touches it.
 """
 
@@ -10,7 +10,12 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 TRAINING_COMMANDS = ("train", "export", "figures", "card")
 
@@ -40,6 +45,47 @@ def evaluate_command(data: Path, models: Path, device: str) -> dict[str, float |
     return evaluate_codes(q_codes, g_codes, q_pids, g_pids, q_cams, g_cams).as_dict()
 
 
+def _add_location(parser: argparse.ArgumentParser, *, data: str, uri: str, collection: str, required: bool,
+                  what: str) -> None:
+    """Where a gallery is: an embedded directory or a Milvus URI (with its collection), never both."""
+    where = parser.add_mutually_exclusive_group(required=required)
+    where.add_argument(data, type=Path, help=f"the embedded gallery directory of {what}")
+    where.add_argument(uri, help=f"the Milvus gallery of {what} (http(s)://host:19530, or a milvus-lite .db path)")
+    parser.add_argument(collection, help=f"the Milvus collection of {what} (default genreid)")
+
+
+def add_gallery_parser(commands: argparse._SubParsersAction) -> None:
+    gallery = commands.add_parser("gallery", help="export, import or re-embed a gallery (serve extra only)")
+    actions = gallery.add_subparsers(dest="action", required=True)
+    here = "the gallery (default: GENREID_* settings, as `genreid serve`)"
+    export = actions.add_parser("export", help="write every entry, code and crop to one portable file; an "
+                                "embedded gallery can be exported while its server runs")
+    export.add_argument("--to", type=Path, required=True, help="the file to write (replaced only once complete)")
+    _add_location(export, data="--data", uri="--gallery-uri", collection="--gallery-collection", required=False,
+                  what=here)
+    export.add_argument("--models", type=Path, help="a Milvus gallery's model (its code space; default: shipped)")
+    imported = actions.add_parser("import", help="add every entry of an exported file to a gallery of its model")
+    imported.add_argument("file", type=Path, help="a file written by `genreid gallery export`")
+    _add_location(imported, data="--data", uri="--gallery-uri", collection="--gallery-collection",
+                  required=False, what=here)
+    imported.add_argument("--models", type=Path, help="refuse unless this model (the one to serve the gallery) "
+                          "made the file's codes")
+    imported.add_argument("--id-map", type=Path, help="write {file entry id: new entry id} here as JSON")
+    reembed = actions.add_parser("reembed", help="embed a gallery's stored crops with a new model into a new "
+                                 "gallery (the old one may keep serving)")
+    reembed.add_argument("--models", type=Path, required=True, help="the new model's directory")
+    _add_location(reembed, data="--from-data", uri="--from-uri", collection="--from-collection", required=True,
+                  what="the source")
+    reembed.add_argument("--from-models", type=Path, help="a Milvus source's (old) model (default: shipped)")
+    _add_location(reembed, data="--to-data", uri="--to-uri", collection="--to-collection", required=True,
+                  what="the new gallery")
+    reembed.add_argument("--skip-missing-crops", action="store_true",
+                         help="leave out entries stored without a crop (otherwise they refuse the whole run)")
+    reembed.add_argument("--id-map", type=Path, help="write {source entry id: new entry id} here as JSON")
+    reembed.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the new model runs (default: "
+                         "GENREID_DEVICE, else auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genreid", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", type=Path, required=True, help="Market-1501 folder (query/, bounding_box_test/)")
     evaluate.add_argument("--models", type=Path, default=None, help="exported model directory (default: shipped)")
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_gallery_parser(commands)
     for name in TRAINING_COMMANDS:
         commands.add_parser(name, help=f"{name} (needs the train extra; see `genreid {name} --help`)",
                             add_help=False)
@@ -69,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return training_main(argv)
     args = build_parser().parse_args(argv)
+    if args.command == "gallery":
+        return gallery_command(args)
     from service.encoders import ModelError
     from service.market import MarketLayoutError
     from service.settings import default_models
@@ -79,6 +128,58 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genreid evaluate: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result))
+    return 0
+
+
+def gallery_settings(*, data: Path | None, uri: str | None, collection: str | None, models: Path | None = None,
+                     device: str | None = None) -> Settings:
+    """Settings for one gallery: the flags given, GENREID_* variables and defaults for the rest (an explicit
+    --data means the embedded gallery even where GENREID_GALLERY_URI names another)."""
+    from service.settings import Settings
+
+    given = {"data": data, "gallery_uri": uri, "gallery_collection": collection, "models": models, "device": device}
+    values = {name: value for name, value in given.items() if value is not None}
+    if data is not None:
+        values["gallery_uri"] = None
+    return Settings(**values)
+
+
+def gallery_command(args: argparse.Namespace) -> int:
+    """`genreid gallery ACTION`: a JSON summary on stdout, or one line on stderr and exit code 2."""
+    from pydantic import ValidationError
+
+    from service import gallery_tools
+    from service.encoders import ModelError
+    from service.imaging import ImageError
+    from service.store import GalleryError
+
+    try:
+        if args.action == "export":
+            gallery = gallery_settings(data=args.data, uri=args.gallery_uri, collection=args.gallery_collection,
+                                       models=args.models)
+            summary = asdict(gallery_tools.export_gallery(gallery=gallery, to=args.to))
+        else:
+            if args.action == "import":
+                gallery = gallery_settings(data=args.data, uri=args.gallery_uri, collection=args.gallery_collection)
+                copied = gallery_tools.import_gallery(source=args.file, gallery=gallery, models=args.models)
+            else:
+                source = gallery_settings(data=args.from_data, uri=args.from_uri, collection=args.from_collection,
+                                          models=args.from_models)
+                target = gallery_settings(data=args.to_data, uri=args.to_uri, collection=args.to_collection,
+                                          models=args.models, device=args.device)
+                copied = gallery_tools.reembed_gallery(source=source, target=target,
+                                                       skip_missing_crops=args.skip_missing_crops)
+            if args.id_map is not None:
+                gallery_tools.write_id_map(args.id_map, copied)
+            summary = {"added": len(copied.id_map), "skipped": len(copied.skipped)}
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        print(f"genreid gallery {args.action}: {problems}", file=sys.stderr)
+        return 2
+    except (GalleryError, gallery_tools.GalleryFileError, ModelError, ImageError, OSError) as err:
+        print(f"genreid gallery {args.action}: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
     return 0
 
 

@@ -17,7 +17,7 @@ SHIPPED = REPO / "models"
 def test_service_never_imports_torch():
     code = (
         "import sys\n"
-        "import service.app, service.cli, service.server, service.evaluation, service.market\n"
+        "import service.app, service.cli, service.server, service.evaluation, service.market, service.gallery_tools\n"
         "from service.settings import Settings\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )

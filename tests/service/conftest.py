@@ -41,13 +41,14 @@ def _constant(name: str, value: float | list[int] | np.ndarray, dtype: type = np
     return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
 
 
-def build_models(directory: Path, match_threshold: float | None = MATCH_THRESHOLD) -> Path:
-    """inv_id: a seeded random projection of the flattened image (equal images, equal codes);
-    inv_noise: 2 * image - 1; denoiser: noisy * noise rate + code mean / 10, so renders depend on both
-    the code and the pose."""
+def build_models(directory: Path, match_threshold: float | None = MATCH_THRESHOLD, *, seed: int = 0,
+                 model_id: str | None = None) -> Path:
+    """inv_id: a seeded random projection of the flattened image (equal images, equal codes; another `seed`,
+    another code space); inv_noise: 2 * image - 1; denoiser: noisy * noise rate + code mean / 10, so renders
+    depend on both the code and the pose."""
     directory.mkdir(parents=True, exist_ok=True)
     pixels = 3 * HEIGHT * WIDTH
-    projection = np.random.default_rng(0).normal(0, 1 / np.sqrt(pixels), (pixels, CODE_DIM))
+    projection = np.random.default_rng(seed).normal(0, 1 / np.sqrt(pixels), (pixels, CODE_DIM))
     _save(
         directory / MODEL_FILES["inv_id"],
         [helper.make_node("Flatten", ["image"], ["flat"], axis=1),
@@ -82,7 +83,7 @@ def build_models(directory: Path, match_threshold: float | None = MATCH_THRESHOL
     )
     ModelMetadata(
         resolution=(HEIGHT, WIDTH), code_dim=CODE_DIM, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-        schedule=Schedule(), steps=3, match_threshold=match_threshold,
+        schedule=Schedule(), steps=3, match_threshold=match_threshold, model_id=model_id,
     ).save(directory)
     return directory
 
@@ -90,6 +91,12 @@ def build_models(directory: Path, match_threshold: float | None = MATCH_THRESHOL
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def build_tiny_models() -> Callable[..., Path]:
+    """build_models, for tests that need models of their own (another seed or model_id)."""
+    return build_models
 
 
 @pytest.fixture(scope="session")
