@@ -17,13 +17,14 @@ from service.encoders import Encoders
 from service.errors import (
     UploadLimit,
     error_responses,
+    invalid_entry,
     store_unavailable,
     unknown_entries,
     validation_error,
 )
 from service.routes import gallery, health, query, transfer, ui
 from service.settings import Settings
-from service.store import StoreUnavailable, UnknownEntries, open_gallery
+from service.store import InvalidEntry, StoreUnavailable, UnknownEntries, open_gallery
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,17 @@ def open_services(settings: Settings) -> Services:
     return Services(settings, encoders, store, reader)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    """The app; it opens its services at start-up unless given them already open (as `genreid serve` does, to
+    report a start-up failure in one line before the server starts)."""
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
-        services = await run_in_threadpool(open_services, settings)
+        opened = services if services is not None else await run_in_threadpool(open_services, settings)
         try:
-            yield {"services": services}
+            yield {"services": opened}
         finally:
-            services.gallery.close()
+            opened.gallery.close()
 
     app = FastAPI(
         title="genreid",
@@ -59,6 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(UnknownEntries, unknown_entries)
     app.add_exception_handler(StoreUnavailable, store_unavailable)
+    app.add_exception_handler(InvalidEntry, invalid_entry)
     protected = {"dependencies": [Depends(require_api_key)], "responses": error_responses(401, 503)}
     app.include_router(gallery.router, **protected)
     app.include_router(query.router, **protected)

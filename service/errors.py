@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.store import StoreUnavailable, UnknownEntries
+from service.store import InvalidEntry, StoreUnavailable, UnknownEntries
 
 
 class ErrorBody(BaseModel):
@@ -37,6 +37,11 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 async def unknown_entries(_: Request, exc: UnknownEntries) -> JSONResponse:
     """A store call that names entries the gallery does not hold is the client's 404, from any route."""
     return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+async def invalid_entry(_: Request, exc: InvalidEntry) -> JSONResponse:
+    """A value the store refuses (its rule is the contract's, whatever a route checked before): 422."""
+    return JSONResponse({"detail": str(exc)}, status_code=422)
 
 
 async def store_unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:

@@ -33,7 +33,16 @@ def main(argv: list[str]) -> int:
         return 2
     logging.getLogger().setLevel(settings.log_level.upper())
 
-    from service.app import create_app
+    from service.app import create_app, open_services
+    from service.encoders import ModelError
+    from service.store import GalleryError
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    try:
+        services = open_services(settings)
+    except (GalleryError, ModelError) as err:
+        logging.getLogger(__name__).debug("start-up failed", exc_info=True)
+        print(f"genreid serve: {err}", file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(settings, services), host=settings.host, port=settings.port,
+                log_level=settings.log_level)
     return 0

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
         description="the Milvus collection holding the gallery (one per model: a model upgrade re-embeds into a "
         "new one)",
     )
+    gallery_index: str = Field(
+        "FLAT", description="the Milvus vector index: FLAT (exact), or HNSW / IVF_FLAT with parameters, e.g. "
+        "HNSW:M=16,efConstruction=200,ef=64 (docs/BENCHMARKS.md measures recall and latency)",
+    )
     gallery_token: SecretStr | None = Field(
         None, description="Milvus credentials (user:password or an API key); never shown in /health or logs"
     )

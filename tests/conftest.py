@@ -1,5 +1,5 @@
-"""Fixtures every test directory may use: a real `milvus-lite server` process on 127.0.0.1 for the Milvus
-gallery tests (they skip with a reason when the milvus extra is not installed)."""
+"""Fixtures every test directory may use: real `genreid serve` processes and a real `milvus-lite server` process
+on 127.0.0.1 (the Milvus tests skip with a reason when the milvus extra is not installed)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import httpx
 import pytest
 
 HAS_MILVUS = all(importlib.util.find_spec(name) for name in ("pymilvus", "milvus_lite"))
@@ -23,6 +24,72 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+STARTUP_SECONDS = 90
+
+
+class GenreidServer:
+    """`genreid serve` as a user starts it (`python -m service.cli serve`), on a free port of 127.0.0.1."""
+
+    def __init__(self, args: Sequence[str], log: Path, env: dict[str, str], api_key: str | None = None):
+        self.port = free_port()
+        self.log = log
+        command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                   *args]
+        environment = {**os.environ, "GENREID_THREADS": "1", "GENREID_DEVICE": "cpu",
+                       "GENREID_LOG_LEVEL": "warning", **env}
+        with log.open("ab") as output:
+            self.process = subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT)
+        headers = {} if api_key is None else {"X-API-Key": api_key}
+        self.client = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            assert self.process.poll() is None, f"server exited: {log.read_text()}"
+            try:
+                if self.client.get("/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"no /health after {STARTUP_SECONDS}s: {log.read_text()}"
+            time.sleep(0.2)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=20)
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+StartGenreid = Callable[..., GenreidServer]
+
+
+@pytest.fixture
+def start_genreid(tmp_path: Path) -> Iterator[StartGenreid]:
+    """Start real servers: `start_genreid(*flags, env={...}, api_key=...)`; each is stopped after the test."""
+    started: list[GenreidServer] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, api_key: str | None = None) -> GenreidServer:
+        server = GenreidServer(args, tmp_path / f"genreid-{len(started)}.log", env or {}, api_key)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 class MilvusLiteServer:
@@ -83,7 +150,7 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusLi
 
 
 @pytest.fixture
-def start_milvus_server(tmp_path: Path) -> Iterator[type[MilvusLiteServer]]:
+def start_milvus_server(tmp_path: Path) -> Iterator[Callable[[], MilvusLiteServer]]:
     """A private engine per test (for tests that kill it): call it to get a started server."""
     if not HAS_MILVUS:
         pytest.skip("needs the milvus extra (pip install -e '.[milvus]')")

@@ -6,6 +6,7 @@ from service.store.base import (
     EntryPage,
     GalleryError,
     GalleryStore,
+    InvalidEntry,
     Match,
     NewEntry,
     StoreUnavailable,
@@ -13,5 +14,5 @@ from service.store.base import (
 )
 from service.store.factory import open_gallery
 
-__all__ = ["Entry", "EntryFilter", "EntryPage", "GalleryError", "GalleryStore", "Match", "NewEntry",
+__all__ = ["Entry", "EntryFilter", "EntryPage", "GalleryError", "GalleryStore", "InvalidEntry", "Match", "NewEntry",
            "StoreUnavailable", "UnknownEntries", "open_gallery"]

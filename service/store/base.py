@@ -30,6 +30,11 @@ class StoreUnavailable(GalleryError):
     """The gallery's engine failed or could not be reached during a call; nothing of the call was applied."""
 
 
+class InvalidEntry(ValueError):
+    """What a write was given breaks the contract (a blank label, a naive time, a bad code): refused, nothing
+    written; the HTTP layer answers 422 with the message."""
+
+
 class UnknownEntries(KeyError):
     """Entry ids the gallery does not hold (`ids` lists them)."""
 
@@ -120,7 +125,7 @@ def utc(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
     if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"{moment.isoformat()} has no UTC offset (write e.g. 2026-12-02T14:55:00Z)")
+        raise InvalidEntry(f"{moment.isoformat()} has no UTC offset (write e.g. 2026-12-02T14:55:00Z)")
     return moment.astimezone(timezone.utc)
 
 
@@ -146,10 +151,10 @@ def check_code_space(*, recorded: str | None, model_id: str | None, where: str) 
 def check_label(value: str | None, what: str, *, optional: bool) -> None:
     if value is None:
         if not optional:
-            raise ValueError(f"{what} is missing")
+            raise InvalidEntry(f"{what} is missing")
         return
     if not value.strip() or len(value) > MAX_LABEL:
-        raise ValueError(f"{what} {value[:40]!r} must have 1-{MAX_LABEL} characters, not all blank")
+        raise InvalidEntry(f"{what} {value[:40]!r} must have 1-{MAX_LABEL} characters, not all blank")
 
 
 class GalleryStore(ABC):
@@ -171,9 +176,9 @@ class GalleryStore(ABC):
         """Store every entry with its code, all in one transaction: afterwards all are visible or none."""
         codes = np.ascontiguousarray(codes, dtype=np.float32)
         if codes.shape != (len(entries), self.code_dim):
-            raise ValueError(f"{len(entries)} entries but codes of shape {codes.shape}; want (N, {self.code_dim})")
+            raise InvalidEntry(f"{len(entries)} entries but codes of shape {codes.shape}; want (N, {self.code_dim})")
         if not np.isfinite(codes).all():
-            raise ValueError("codes must be finite")
+            raise InvalidEntry("codes must be finite")
         entries = [self._checked(entry) for entry in entries]
         if not entries:
             return []
@@ -203,7 +208,7 @@ class GalleryStore(ABC):
         """Move every entry of `person_id` to `into`, in one transaction; the ids moved ([] for an unknown one)."""
         check_label(into, "into", optional=False)
         if person_id == into:
-            raise ValueError(f"cannot merge person {person_id!r} into itself")
+            raise InvalidEntry(f"cannot merge person {person_id!r} into itself")
         return self._merge(person_id, into)
 
     @abstractmethod

@@ -23,13 +23,17 @@ def _embedded(settings: Settings, code_dim: int, model_id: str | None) -> Galler
 
 def _milvus(settings: Settings, code_dim: int, model_id: str | None) -> GalleryStore:
     try:
-        from service.store.milvus import MilvusStore
+        from service.store.milvus import IndexSpec, MilvusStore
     except ImportError as err:
         raise GalleryError(f"--gallery-uri needs the milvus extra (pip install -e '.[milvus]'): {err}") from None
     assert settings.gallery_uri is not None
     token = None if settings.gallery_token is None else settings.gallery_token.get_secret_value()
+    try:
+        index = IndexSpec.parse(settings.gallery_index)
+    except ValueError as err:
+        raise GalleryError(str(err)) from None
     return MilvusStore(settings.gallery_uri, collection=settings.gallery_collection, code_dim=code_dim,
-                       model_id=model_id, token=token)
+                       model_id=model_id, token=token, index=index)
 
 
 BACKENDS: dict[str, Opener] = {"embedded": _embedded, "milvus": _milvus}

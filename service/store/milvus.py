@@ -24,9 +24,9 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -40,6 +40,7 @@ from service.store.base import (
     EntryPage,
     GalleryError,
     GalleryStore,
+    InvalidEntry,
     NewEntry,
     StoreUnavailable,
     UnknownEntries,
@@ -49,7 +50,6 @@ from service.store.base import (
 )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 BLOCK_BITS = 21  # ids per claimed block: 2**21; blocks are drawn from [1, 2**32), so ids stay below 2**53
 STALE_SECONDS = 120.0  # a batch pending this long was abandoned by a failed write
@@ -120,12 +120,15 @@ class MilvusStore(GalleryStore):
         self.index = index or IndexSpec()
         self.timeout = timeout
         self._owner = uuid.uuid4().hex
+        self._token = token or ""
         self._lock = threading.Lock()  # guards this process's id block
+        self._connecting = threading.Lock()
+        self._broken = False
         self._block: int | None = None
         self._next = 0
         self._last_sweep = 0.0
         try:
-            self._client = MilvusClient(uri=uri, token=token or "", timeout=timeout)
+            self._client = self._connect()
             self._open_collections()
         except MilvusException as err:
             raise GalleryError(f"Milvus gallery {self._where()}: {err.message}") from None
@@ -199,17 +202,39 @@ class MilvusStore(GalleryStore):
         self._create(self.meta, schema, "v", IndexSpec())
 
     # --- engine calls ---------------------------------------------------------------------------------------
-    def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """One engine call with the timeout and Strong reads; engine failures become StoreUnavailable (503)."""
+    def _connect(self) -> MilvusClient:
+        """A connection of this store's own: pymilvus shares one per URI otherwise, and a shared channel that
+        failed to recover while the engine was down stays closed."""
+        return MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout, dedicated=True)
+
+    def _live_client(self) -> MilvusClient:
+        """The client, reconnected first when the last call failed (the engine may have restarted)."""
+        with self._connecting:
+            if self._broken:
+                try:
+                    self._client.close()
+                except Exception:  # noqa: BLE001 - the old channel is being dropped either way
+                    pass
+                self._client = self._connect()
+                for name in (self.collection, self.meta):  # a restarted engine may have released them
+                    self._client.load_collection(name, timeout=self.timeout)
+                self._broken = False
+            return self._client
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One engine call with the timeout; any failure becomes StoreUnavailable (a 503) and the next call starts
+        on a fresh connection, so the store recovers by itself once the engine is back."""
         try:
-            return method(*args, timeout=self.timeout, **kwargs)
+            return getattr(self._live_client(), method)(*args, timeout=self.timeout, **kwargs)
         except MilvusException as err:
+            self._broken = True
             raise StoreUnavailable(f"Milvus gallery {self._where()}: {err.message}") from None
         except Exception as err:  # noqa: BLE001 - grpc and socket errors of an engine that went away
+            self._broken = True
             raise StoreUnavailable(f"Milvus gallery {self._where()} unreachable: {err}") from None
 
     def _query(self, name: str, expr: str, fields: list[str], **kwargs: Any) -> list[dict[str, Any]]:
-        return list(self._call(self._client.query, name, filter=expr, output_fields=fields,
+        return list(self._call("query", name, filter=expr, output_fields=fields,
                                consistency_level="Strong", **kwargs))
 
     def _meta_row(self, key: str, kind: str, value: int) -> dict[str, Any]:
@@ -225,18 +250,18 @@ class MilvusStore(GalleryStore):
         stale = [row["value"] for row in self._query(self.meta, f'kind == "pending" and at < {cutoff}', ["value"])]
         if stale:
             log.warning("removing %d abandoned batch(es) from %s", len(stale), self._where())
-            self._call(self._client.delete, self.collection, filter=f"batch in {_ints(stale)}")
-            self._call(self._client.delete, self.meta, ids=[f"pending:{b}" for b in stale])
+            self._call("delete", self.collection, filter=f"batch in {_ints(stale)}")
+            self._call("delete", self.meta, ids=[f"pending:{b}" for b in stale])
 
     def _claim_block(self) -> int:
         for _ in range(8):
             block = secrets.randbelow(2**32 - 1) + 1
-            self._call(self._client.insert, self.meta, [self._meta_row(f"block:{block}:{self._owner}", "block",
+            self._call("insert", self.meta, [self._meta_row(f"block:{block}:{self._owner}", "block",
                                                                          block)])
             claims = self._query(self.meta, f'kind == "block" and value == {block}', ["key"])
             if {row["key"] for row in claims} == {f"block:{block}:{self._owner}"}:
                 return block
-            self._call(self._client.delete, self.meta, ids=[f"block:{block}:{self._owner}"])
+            self._call("delete", self.meta, ids=[f"block:{block}:{self._owner}"])
         raise StoreUnavailable(f"Milvus gallery {self._where()}: could not claim a block of entry ids")
 
     def _new_ids(self, count: int) -> list[int]:
@@ -254,18 +279,18 @@ class MilvusStore(GalleryStore):
     # --- writes -------------------------------------------------------------------------------------------
     def _insert_rows(self, rows: list[dict[str, Any]]) -> None:
         """One insert request (the tests make the engine fail here after some rows)."""
-        self._call(self._client.insert, self.collection, rows)
+        self._call("insert", self.collection, rows)
 
     def _insert(self, entries: list[NewEntry], codes: np.ndarray, unit_codes: np.ndarray) -> list[Entry]:
         crops = [None if e.crop is None else base64.b64encode(e.crop).decode("ascii") for e in entries]
         if any(c is not None and len(c) > MAX_CROP_CHARS for c in crops):
-            raise ValueError(f"a stored crop is over {MAX_CROP_CHARS * 3 // 4} bytes")
+            raise InvalidEntry(f"a stored crop is over {MAX_CROP_CHARS * 3 // 4} bytes")
         if time.monotonic() - self._last_sweep > SWEEP_SECONDS:
             self._sweep()
         ids = self._new_ids(len(entries))
         batch = ids[0]
         marker = f"pending:{batch}"
-        self._call(self._client.insert, self.meta, [self._meta_row(marker, "pending", batch)])
+        self._call("insert", self.meta, [self._meta_row(marker, "pending", batch)])
         rows = [{"entry_id": i, "person_id": e.person_id, "camera": e.camera,
                  "seen_at": None if e.seen_at is None else to_micros(e.seen_at), "track_id": e.track_id,
                  "has_crop": crop is not None, "crop": crop, "batch": batch, "code": code.tolist(),
@@ -276,14 +301,14 @@ class MilvusStore(GalleryStore):
                 self._insert_rows(rows[start : start + CHUNK])
         except Exception:
             try:  # undo now if the engine still answers; else the sweep does it, and reads skip them meanwhile
-                self._call(self._client.delete, self.collection, filter=f"batch == {batch}")
-                self._call(self._client.delete, self.meta, ids=[marker])
+                self._call("delete", self.collection, filter=f"batch == {batch}")
+                self._call("delete", self.meta, ids=[marker])
             except StoreUnavailable:
                 pass
             raise
-        self._call(self._client.upsert, self.meta, [self._meta_row(f"person:{p}", "person", 0)
+        self._call("upsert", self.meta, [self._meta_row(f"person:{p}", "person", 0)
                                                     for p in sorted({e.person_id for e in entries})])
-        self._call(self._client.delete, self.meta, ids=[marker])  # the batch becomes visible, all at once
+        self._call("delete", self.meta, ids=[marker])  # the batch becomes visible, all at once
         return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None)
                 for i, e in zip(ids, entries, strict=True)]
 
@@ -291,8 +316,8 @@ class MilvusStore(GalleryStore):
         found = self.get([entry_id])
         if not found:
             raise UnknownEntries([entry_id])
-        self._call(self._client.upsert, self.meta, [self._meta_row(f"person:{person_id}", "person", 0)])
-        self._call(self._client.upsert, self.collection, [{"entry_id": entry_id, "person_id": person_id}],
+        self._call("upsert", self.meta, [self._meta_row(f"person:{person_id}", "person", 0)])
+        self._call("upsert", self.collection, [{"entry_id": entry_id, "person_id": person_id}],
                    partial_update=True)
         self._forget_if_empty([found[0].person_id])
         return self.get([entry_id])[0]
@@ -301,9 +326,9 @@ class MilvusStore(GalleryStore):
         """Entry by entry (each upsert is atomic; repeating a merge that failed half-way finishes it)."""
         ids = self._ids(f"person_id == {literal(person_id)}")
         if ids:
-            self._call(self._client.upsert, self.meta, [self._meta_row(f"person:{into}", "person", 0)])
+            self._call("upsert", self.meta, [self._meta_row(f"person:{into}", "person", 0)])
             for start in range(0, len(ids), CHUNK):
-                self._call(self._client.upsert, self.collection,
+                self._call("upsert", self.collection,
                            [{"entry_id": i, "person_id": into} for i in ids[start : start + CHUNK]],
                            partial_update=True)
             self._forget_if_empty([person_id])
@@ -318,7 +343,7 @@ class MilvusStore(GalleryStore):
 
     def _remove(self, ids: list[int], persons: set[str]) -> list[int]:
         if ids:
-            self._call(self._client.delete, self.collection, filter=f"entry_id in {_ints(ids)}")
+            self._call("delete", self.collection, filter=f"entry_id in {_ints(ids)}")
             self._forget_if_empty(persons)
         return ids
 
@@ -326,7 +351,7 @@ class MilvusStore(GalleryStore):
         gone = [p for p in persons if not self._query(self.collection, f"person_id == {literal(p)}",
                                                       ["entry_id"], limit=1)]
         if gone:
-            self._call(self._client.delete, self.meta, ids=[f"person:{p}" for p in gone])
+            self._call("delete", self.meta, ids=[f"person:{p}" for p in gone])
 
     # --- reads --------------------------------------------------------------------------------------------
     def _expr(self, entry_filter: EntryFilter) -> str:
@@ -405,7 +430,7 @@ class MilvusStore(GalleryStore):
                  ) -> list[list[tuple[Entry, float]]]:
         if entry_filter.person_id is not None:
             raise ValueError("a search cannot filter by person id")
-        found = self._call(self._client.search, self.collection, data=unit_queries.tolist(), limit=k,
+        found = self._call("search", self.collection, data=unit_queries.tolist(), limit=k,
                            filter=self._expr(entry_filter), output_fields=ENTRY_FIELDS, anns_field="unit",
                            search_params={"metric_type": "L2", "params": self.index.search},
                            consistency_level="Strong")

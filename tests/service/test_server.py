@@ -4,77 +4,49 @@ acknowledged enrolment surviving kill -9."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
 KEY = "from-the-environment"
-STARTUP_SECONDS = 90
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def test_acknowledged_entries_survive_kill_9(start_genreid, models_dir: Path, tmp_path: Path, crop):
+    """The port as a flag over a conflicting variable, the key from the environment."""
+    flags = ("--models", str(models_dir), "--data", str(tmp_path / "data"))
+    server = start_genreid(*flags, env={"GENREID_PORT": "1", "GENREID_API_KEY": KEY}, api_key=KEY)
+    client = server.client
+    assert httpx.get(f"{server.url}/gallery").status_code == 401  # key from GENREID_API_KEY
+    files = [("files", (f"{i}.png", crop(person, i))) for i, person in enumerate((1, 1, 2, 3))]
+    response = client.post("/gallery", files=files, data={"person_id": ["p1", "p1", "p2", "p3"]})
+    assert response.status_code == 201
+    acknowledged = response.json()["entries"]
+    server.kill()
+    client = start_genreid(*flags, api_key=KEY, env={"GENREID_API_KEY": KEY}).client
+    assert client.get("/health").json()["index_size"] == 4
+    assert client.get("/gallery").json() == {"entries": 4, "persons": 3}
+    for i, person in enumerate((1, 1, 2, 3)):
+        best = client.post("/query", files={"file": ("q.png", crop(person, i))}).json()["matches"][0]
+        assert best["entry_id"] == acknowledged[i]["entry_id"] and best["distance"] < 1e-3
 
 
-@contextmanager
-def serve(models: Path, data: Path, log: Path) -> Iterator[tuple[subprocess.Popen, httpx.Client]]:
-    """Start the server with the port as a flag over a conflicting variable, the key from the environment."""
-    port = free_port()
-    env = {**os.environ, "GENREID_PORT": "1", "GENREID_API_KEY": KEY, "GENREID_THREADS": "1",
-           "GENREID_DEVICE": "cpu", "GENREID_LOG_LEVEL": "warning"}
-    command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--models", str(models), "--data", str(data)]
-    with log.open("ab") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": KEY}, timeout=30)
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            assert process.poll() is None, f"server exited: {log.read_text()}"
-            try:
-                if client.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"no /health after {STARTUP_SECONDS}s: {log.read_text()}"
-            time.sleep(0.2)
-        yield process, client
-    finally:
-        client.close()
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def test_acknowledged_entries_survive_kill_9(models_dir: Path, tmp_path: Path, crop):
-    data, log = tmp_path / "data", tmp_path / "server.log"
-    with serve(models_dir, data, log) as (process, client):
-        assert httpx.get(client.base_url.join("/gallery")).status_code == 401  # key from GENREID_API_KEY
-        files = [("files", (f"{i}.png", crop(person, i))) for i, person in enumerate((1, 1, 2, 3))]
-        response = client.post("/gallery", files=files, data={"person_id": ["p1", "p1", "p2", "p3"]})
-        assert response.status_code == 201
-        acknowledged = response.json()["entries"]
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=20)
-    with serve(models_dir, data, log) as (_, client):
-        assert client.get("/health").json()["index_size"] == 4
-        assert client.get("/gallery").json() == {"entries": 4, "persons": 3}
-        for i, person in enumerate((1, 1, 2, 3)):
-            best = client.post("/query", files={"file": ("q.png", crop(person, i))}).json()["matches"][0]
-            assert best["entry_id"] == acknowledged[i]["entry_id"] and best["distance"] < 1e-3
+def test_start_up_failures_are_one_line_and_a_non_zero_exit(models_dir: Path, tmp_path: Path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "gallery.sqlite3").write_bytes(b"not a database" * 64)
+    cases = {
+        "gallery.sqlite3: not a usable gallery database": ["--models", str(models_dir), "--data",
+                                                           str(tmp_path / "data")],
+        "no model metadata": ["--models", str(tmp_path / "nowhere")],
+        "Milvus gallery http://127.0.0.1:9 collection genreid": ["--models", str(models_dir), "--gallery-uri", "http://127.0.0.1:9"],
+    }
+    for expected, flags in cases.items():
+        result = subprocess.run([sys.executable, "-m", "service.cli", "serve", *flags], capture_output=True,
+                                text=True, timeout=120, env={**os.environ, "GENREID_DEVICE": "cpu"})
+        assert result.returncode == 2, result.stderr
+        assert expected in result.stderr and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("genreid serve: ")
 
 
 def test_bad_settings_stop_the_command_with_a_clear_error(models_dir: Path):
