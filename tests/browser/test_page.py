@@ -172,10 +172,12 @@ def tab_to(page: Page, condition: str, limit: int = 80) -> None:
 def test_search_with_the_keyboard_only(server, open_page, crop):
     enrol(server, crop, [("keys-a", 221, 0), ("keys-b", 222, 0)])
     page = open_page(server.url, "#search")
+    # Listening from here on: Playwright turns file-chooser interception on without waiting for the browser, so a
+    # listener added just before the key press can miss the chooser it opens.
+    page.on("filechooser", lambda chooser: chooser.set_files(upload("query.png", crop(221, 0))))
     tab_to(page, "el.id === 'search-file'")
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Space")
-    chooser.value.set_files(upload("query.png", crop(221, 0)))
+    page.keyboard.press("Space")
+    page.wait_for_function("() => document.getElementById('search-file').files.length === 1")
     tab_to(page, "el.type === 'submit' && el.form && el.form.id === 'search-form'")
     page.keyboard.press("Enter")
     wait_for_search(page)
@@ -185,6 +187,28 @@ def test_search_with_the_keyboard_only(server, open_page, crop):
     page.keyboard.press("Enter")
     expect(page.locator("#search-status")).to_contain_text(f"entry {matches[0]['entry_id']}")
     wait_for_search(page)
+
+
+def test_delete_with_the_keyboard_only(server, open_page, crop):
+    (entry,) = enrol(server, crop, [("keys-delete", 223, 0)])
+    page = open_page(server.url, "#gallery")
+    tab_to(page, "el.id === 'gallery-person'")
+    page.keyboard.type("keys-delete")
+    page.keyboard.press("Enter")
+    expect(page.locator("#gallery-entries > li")).to_have_count(1)
+    tab_to(page, "el.textContent === 'Delete entry'")
+    page.keyboard.press("Enter")
+    expect(page.locator("#confirm-cancel")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(page.locator("#confirm")).to_be_hidden()
+    assert server.api.get(f"/gallery/entries/{entry['entry_id']}").status_code == 200
+    page.keyboard.press("Enter")  # focus is back on "Delete entry"
+    expect(page.locator("#confirm-cancel")).to_be_focused()
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    expect(page.locator("#gallery-entries > li")).to_have_count(0)
+    expect(page.locator("#gallery-title")).to_be_focused()
+    assert server.api.get(f"/gallery/entries/{entry['entry_id']}").status_code == 404
 
 
 def gallery_counts(server) -> dict[str, int]:
@@ -371,8 +395,12 @@ def test_no_view_overflows_sideways(server, open_page, crop, viewport):
     page = open_page(server.url, "#search", viewport)
 
     def assert_fits(view: str) -> None:
+        """No sideways scrolling, and every picture has a text alternative."""
         width = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
         assert width[0] <= width[1], f"{view} is {width[0]} px wide in a {width[1]} px window"
+        unlabelled = page.eval_on_selector_all(
+            "img, [role=img]", "els => els.filter(e => !(e.alt || e.getAttribute('aria-label'))).length")
+        assert unlabelled == 0, f"{view}: {unlabelled} images without a text alternative"
 
     page.set_input_files("#search-file", upload("query.png", crop(271, 0)))
     page.click("#search-form button[type=submit]")
