@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.store import InvalidEntry, StoreUnavailable, UnknownEntries
+from service.store import InvalidEntry, StorageFull, StoreUnavailable, UnknownEntries
 
 
 class ErrorBody(BaseModel):
@@ -26,6 +26,7 @@ _DESCRIPTIONS = {
     413: "Request body over the upload limit, or too many files",
     422: "Invalid parameters, or a file that is not a usable image",
     503: "The gallery's engine is unavailable; nothing was changed",
+    507: "The gallery's storage is full; nothing was changed",
 }
 
 
@@ -45,7 +46,10 @@ async def invalid_entry(_: Request, exc: InvalidEntry) -> JSONResponse:
 
 
 async def store_unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
-    """The gallery's engine failed or is unreachable: a reason, and a hint to retry, never a 500 or a hang."""
+    """The gallery's engine failed or is unreachable (503), or its disk is full (507): a reason, never a 500 or a
+    hang; reads go on, and writes work again once the cause is gone."""
+    if isinstance(exc, StorageFull):
+        return JSONResponse({"detail": str(exc)}, status_code=507)
     return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
 

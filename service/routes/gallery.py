@@ -31,11 +31,13 @@ class EntryOut(BaseModel):
     seen_at: datetime | None = Field(description="when the crop was seen (ISO 8601, UTC)")
     track_id: str | None
     has_crop: bool = Field(description="GET /gallery/entries/{entry_id}/crop serves it")
+    enrolled_at: datetime | None = Field(description="when the gallery took it (UTC): what retention counts from")
 
     @classmethod
     def of(cls, entry: Entry) -> EntryOut:
         return cls(entry_id=entry.entry_id, person_id=entry.person_id, camera=entry.camera,
-                   seen_at=entry.seen_at, track_id=entry.track_id, has_crop=entry.has_crop)
+                   seen_at=entry.seen_at, track_id=entry.track_id, has_crop=entry.has_crop,
+                   enrolled_at=entry.enrolled_at)
 
 
 class Added(BaseModel):
@@ -94,7 +96,7 @@ def _moments(values: list[str | None]) -> list[datetime | None]:
     return moments
 
 
-@router.post("", status_code=201, response_model=Added, responses=error_responses(400, 413, 422))
+@router.post("", status_code=201, response_model=Added, responses=error_responses(400, 413, 422, 507))
 def add_images(
     files: Annotated[list[UploadFile], File(description="person crops, any image format PIL reads")],
     person_id: Annotated[list[Label], Form(description="one label per file, in file order")],
@@ -173,13 +175,13 @@ def get_crop(entry_id: EntryId, gallery: GalleryDep) -> Response:
     return Response(crop, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.patch("/entries/{entry_id}", response_model=EntryOut, responses=error_responses(400, 404, 422))
+@router.patch("/entries/{entry_id}", response_model=EntryOut, responses=error_responses(400, 404, 422, 507))
 def relabel(entry_id: EntryId, change: Relabel, gallery: GalleryDep) -> EntryOut:
     """Give one entry another person id (fix a label)."""
     return EntryOut.of(gallery.relabel(entry_id, person_id=change.person_id))
 
 
-@router.post("/persons/{person_id}/merge", response_model=Moved, responses=error_responses(400, 404, 422))
+@router.post("/persons/{person_id}/merge", response_model=Moved, responses=error_responses(400, 404, 422, 507))
 def merge(person_id: str, target: Annotated[Merge, Body()], gallery: GalleryDep) -> Moved:
     """Move every entry of `person_id` to the person `into` (two ids found to be one person)."""
     if person_id == target.into:
@@ -190,7 +192,7 @@ def merge(person_id: str, target: Annotated[Merge, Body()], gallery: GalleryDep)
     return Moved(moved=len(moved), entry_ids=moved)
 
 
-@router.delete("/entries/{entry_id}", response_model=Removed, responses=error_responses(404, 422))
+@router.delete("/entries/{entry_id}", response_model=Removed, responses=error_responses(404, 422, 507))
 def remove_entry(entry_id: EntryId, gallery: GalleryDep) -> Removed:
     removed = gallery.remove_entries([entry_id])
     if not removed:
@@ -198,7 +200,7 @@ def remove_entry(entry_id: EntryId, gallery: GalleryDep) -> Removed:
     return Removed(removed=len(removed), entry_ids=removed)
 
 
-@router.delete("/persons/{person_id}", response_model=Removed, responses=error_responses(404))
+@router.delete("/persons/{person_id}", response_model=Removed, responses=error_responses(404, 507))
 def remove_person(person_id: str, gallery: GalleryDep) -> Removed:
     """Remove every entry of a person."""
     removed = gallery.remove_person(person_id)

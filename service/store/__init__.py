@@ -9,10 +9,11 @@ from service.store.base import (
     InvalidEntry,
     Match,
     NewEntry,
+    StorageFull,
     StoreUnavailable,
     UnknownEntries,
 )
 from service.store.factory import open_gallery
 
 __all__ = ["Entry", "EntryFilter", "EntryPage", "GalleryError", "GalleryStore", "InvalidEntry", "Match", "NewEntry",
-           "StoreUnavailable", "UnknownEntries", "open_gallery"]
+           "StorageFull", "StoreUnavailable", "UnknownEntries", "open_gallery"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -28,6 +28,10 @@ class GalleryError(RuntimeError):
 
 class StoreUnavailable(GalleryError):
     """The gallery's engine failed or could not be reached during a call; nothing of the call was applied."""
+
+
+class StorageFull(StoreUnavailable):
+    """The gallery's disk (or its database's size limit) is full: the write was refused, reads go on."""
 
 
 class InvalidEntry(ValueError):
@@ -56,6 +60,7 @@ class Entry:
     seen_at: datetime | None = None  # timezone-aware, UTC
     track_id: str | None = None
     has_crop: bool = False
+    enrolled_at: datetime | None = None  # when the store took it (UTC): what retention counts from
 
 
 @dataclass(frozen=True)
@@ -168,8 +173,10 @@ class GalleryStore(ABC):
 
     backend: str  # the factory's key (service/store/factory.py)
 
-    def __init__(self, *, code_dim: int):
+    def __init__(self, *, code_dim: int, clock: Callable[[], datetime] | None = None):
+        """`clock`: the current UTC time, stamped on new entries as `enrolled_at` (tests pass a fake one)."""
         self.code_dim = code_dim
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
 
     # --- writes -------------------------------------------------------------------------------------------
     def add(self, entries: Sequence[NewEntry], codes: np.ndarray) -> list[Entry]:
@@ -221,6 +228,10 @@ class GalleryStore(ABC):
     @abstractmethod
     def remove_person(self, person_id: str) -> list[int]:
         """Remove every entry of a person; the ids removed ([] when the person is unknown)."""
+
+    @abstractmethod
+    def remove_enrolled_before(self, cutoff: datetime) -> list[int]:
+        """Remove every entry enrolled before `cutoff` (retention); the ids removed."""
 
     # --- reads --------------------------------------------------------------------------------------------
     @abstractmethod

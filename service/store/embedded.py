@@ -13,7 +13,9 @@ import logging
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,10 +31,13 @@ from service.store.base import (
     GalleryError,
     GalleryStore,
     NewEntry,
+    StorageFull,
+    StoreUnavailable,
     UnknownEntries,
     check_code_space,
     from_micros,
     to_micros,
+    utc,
 )
 from service.store.columns import FilterColumns
 from service.store.faiss_index import SearchCopy, VectorIndex
@@ -53,15 +58,16 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS entries_by_person ON entries (person_id);
 """
 # Columns added after the first release, so galleries made before them open unchanged.
-ADDED_COLUMNS = {"seen_at": "INTEGER", "track_id": "TEXT"}
-ENTRY_SELECT = ("SELECT e.entry_id, e.person_id, e.camera, e.seen_at, e.track_id, c.entry_id IS NOT NULL "
-                "FROM entries e LEFT JOIN crops c ON c.entry_id = e.entry_id")
+ADDED_COLUMNS = {"seen_at": "INTEGER", "track_id": "TEXT", "enrolled_at": "INTEGER"}
+ENTRY_SELECT = ("SELECT e.entry_id, e.person_id, e.camera, e.seen_at, e.track_id, c.entry_id IS NOT NULL, "
+                "e.enrolled_at FROM entries e LEFT JOIN crops c ON c.entry_id = e.entry_id")
 CHUNK = 500  # ids per `IN (...)`: far below SQLite's limit on bound parameters
 
 
 def _entry(row: tuple) -> Entry:
-    entry_id, person_id, camera, seen_at, track_id, has_crop = row
-    return Entry(entry_id, person_id, camera, from_micros(seen_at), track_id, bool(has_crop))
+    entry_id, person_id, camera, seen_at, track_id, has_crop, enrolled_at = row
+    return Entry(entry_id, person_id, camera, from_micros(seen_at), track_id, bool(has_crop),
+                 from_micros(enrolled_at))
 
 
 def _chunks(ids: Sequence[int]) -> Iterator[list[int]]:
@@ -103,11 +109,12 @@ class EmbeddedStore(GalleryStore):
     backend = "embedded"
 
     def __init__(self, data_dir: str | Path, *, code_dim: int, model_id: str | None = None,
-                 search_copy: SearchCopy | None = None, search_threads: int = 1, power_safe: bool = False):
+                 search_copy: SearchCopy | None = None, search_threads: int = 1, power_safe: bool = False,
+                 clock: Callable[[], datetime] | None = None):
         """`power_safe` fsyncs every commit (survives power loss); without it a commit in WAL mode still survives
         kill -9 of the server, at a fraction of the cost per write. `search_threads`: FAISS's OpenMP threads
         (1 keeps them from spinning against inference threads)."""
-        super().__init__(code_dim=code_dim)
+        super().__init__(code_dim=code_dim, clock=clock)
         self.model_id = model_id
         self.path = Path(data_dir) / DATABASE_FILE
         try:
@@ -126,6 +133,8 @@ class EmbeddedStore(GalleryStore):
                 for column, kind in ADDED_COLUMNS.items():
                     if column not in present:
                         self._db.execute(f"ALTER TABLE entries ADD COLUMN {column} {kind}")
+                if "enrolled_at" not in present:  # retention counts older entries from their migration
+                    self._db.execute("UPDATE entries SET enrolled_at = ?", (to_micros(self.clock()),))
         except sqlite3.DatabaseError as err:
             self._db.close()
             self._lock_file.close()
@@ -169,17 +178,34 @@ class EmbeddedStore(GalleryStore):
         self.index.add(ids, unit_length(codes))
 
     # --- writes -------------------------------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One SQLite transaction, committed on leaving the block (mirror only what is durable) or rolled back;
+        a full disk is StorageFull (507), any other storage fault StoreUnavailable (503)."""
+        try:
+            with self._db:
+                yield
+        except sqlite3.OperationalError as err:
+            text = str(err)
+            if "full" in text:
+                raise StorageFull(f"{self.path}: the disk or database is full ({text}); nothing was written") from None
+            raise StoreUnavailable(f"{self.path}: cannot write the gallery ({text}); nothing was written") from None
+        except sqlite3.DatabaseError as err:
+            raise StoreUnavailable(f"{self.path}: the gallery database failed ({err}); nothing was written") from None
+
     def _insert(self, entries: list[NewEntry], codes: np.ndarray, unit_codes: np.ndarray) -> list[Entry]:
+        enrolled = self.clock()
         with self._lock:
-            with self._db:  # one transaction, committed on leaving the block: mirror only what is durable
+            with self._transaction():
                 if self._recorded_model is None and self.model_id is not None:
                     self._db.execute("INSERT OR REPLACE INTO meta VALUES ('model_id', ?)", (self.model_id,))
                 ids = []
                 for entry, code in zip(entries, codes, strict=True):
                     seen = None if entry.seen_at is None else to_micros(entry.seen_at)
                     entry_id = self._db.execute(
-                        "INSERT INTO entries (person_id, camera, seen_at, track_id, code) VALUES (?, ?, ?, ?, ?)",
-                        (entry.person_id, entry.camera, seen, entry.track_id, code.tobytes()),
+                        "INSERT INTO entries (person_id, camera, seen_at, track_id, enrolled_at, code) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (entry.person_id, entry.camera, seen, entry.track_id, to_micros(enrolled), code.tobytes()),
                     ).lastrowid
                     if entry.crop is not None:
                         self._db.execute("INSERT INTO crops VALUES (?, ?)", (entry_id, entry.crop))
@@ -190,7 +216,7 @@ class EmbeddedStore(GalleryStore):
                 for i, e in zip(ids, entries, strict=True))
             self._persons.update(e.person_id for e in entries)
             self.index.add(np.asarray(ids, np.int64), unit_codes)
-        return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None)
+        return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None, enrolled)
                 for i, e in zip(ids, entries, strict=True)]
 
     def _relabel(self, entry_id: int, person_id: str) -> Entry:
@@ -198,7 +224,7 @@ class EmbeddedStore(GalleryStore):
             found = self._get([entry_id])
             if not found:
                 raise UnknownEntries([entry_id])
-            with self._db:
+            with self._transaction():
                 self._db.execute("UPDATE entries SET person_id = ? WHERE entry_id = ?", (person_id, entry_id))
             self._persons.subtract([found[0].person_id])
             self._persons[person_id] += 1
@@ -209,7 +235,7 @@ class EmbeddedStore(GalleryStore):
         with self._lock:
             ids = self._ids_of(person_id)
             if ids:
-                with self._db:
+                with self._transaction():
                     self._db.execute("UPDATE entries SET person_id = ? WHERE person_id = ?", (into, person_id))
                 self._persons[into] += self._persons.pop(person_id)
             return ids
@@ -222,6 +248,12 @@ class EmbeddedStore(GalleryStore):
         with self._lock:
             return self._remove(self._ids_of(person_id))
 
+    def remove_enrolled_before(self, cutoff: datetime) -> list[int]:
+        with self._lock:
+            rows = self._db.execute("SELECT entry_id FROM entries WHERE enrolled_at < ? ORDER BY entry_id",
+                                    (to_micros(utc(cutoff)),))
+            return self._remove([row[0] for row in rows])
+
     def _ids_of(self, person_id: str) -> list[int]:
         rows = self._db.execute("SELECT entry_id FROM entries WHERE person_id = ? ORDER BY entry_id", (person_id,))
         return [row[0] for row in rows]
@@ -230,7 +262,7 @@ class EmbeddedStore(GalleryStore):
         if not entry_ids:
             return []
         persons = [entry.person_id for entry in self._get(entry_ids)]
-        with self._db:
+        with self._transaction():
             self._db.executemany("DELETE FROM crops WHERE entry_id = ?", [(i,) for i in entry_ids])
             self._db.executemany("DELETE FROM entries WHERE entry_id = ?", [(i,) for i in entry_ids])
         self._columns.remove(entry_ids)

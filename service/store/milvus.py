@@ -24,8 +24,9 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -47,6 +48,7 @@ from service.store.base import (
     check_code_space,
     from_micros,
     to_micros,
+    utc,
 )
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ SWEEP_SECONDS = 60.0  # how often writes look for abandoned batches
 CHUNK = 256  # rows per insert request, far below Milvus's message size limit
 MAX_CROP_CHARS = 65_535  # Milvus VARCHAR limit; stored crops are ~2 KB (base64 ~3 KB)
 MODEL_PROPERTY = "genreid.model_id"
-ENTRY_FIELDS = ["entry_id", "person_id", "camera", "seen_at", "track_id", "has_crop"]
+ENTRY_FIELDS = ["entry_id", "person_id", "camera", "seen_at", "track_id", "has_crop", "enrolled_at"]
 PAGE = 16_384  # rows per query when a read needs every matching id
 
 
@@ -110,9 +112,10 @@ class MilvusStore(GalleryStore):
     backend = "milvus"
 
     def __init__(self, uri: str, *, collection: str, code_dim: int, model_id: str | None,
-                 token: str | None = None, index: IndexSpec | None = None, timeout: float = 10.0):
+                 token: str | None = None, index: IndexSpec | None = None, timeout: float = 10.0,
+                 clock: Callable[[], datetime] | None = None):
         """`timeout` bounds every engine call, so an unreachable engine is an error, never a hang."""
-        super().__init__(code_dim=code_dim)
+        super().__init__(code_dim=code_dim, clock=clock)
         self.uri = uri
         self.collection = collection
         self.meta = f"{collection}_meta"
@@ -184,6 +187,7 @@ class MilvusStore(GalleryStore):
         for name in ("camera", "track_id"):
             schema.add_field(name, DataType.VARCHAR, max_length=MAX_LABEL * 4, nullable=True)
         schema.add_field("seen_at", DataType.INT64, nullable=True)
+        schema.add_field("enrolled_at", DataType.INT64)
         schema.add_field("has_crop", DataType.BOOL)
         schema.add_field("crop", DataType.VARCHAR, max_length=MAX_CROP_CHARS, nullable=True)
         schema.add_field("batch", DataType.INT64)
@@ -288,11 +292,13 @@ class MilvusStore(GalleryStore):
         if time.monotonic() - self._last_sweep > SWEEP_SECONDS:
             self._sweep()
         ids = self._new_ids(len(entries))
+        enrolled = self.clock()
         batch = ids[0]
         marker = f"pending:{batch}"
         self._call("insert", self.meta, [self._meta_row(marker, "pending", batch)])
         rows = [{"entry_id": i, "person_id": e.person_id, "camera": e.camera,
                  "seen_at": None if e.seen_at is None else to_micros(e.seen_at), "track_id": e.track_id,
+                 "enrolled_at": to_micros(enrolled),
                  "has_crop": crop is not None, "crop": crop, "batch": batch, "code": code.tolist(),
                  "unit": unit.tolist()}
                 for i, e, crop, code, unit in zip(ids, entries, crops, codes, unit_codes, strict=True)]
@@ -309,7 +315,7 @@ class MilvusStore(GalleryStore):
         self._call("upsert", self.meta, [self._meta_row(f"person:{p}", "person", 0)
                                                     for p in sorted({e.person_id for e in entries})])
         self._call("delete", self.meta, ids=[marker])  # the batch becomes visible, all at once
-        return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None)
+        return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None, enrolled)
                 for i, e in zip(ids, entries, strict=True)]
 
     def _relabel(self, entry_id: int, person_id: str) -> Entry:
@@ -340,6 +346,10 @@ class MilvusStore(GalleryStore):
 
     def remove_person(self, person_id: str) -> list[int]:
         return self._remove(self._ids(f"person_id == {literal(person_id)}"), {person_id})
+
+    def remove_enrolled_before(self, cutoff: datetime) -> list[int]:
+        found = self.get(self._ids(f"enrolled_at < {to_micros(utc(cutoff))}"))
+        return self._remove([e.entry_id for e in found], {e.person_id for e in found})
 
     def _remove(self, ids: list[int], persons: set[str]) -> list[int]:
         if ids:
@@ -402,7 +412,7 @@ class MilvusStore(GalleryStore):
     @staticmethod
     def _entry(row: dict[str, Any]) -> Entry:
         return Entry(row["entry_id"], row["person_id"], row.get("camera"), from_micros(row.get("seen_at")),
-                     row.get("track_id"), bool(row["has_crop"]))
+                     row.get("track_id"), bool(row["has_crop"]), from_micros(row.get("enrolled_at")))
 
     def get(self, entry_ids: Sequence[int]) -> list[Entry]:
         found = self._rows(entry_ids, ENTRY_FIELDS)

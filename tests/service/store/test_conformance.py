@@ -218,6 +218,23 @@ def test_removed_entries_and_their_crops_are_gone_from_every_read(store: Gallery
     assert store.list_entries(limit=100).entries == left
 
 
+def test_retention_removes_what_was_enrolled_before_the_cutoff(backend, tmp_path: Path):
+    now = [START]
+    store = backend.open(tmp_path / "gallery", DIM, "model-a")
+    store.clock = lambda: now[0]
+    try:
+        old = store.add(new_entries(4), codes(4))
+        now[0] = START + timedelta(days=10)
+        young = store.add(new_entries(3, seed=1), codes(3, seed=1))
+        assert {e.enrolled_at for e in store.get([e.entry_id for e in old + young])} == {START, now[0]}
+        assert store.remove_enrolled_before(START + timedelta(days=5)) == [e.entry_id for e in old]
+        assert [e.entry_id for e in store.list_entries().entries] == [e.entry_id for e in young]
+        assert store.crop(old[0].entry_id) is None and store.remove_enrolled_before(START) == []
+        assert store.counts() == (3, len({e.person_id for e in young}))
+    finally:
+        store.close()
+
+
 def test_a_gallery_refuses_another_models_codes(backend, tmp_path: Path):
     location = tmp_path / "gallery"
     first = backend.open(location, DIM, "model-a")
