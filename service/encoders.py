@@ -5,6 +5,8 @@ ONNX interface (written by training/export.py):
   inv_id.onnx    image [N,3,H,W] in [0,1]            -> code [N,D]
   inv_noise.onnx image [N,3,H,W] in [0,1]            -> noise [N,3,H,W]
   denoiser.onnx  noisy [N,3,H,W], noise_variance [N,1], code [N,D] -> eps [N,3,H,W]  (normalised space)
+A network may also ship an INT8 variant (`int8_files` in model.json, written by training/quantize.py) with the
+same interface and code space, served on CPU where model.json's `cpu_precision` says so.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -25,7 +27,12 @@ from service.schedule import Schedule, ddim_sample
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "model.json"
+# Metadata key of a quantised ONNX file: the model_id of the float network it was made from.
+MODEL_ID_KEY = "genreid.model_id"
+# The float32 networks: every device can serve them, and a CUDA host always does.
 MODEL_FILES = {"inv_id": "inv_id.onnx", "inv_noise": "inv_noise.onnx", "denoiser": "denoiser.onnx"}
+Precision = Literal["auto", "float", "int8"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 class ModelError(RuntimeError):
@@ -69,6 +76,12 @@ class ModelMetadata:
     schedule: Schedule
     steps: int
     match_threshold: float | None = None
+    # The code space: codes of two models compare only when these agree (a gallery records it on first write).
+    model_id: str | None = None
+    # network -> its INT8 file, and network -> "int8" where that file serves CPUs by default (it kept the
+    # float model's accuracy); a network absent from either is served in float32.
+    int8_files: dict[str, str] = field(default_factory=dict)
+    cpu_precision: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -86,6 +99,9 @@ class ModelMetadata:
             schedule=Schedule(schedule["max_signal_rate"], schedule["min_signal_rate"]),
             steps=int(raw["steps"]),
             match_threshold=raw.get("match_threshold"),
+            model_id=raw.get("model_id"),
+            int8_files=dict(raw.get("int8_files", {})),
+            cpu_precision=dict(raw.get("cpu_precision", {})),
             extra={k: v for k, v in raw.items() if k not in cls.__dataclass_fields__},
         )
 
@@ -99,8 +115,29 @@ class ModelMetadata:
             "schedule": self.schedule.as_dict(),
             "steps": self.steps,
             "match_threshold": self.match_threshold,
+            "model_id": self.model_id,
             "files": MODEL_FILES,
+            "int8_files": self.int8_files,
+            "cpu_precision": self.cpu_precision,
         }
+
+    def precisions(self, precision: Precision, *, cuda: bool) -> dict[str, str]:
+        """network -> "int8" or "float32" for `precision` ("auto": model.json's `cpu_precision` on a CPU, float32
+        on CUDA; "float": float32 everywhere; "int8": every INT8 variant there is, Inv-Id's at least)."""
+        if precision not in PRECISIONS:
+            raise ModelError(f"precision {precision!r}: choose one of {PRECISIONS}")
+        if precision == "int8" and "inv_id" not in self.int8_files:
+            raise ModelError("precision 'int8' requested but model.json lists no INT8 Inv-Id "
+                             "(`genreid export --to MODELS --data MARKET` makes one)")
+        unknown = {name for name, kind in self.cpu_precision.items() if kind == "int8"} - set(self.int8_files)
+        if unknown:
+            raise ModelError(f"model.json serves {sorted(unknown)} in int8 on CPU but lists no INT8 file for them")
+        chosen = {
+            "float": {},
+            "int8": dict.fromkeys(self.int8_files, "int8"),
+            "auto": {} if cuda else self.cpu_precision,
+        }[precision]
+        return {name: chosen.get(name, "float32") for name in MODEL_FILES}
 
     def save(self, models_dir: str | Path) -> Path:
         path = Path(models_dir) / METADATA_FILE
@@ -125,18 +162,24 @@ def choose_providers(device: str) -> list[str]:
 class Encoders:
     """Batched inference over the three exported networks."""
 
-    def __init__(self, models_dir: str | Path, device: str = "auto", batch_size: int = 64, threads: int = 0):
-        """`threads` sizes the process-wide ONNX Runtime pool (see `open_session`)."""
+    def __init__(self, models_dir: str | Path, device: str = "auto", batch_size: int = 64, threads: int = 0,
+                 precision: Precision = "auto"):
+        """`threads` sizes the process-wide ONNX Runtime pool (see `open_session`). `precision` "auto" serves
+        the INT8 variants model.json picks for CPUs (about twice as fast there) and float32 on CUDA; "float" or
+        "int8" forces one (`self.precision` says what each network runs in)."""
         self.models_dir = Path(models_dir)
         self.metadata = ModelMetadata.load(self.models_dir)
         self.batch_size = batch_size
         providers = choose_providers(device)
+        self.precision = self.metadata.precisions(precision, cuda=providers[0] == "CUDAExecutionProvider")
         self.sessions: dict[str, Any] = {}
-        for name, filename in MODEL_FILES.items():
-            path = self.models_dir / filename
+        for name, kind in self.precision.items():
+            path = self.models_dir / (self.metadata.int8_files[name] if kind == "int8" else MODEL_FILES[name])
             if not path.is_file():
                 raise ModelError(f"{path}: missing model file")
             self.sessions[name] = open_session(path, providers, threads)
+            if kind == "int8":
+                self._check_variant(path, self.sessions[name])
         self.providers = self.sessions["inv_id"].get_providers()
         if device == "cuda" and self.providers[0] != "CUDAExecutionProvider":
             # ONNX Runtime falls back to the CPU silently when the CUDA libraries fail to load.
@@ -144,7 +187,14 @@ class Encoders:
         # Concurrent requests' crops share one run per network (service/batching.py).
         self._coalescers = {name: Coalescer(partial(self._run_session, name), batch_size)
                             for name in ("inv_id", "inv_noise")}
-        log.info("loaded models from %s on %s", self.models_dir, self.providers)
+        log.info("loaded models from %s on %s in %s", self.models_dir, self.providers, self.precision)
+
+    def _check_variant(self, path: Path, session: Any) -> None:
+        """An INT8 file made from another float model would put codes in a foreign space under this model's id."""
+        made_from = session.get_modelmeta().custom_metadata_map.get(MODEL_ID_KEY)
+        if self.metadata.model_id is None or made_from != self.metadata.model_id:
+            raise ModelError(f"{path} was quantised from model {made_from}, but model.json's model_id is "
+                             f"{self.metadata.model_id}: re-run `genreid export --to {self.models_dir} --data MARKET`")
 
     @property
     def resolution(self) -> tuple[int, int]:
