@@ -4,7 +4,8 @@ The file format (FORMAT, version FORMAT_VERSION) is a zip archive of four member
 
   manifest.json   format, format_version, model_id, code_dim, count, crops, source_backend, created_at
   entries.jsonl   one JSON object per entry, in entry-id order: entry_id (the source's), person_id, camera,
-                  seen_at (ISO 8601, UTC, to the microsecond), track_id, crop ([offset, length] in crops.bin or null)
+                  seen_at and enrolled_at (ISO 8601, UTC, to the microsecond), track_id, crop ([offset, length] in
+                  crops.bin or null)
   codes.npy       (count, code_dim) little-endian float32, row i the code of line i, exactly as stored
   crops.bin       the stored crops (WebP) back to back, uncompressed
 
@@ -173,10 +174,18 @@ def write_id_map(path: Path, copied: Copied) -> None:
 
 
 # --- the file ---------------------------------------------------------------------------------------------
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _moment(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
 def _entry_line(entry: Entry, crop: tuple[int, int] | None) -> bytes:
-    seen_at = None if entry.seen_at is None else entry.seen_at.isoformat()
     return json.dumps({"entry_id": entry.entry_id, "person_id": entry.person_id, "camera": entry.camera,
-                       "seen_at": seen_at, "track_id": entry.track_id, "crop": crop}).encode() + b"\n"
+                       "seen_at": _iso(entry.seen_at), "track_id": entry.track_id, "crop": crop,
+                       "enrolled_at": _iso(entry.enrolled_at)}).encode() + b"\n"
 
 
 def _write_file(archive: zipfile.ZipFile, source: Source, progress: tqdm) -> Manifest:
@@ -327,12 +336,12 @@ class GalleryFile:
 
 
 def _parsed(raw: dict[str, Any]) -> tuple[Entry, tuple[int, int] | None]:
-    seen_at = None if raw["seen_at"] is None else datetime.fromisoformat(raw["seen_at"])
     crop = None if raw["crop"] is None else (int(raw["crop"][0]), int(raw["crop"][1]))
     if not isinstance(raw["entry_id"], int) or not isinstance(raw["person_id"], str) or not all(
             isinstance(raw[key], str | None) for key in ("camera", "track_id")):
         raise ValueError("entry_id must be an integer, person_id a string, camera and track_id strings or null")
-    return Entry(raw["entry_id"], raw["person_id"], raw["camera"], seen_at, raw["track_id"], crop is not None), crop
+    return Entry(raw["entry_id"], raw["person_id"], raw["camera"], _moment(raw["seen_at"]), raw["track_id"],
+                 crop is not None, _moment(raw.get("enrolled_at"))), crop
 
 
 # --- the tools --------------------------------------------------------------------------------------------
@@ -348,7 +357,7 @@ def export_gallery(*, gallery: Settings, to: Path) -> Manifest:
 
 
 def _new(entry: Entry, crop: bytes | None) -> NewEntry:
-    return NewEntry(entry.person_id, entry.camera, entry.seen_at, entry.track_id, crop)
+    return NewEntry(entry.person_id, entry.camera, entry.seen_at, entry.track_id, crop, entry.enrolled_at)
 
 
 def _add(store: GalleryStore, entries: list[Entry], codes: np.ndarray, crops: list[bytes | None],

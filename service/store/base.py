@@ -72,6 +72,7 @@ class NewEntry:
     seen_at: datetime | None = None
     track_id: str | None = None
     crop: bytes | None = None  # the small stored image (service.imaging.stored_crop)
+    enrolled_at: datetime | None = None  # None: now; an imported entry keeps its own, so a move resets no retention
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,7 @@ class GalleryStore(ABC):
         check_label(entry.person_id, "person_id", optional=False)
         check_label(entry.camera, "camera", optional=True)
         check_label(entry.track_id, "track_id", optional=True)
-        return replace(entry, seen_at=utc(entry.seen_at))
+        return replace(entry, seen_at=utc(entry.seen_at), enrolled_at=utc(entry.enrolled_at))
 
     @abstractmethod
     def _insert(self, entries: list[NewEntry], codes: np.ndarray, unit_codes: np.ndarray) -> list[Entry]:

@@ -194,18 +194,19 @@ class EmbeddedStore(GalleryStore):
             raise StoreUnavailable(f"{self.path}: the gallery database failed ({err}); nothing was written") from None
 
     def _insert(self, entries: list[NewEntry], codes: np.ndarray, unit_codes: np.ndarray) -> list[Entry]:
-        enrolled = self.clock()
+        now = self.clock()
+        enrolled = [e.enrolled_at or now for e in entries]
         with self._lock:
             with self._transaction():
                 if self._recorded_model is None and self.model_id is not None:
                     self._db.execute("INSERT OR REPLACE INTO meta VALUES ('model_id', ?)", (self.model_id,))
                 ids = []
-                for entry, code in zip(entries, codes, strict=True):
+                for entry, code, when in zip(entries, codes, enrolled, strict=True):
                     seen = None if entry.seen_at is None else to_micros(entry.seen_at)
                     entry_id = self._db.execute(
                         "INSERT INTO entries (person_id, camera, seen_at, track_id, enrolled_at, code) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
-                        (entry.person_id, entry.camera, seen, entry.track_id, to_micros(enrolled), code.tobytes()),
+                        (entry.person_id, entry.camera, seen, entry.track_id, to_micros(when), code.tobytes()),
                     ).lastrowid
                     if entry.crop is not None:
                         self._db.execute("INSERT INTO crops VALUES (?, ?)", (entry_id, entry.crop))
@@ -216,8 +217,8 @@ class EmbeddedStore(GalleryStore):
                 for i, e in zip(ids, entries, strict=True))
             self._persons.update(e.person_id for e in entries)
             self.index.add(np.asarray(ids, np.int64), unit_codes)
-        return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None, enrolled)
-                for i, e in zip(ids, entries, strict=True)]
+        return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None, when)
+                for i, e, when in zip(ids, entries, enrolled, strict=True)]
 
     def _relabel(self, entry_id: int, person_id: str) -> Entry:
         with self._lock:

@@ -292,16 +292,17 @@ class MilvusStore(GalleryStore):
         if time.monotonic() - self._last_sweep > SWEEP_SECONDS:
             self._sweep()
         ids = self._new_ids(len(entries))
-        enrolled = self.clock()
+        now = self.clock()
+        enrolled = [e.enrolled_at or now for e in entries]
         batch = ids[0]
         marker = f"pending:{batch}"
         self._call("insert", self.meta, [self._meta_row(marker, "pending", batch)])
         rows = [{"entry_id": i, "person_id": e.person_id, "camera": e.camera,
                  "seen_at": None if e.seen_at is None else to_micros(e.seen_at), "track_id": e.track_id,
-                 "enrolled_at": to_micros(enrolled),
+                 "enrolled_at": to_micros(when),
                  "has_crop": crop is not None, "crop": crop, "batch": batch, "code": code.tolist(),
                  "unit": unit.tolist()}
-                for i, e, crop, code, unit in zip(ids, entries, crops, codes, unit_codes, strict=True)]
+                for i, e, crop, code, unit, when in zip(ids, entries, crops, codes, unit_codes, enrolled, strict=True)]
         try:
             for start in range(0, len(rows), CHUNK):
                 self._insert_rows(rows[start : start + CHUNK])
@@ -315,8 +316,8 @@ class MilvusStore(GalleryStore):
         self._call("upsert", self.meta, [self._meta_row(f"person:{p}", "person", 0)
                                                     for p in sorted({e.person_id for e in entries})])
         self._call("delete", self.meta, ids=[marker])  # the batch becomes visible, all at once
-        return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None, enrolled)
-                for i, e in zip(ids, entries, strict=True)]
+        return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None, when)
+                for i, e, when in zip(ids, entries, enrolled, strict=True)]
 
     def _relabel(self, entry_id: int, person_id: str) -> Entry:
         found = self.get([entry_id])
