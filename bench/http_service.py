@@ -157,12 +157,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(args: argparse.Namespace, models: Path, data_dir: Path, log_path: Path) -> Iterator[str]:
-    """`genreid serve` on loopback; yields its base URL and always stops it (SIGTERM, then SIGKILL)."""
+def running_server(args: argparse.Namespace, models: Path, data_dir: Path, log_path: Path,
+                   extra: Sequence[str] = ()) -> Iterator[str]:
+    """`genreid serve` on loopback (`extra`: more flags, e.g. a gallery URI); yields its base URL and always stops
+    it (SIGTERM, then SIGKILL)."""
     port = free_port()
     command = [sys.executable, "-m", "service.cli", "serve", "--host", HOST, "--port", str(port),
                "--models", str(models), "--data", str(data_dir), "--device", args.device,
-               "--threads", str(args.threads), "--log-level", args.server_log_level]
+               "--threads", str(args.threads), "--log-level", args.server_log_level, *extra]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
     base_url = f"http://{HOST}:{port}"

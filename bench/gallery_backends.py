@@ -1,0 +1,266 @@
+"""Gallery backends side by side: search latency, recall@10 and memory by gallery size (the embedded FAISS store,
+and Milvus on a milvus-lite server with FLAT, HNSW and IVF_FLAT), then /query p50 and ingest over HTTP at one
+gallery size on each backend, with one and two replicas sharing a milvus-lite server.
+
+Every gallery is filled through the store interface the service uses (service.store), with identity-like codes
+(clustered, bench/faiss_search.py's Vectors): `recall@10` is the share of the exact top 10 (numpy, by the
+service's distance) that the backend returns. Memory is the engine process's peak resident size. Results:
+bench/results/gallery_backends.json; docs/BENCHMARKS.md#gallery-backends.
+
+    python bench/gallery_backends.py --data-root ../shared/data/market1501-subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from _common import (
+    Stopwatch,
+    add_common_arguments,
+    machine,
+    print_machine,
+    print_table,
+    summarise_ms,
+    warn_if_busy,
+    write_result,
+)
+from faiss_search import Vectors
+from http_service import drive, gallery_body, load_crops, query_body, running_server
+
+from service.encoders import ModelMetadata
+from service.settings import default_models
+from service.similarity import code_distances, unit_length
+from service.store import GalleryStore, NewEntry
+from service.store.embedded import EmbeddedStore
+
+K = 10
+FILL_BATCH = 4096
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """The process's peak resident set (VmHWM), MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+@contextmanager
+def milvus_engine(workdir: Path) -> Iterator[tuple[str, int]]:
+    """A fresh `milvus-lite server` on 127.0.0.1: (uri, pid)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(workdir / f"milvus-{port}"),
+               "--host", "127.0.0.1", "--port", str(port)]
+    with (workdir / f"milvus-{port}.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"milvus-lite server did not start (see {log.name})") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", process.pid
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def fill(store: GalleryStore, vectors: Vectors) -> tuple[np.ndarray, float]:
+    """Every vector added through the store, in batches; (entry ids in vector order, rows per second)."""
+    ids = []
+    with Stopwatch() as watch:
+        for offset, chunk in vectors.chunks():
+            for start in range(0, len(chunk), FILL_BATCH):
+                part = chunk[start : start + FILL_BATCH]
+                added = store.add([NewEntry(f"p{(offset + start + i) // vectors.per_identity}", f"c{i % 6}")
+                                   for i in range(len(part))], part)
+                ids += [e.entry_id for e in added]
+    return np.asarray(ids, np.int64), round(len(ids) / watch.seconds, 1)
+
+
+def exact_top_k(vectors: Vectors, queries: np.ndarray) -> np.ndarray:
+    """Row indices of the exact K nearest by the service's distance, merged chunk by chunk."""
+    best_d = np.full((len(queries), K), np.inf, np.float32)
+    best_i = np.full((len(queries), K), -1, np.int64)
+    for offset, chunk in vectors.chunks():
+        dist = code_distances(queries, chunk)
+        merged_d = np.concatenate([best_d, dist], axis=1)
+        merged_i = np.concatenate([best_i, np.broadcast_to(np.arange(offset, offset + len(chunk)), dist.shape)],
+                                  axis=1)
+        order = np.argsort(merged_d, axis=1, kind="stable")[:, :K]
+        best_d, best_i = np.take_along_axis(merged_d, order, 1), np.take_along_axis(merged_i, order, 1)
+    return best_i
+
+
+def measure_search(store: GalleryStore, queries: np.ndarray, truth_ids: np.ndarray) -> dict:
+    store.search(queries[:4], K)  # warm-up
+    latencies, found = [], []
+    for query in queries:
+        start = time.perf_counter()
+        row = store.search(query, K)[0]
+        latencies.append(time.perf_counter() - start)
+        found.append([m.entry.entry_id for m in row])
+    recall = np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth_ids.tolist(), strict=True)])
+    stats = summarise_ms(latencies)
+    return {"search_p50_ms": stats["p50_ms"], "search_p99_ms": stats["p99_ms"], "recall_at_10": round(float(recall), 4)}
+
+
+def bench_index(args: argparse.Namespace, workdir: Path) -> list[dict]:
+    from service.store.milvus import IndexSpec, MilvusStore
+
+    rows = []
+    for size in args.sizes:
+        vectors = Vectors(size, args.dim, "clustered", args.seed, 8192, args.per_identity)
+        queries = unit_length(vectors.sample(args.queries, salt=size))
+        truth_rows = exact_top_k(vectors, queries)
+        store = EmbeddedStore(workdir / f"embedded-{size}", code_dim=args.dim)
+        try:
+            ids, rate = fill(store, vectors)
+            rows.append({"size": size, "backend": "embedded (FAISS flat)", "fill_rows_per_s": rate,
+                         **measure_search(store, queries, ids[truth_rows]), "engine_peak_mib": None})
+        finally:
+            store.close()
+        print(f"  {rows[-1]}", flush=True)
+        for spec in args.indexes:
+            with milvus_engine(workdir) as (uri, pid):
+                store = MilvusStore(uri, collection="bench", code_dim=args.dim, model_id=None,
+                                    index=IndexSpec.parse(spec), timeout=600)
+                try:
+                    ids, rate = fill(store, vectors)
+                    rows.append({"size": size, "backend": f"milvus-lite {spec}", "fill_rows_per_s": rate,
+                                 **measure_search(store, queries, ids[truth_rows]),
+                                 "engine_peak_mib": peak_rss_mib(pid)})
+                finally:
+                    store.close()
+            print(f"  {rows[-1]}", flush=True)
+    return rows
+
+
+def bench_http(args: argparse.Namespace, workdir: Path) -> list[dict]:
+    """/query p50 (one client, k=10, no noise) and ingest (one crop per request, one client per replica)."""
+    from service.store.milvus import MilvusStore
+
+    crops, source = load_crops(args.data_root, args.pool, workdir)
+    model = ModelMetadata.load(args.models)
+    vectors = Vectors(args.gallery_size, model.code_dim, "clustered", args.seed, 8192, args.per_identity)
+    query = query_body(crops[0])
+    bodies = [gallery_body([crop], [f"ingest-{i}"], ["c1"]) for i, crop in enumerate(crops[:64])]
+    rows = []
+    for backend, replicas in (("embedded", 1), ("milvus-lite server", 1), ("milvus-lite server", 2)):
+        data = workdir / f"http-{backend.split()[0]}-{replicas}"
+        with gallery_engine(backend, workdir) as uri:
+            store = (EmbeddedStore(data, code_dim=model.code_dim, model_id=model.model_id) if uri is None else
+                     MilvusStore(uri, collection="http", code_dim=model.code_dim, model_id=model.model_id))
+            try:
+                fill(store, vectors)
+            finally:
+                store.close()
+            extra = () if uri is None else ("--gallery-uri", uri, "--gallery-collection", "http")
+            with servers(args, replicas, data, workdir, extra) as urls:
+                run = drive(urls[0], f"/query?k={K}&include_noise=false", [query], 1, args.requests, args.warmup,
+                            args.max_seconds)
+                queries = summarise_ms(run.latencies)
+                with ThreadPoolExecutor(replicas) as pool:  # one client per replica, at once
+                    runs = list(pool.map(lambda url: drive(url, "/gallery", bodies, 1, args.ingest_crops, 2,
+                                                           args.max_seconds), urls))
+            rate = sum(len(r.latencies) / r.seconds for r in runs if r.seconds)
+            rows.append({"backend": backend, "replicas": replicas, "entries": args.gallery_size,
+                         "query_p50_ms": queries.get("p50_ms"), "query_p99_ms": queries.get("p99_ms"),
+                         "query_errors": run.errors, "ingest_crops_per_s": round(rate, 1),
+                         "ingest_errors": sum(r.errors for r in runs), "crops": source})
+            print(f"  {rows[-1]}", flush=True)
+    return rows
+
+
+@contextmanager
+def gallery_engine(backend: str, workdir: Path) -> Iterator[str | None]:
+    """None for the embedded gallery; else a fresh milvus-lite server's URI."""
+    if backend == "embedded":
+        yield None
+        return
+    with milvus_engine(workdir) as (uri, _):
+        yield uri
+
+
+@contextmanager
+def servers(args: argparse.Namespace, count: int, data: Path, workdir: Path,
+                       extra: tuple[str, ...]) -> Iterator[list[str]]:
+    if count == 0:
+        yield []
+        return
+    with running_server(args, args.models, data, workdir / f"server-{data.name}-{count}.log", extra) as url, \
+            servers(args, count - 1, data, workdir, extra) as others:
+        yield [url, *others]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--parts", nargs="+", choices=("index", "http"), default=["index", "http"])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--indexes", nargs="+", default=["FLAT", "HNSW:M=16,efConstruction=200,ef=64",
+                                                         "IVF_FLAT:nlist=256,nprobe=16"])
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--per-identity", type=int, default=8, help="codes per synthetic identity")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", type=Path, default=default_models())
+    parser.add_argument("--data-root", type=Path, help="Market-1501 folder for the HTTP crops")
+    parser.add_argument("--pool", type=int, default=64)
+    parser.add_argument("--gallery-size", type=int, default=20_000)
+    parser.add_argument("--requests", type=int, default=300, help="timed /query requests")
+    parser.add_argument("--ingest-crops", type=int, default=400, help="single-crop POSTs per replica")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--max-seconds", type=float, default=60.0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--server-log-level", default="warning")
+    parser.add_argument("--startup-timeout", type=float, default=180.0)
+    add_common_arguments(parser)
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.quick:
+        args.sizes, args.queries, args.gallery_size, args.requests, args.ingest_crops = [2000], 20, 500, 20, 20
+    info = machine()
+    print_machine(info)
+    warn_if_busy(info)
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="genreid-backends-") as tmp:
+        workdir = Path(tmp)
+        if "index" in args.parts:
+            results["index"] = bench_index(args, workdir)
+            print_table("search by gallery size", results["index"],
+                        ["size", "backend", "fill_rows_per_s", "search_p50_ms", "search_p99_ms", "recall_at_10",
+                         "engine_peak_mib"])
+        if "http" in args.parts:
+            results["http"] = bench_http(args, workdir)
+            print_table("HTTP on each backend", results["http"],
+                        ["backend", "replicas", "entries", "query_p50_ms", "query_p99_ms", "ingest_crops_per_s",
+                         "query_errors", "ingest_errors"])
+    print(f"written {write_result('gallery_backends', args, info, results)}")
+
+
+if __name__ == "__main__":
+    main()
