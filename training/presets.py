@@ -45,7 +45,10 @@ class Preset:
     label_smoothing: float = 0.0  # of the softmax over the learned codes
     softmax_gap: float = 4.0  # logits between one's own learned code and the mean nearest other code
     inv_id_weight_decay: float = 0.0  # decoupled (AdamW)
-    classifier_scale: float = 16.0  # discriminative mode: logits are this times the cosine to each identity's vector
+    # The discriminative mode's learned table, one vector per training identity: 'cosine' (logits are
+    # classifier_scale x the cosine between code and vector) or 'linear' (logits are their dot product + a bias).
+    classifier: str = "cosine"
+    classifier_scale: float = 16.0
     inv_noise_steps: int = 50_000
     inv_noise_batch: int = 64
     inv_noise_lr: float = 1e-4

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.networks.classifiers import CodeTableHead, cosine_logits, mean_nearest_distance
+from training.networks.classifiers import CodeTableHead, cosine_logits, mean_nearest_distance, new_classifier
 from training.pipeline import run_stages, stage_table
 from training.presets import get_preset
 from training.stages.inverters import (
@@ -29,6 +29,16 @@ def test_cosine_logits_see_direction_only():
     logits = cosine_logits(codes, weight, scale=16.0)
     np.testing.assert_allclose(logits.numpy(), [[16.0, 0.0, -16.0], [0.0, 16.0, 0.0]], atol=1e-5)
     assert torch.allclose(cosine_logits(10.0 * codes, 0.1 * weight, 16.0), logits)
+
+
+def test_linear_classifier_counts_the_code_length_and_cosine_does_not():
+    codes = torch.randn((4, 8))
+    for kind, grows in (("linear", True), ("cosine", False)):
+        head = new_classifier(kind, identities=5, code_dim=8, scale=16.0)
+        with torch.no_grad():
+            logits, longer = head(codes), head(3.0 * codes)
+        assert logits.shape == (4, 5)
+        assert torch.allclose(logits, longer, atol=1e-5) != grows
 
 
 def test_code_table_head_puts_the_nearest_other_code_gap_logits_below():
@@ -55,6 +65,7 @@ def test_inv_id_plan_splits_each_mode_batch():
     ({"triplet_margin": 0.1, "real_identities": 0}, "hybrid", "real_identities > 0"),
     ({"triplet_margin": 0.1, "real_identities": 7}, "discriminative", "must divide"),
     ({"triplet_margin": 0.1, "real_fraction": 0.0}, "discriminative", "draws no images"),
+    ({"triplet_margin": 0.1, "classifier": "arcface"}, "discriminative", "unknown classifier"),
     ({}, "generative", "unknown Inv-Id mode"),
 ])
 def test_inv_id_plan_refuses_settings_that_conflict(overrides, mode, message):

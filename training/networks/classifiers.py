@@ -1,7 +1,7 @@
 """Training-only heads that turn Inv-Id codes into per-identity logits (never exported: retrieval uses the codes).
 
-`CodeTableHead` is the hybrid's: the generator's learned codes are fixed targets. `CosineClassifier` is the
-ablation's: one learned vector per training identity, no generator involved.
+`CodeTableHead` is the hybrid's: the generator's learned codes are fixed targets. The ablation's, with no
+generator involved, is one learned vector per training identity: `CosineClassifier`, or a plain linear layer.
 """
 
 from __future__ import annotations
@@ -51,3 +51,16 @@ class CosineClassifier(nn.Module):
 def cosine_logits(codes: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.Tensor:
     """(N, D) codes x (K, D) vectors -> (N, K) scaled cosines, in [-scale, scale] whatever the lengths."""
     return scale * F.normalize(codes, dim=1) @ F.normalize(weight, dim=1).T
+
+
+CLASSIFIERS = ("cosine", "linear")
+
+
+def new_classifier(kind: str, identities: int, code_dim: int, scale: float) -> nn.Module:
+    """A learned table of one vector per identity: cosine (direction only, as retrieval compares codes) or linear
+    (dot product + bias: the code's length counts too, so cross-entropy keeps codes from shrinking)."""
+    if kind == "cosine":
+        return CosineClassifier(identities, code_dim, scale)
+    if kind == "linear":
+        return nn.Linear(code_dim, identities)
+    raise ValueError(f"unknown classifier {kind!r}; choose one of {CLASSIFIERS}")

@@ -4,7 +4,8 @@ Inv-Id regresses the generating code (MSE). Mode 'paper' sees generated images o
 mode 'hybrid' fills `real_fraction` of each batch with augmented real training crops whose target is their
 identity's learned code, plus a softmax over distances to all learned codes, to close the gap between
 generated and real crops that the paper names as a weakness. Mode 'discriminative' is the ablation without any
-generator: the hybrid's real crops only, a learned cosine classifier instead of the generator's code table.
+generator: the hybrid's real crops only, a learned (cosine or linear) classifier instead of the generator's
+code table.
 Inv-Id may read a higher resolution than the generator draws: generated samples are upsampled to it.
 Inv-Noise regresses the known starting noise (L1); export measures the reconstructions of real crops.
 """
@@ -24,7 +25,7 @@ from torch import nn
 from service.evaluation import evaluate_codes
 from service.similarity import code_distances
 from training.data.cache import ImageSet, query_gallery_split
-from training.networks.classifiers import CodeTableHead, CosineClassifier
+from training.networks.classifiers import CLASSIFIERS, CodeTableHead, new_classifier
 from training.presets import Preset
 from training.stages.context import StageContext, random_flip, to_device_floats
 from training.stages.samples import Triples, generate, load_triples
@@ -136,6 +137,8 @@ def inv_id_plan(preset: Preset, mode: str) -> InvIdPlan:
         raise ValueError("triplet_weight needs real_identities > 0 (identity-balanced real crops)")
     if real and preset.real_identities and real % preset.real_identities:
         raise ValueError(f"real_identities={preset.real_identities} must divide the {real} real crops per batch")
+    if not uses_generator(mode) and preset.classifier not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {preset.classifier!r}; choose one of {CLASSIFIERS}")
     if not uses_generator(mode) and preset.triplet_weight and not preset.triplet_margin:
         raise ValueError("the discriminative mode has no generator code table to take the triplet margin from: "
                          "set triplet_margin")
@@ -147,13 +150,13 @@ class IdentityTargets:
     """What real crops are pulled towards: a head giving one logit per training identity, the person id of each
     of its rows, and the triplet margin."""
 
-    head: CodeTableHead | CosineClassifier
+    head: nn.Module
     person_ids: np.ndarray
     margin: float
 
 
 def identity_targets(ctx: StageContext, mode: str, train: ImageSet) -> IdentityTargets:
-    """The generator's code table (hybrid, paper) or a new learned cosine classifier (discriminative: no generator
+    """The generator's code table (hybrid, paper) or a new learned classifier (discriminative: no generator
     needed). Call after building the Inv-Id so its initial weights do not depend on the mode."""
     preset, device = ctx.preset, ctx.runtime.device
     if uses_generator(mode):
@@ -161,8 +164,8 @@ def identity_targets(ctx: StageContext, mode: str, train: ImageSet) -> IdentityT
         table = CodeTableHead(generator["codes"].to(device), preset.softmax_gap)
         return IdentityTargets(table, generator["person_ids"], preset.triplet_margin or table.nearest)
     person_ids = np.unique(train.person_ids)
-    classifier = CosineClassifier(len(person_ids), preset.code_dim, preset.classifier_scale).to(device)
-    return IdentityTargets(classifier, person_ids, preset.triplet_margin)
+    classifier = new_classifier(preset.classifier, len(person_ids), preset.code_dim, preset.classifier_scale)
+    return IdentityTargets(classifier.to(device), person_ids, preset.triplet_margin)
 
 
 def inv_id_optimiser(
