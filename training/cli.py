@@ -70,12 +70,42 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def export(args: argparse.Namespace) -> int:
-    from training.export import export_run
+def _models_context(models_dir: Path, data: Path | None, cache_dir: Path | None):
+    """A context for a model directory whose training run is gone: the run's preset as the model card recorded
+    it (so the same validation identities), and the data folder given."""
+    from service.market import check_layout
+    from training.model_card import CARD_JSON
 
+    card = models_dir / CARD_JSON
+    if data is None:
+        raise ValueError("without a run directory, --data (the Market-1501 folder it was trained on) is required")
+    if not card.is_file():
+        raise FileNotFoundError(f"{card}: no model card to read the run's preset from; pass the run directory")
+    values = json.loads(card.read_text())["preset"]
+    preset = Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return _context(preset, check_layout(data, ("train",)).resolve(), models_dir, cache_dir, None)
+
+
+def _run_or_models_context(args: argparse.Namespace, models_dir: Path):
+    if args.run_dir is None:
+        return _models_context(models_dir, args.data, args.cache_dir)
+    if args.data is not None:
+        raise ValueError("--data is for a model directory without its run; a run knows its data")
     preset, data = load_run(args.run_dir)
-    metadata = export_run(_context(preset, data, args.run_dir, args.cache_dir, None), args.to)
-    print(json.dumps({"models": str(args.to), "validation": metadata["validation"]}))
+    return _context(preset, data, args.run_dir, args.cache_dir, None)
+
+
+def export(args: argparse.Namespace) -> int:
+    if args.run_dir is None:
+        from training.quantize import quantize_models
+
+        metadata = quantize_models(_run_or_models_context(args, args.to), args.to).as_dict()
+    else:
+        from training.export import export_run
+
+        metadata = export_run(_run_or_models_context(args, args.to), args.to)
+    print(json.dumps({"models": str(args.to), "model_id": metadata["model_id"], "validation": metadata["validation"],
+                      "cpu_precision": metadata["cpu_precision"]}))
     return 0
 
 
@@ -91,8 +121,7 @@ def figures(args: argparse.Namespace) -> int:
 def card(args: argparse.Namespace) -> int:
     from training.model_card import write_card
 
-    preset, data = load_run(args.run_dir)
-    print(write_card(_context(preset, data, args.run_dir, args.cache_dir, None), args.models))
+    print(write_card(_run_or_models_context(args, args.models), args.models, from_run=args.run_dir is not None))
     return 0
 
 
@@ -108,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a preset field, e.g. --set generator_steps=2000")
     run.add_argument("--stop-after", type=int, help="checkpoint and stop after this many steps of a stage")
     run.set_defaults(handler=train)
-    out = commands.add_parser("export", help="export a finished run to ONNX + model.json")
-    out.add_argument("run_dir", type=Path)
+    out = commands.add_parser("export", help="export a finished run to ONNX + model.json, with the model identity "
+                              "and the INT8 Inv-Id; without RUN_DIR, add those to the float ONNX files in --to")
+    out.add_argument("run_dir", type=Path, nargs="?")
     out.add_argument("--to", type=Path, default=Path("models"), help="model directory to write")
     out.set_defaults(handler=export)
     fig = commands.add_parser("figures", help="the paper's figures as PNG files")
@@ -117,10 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     fig.add_argument("--out", type=Path, default=Path("docs/figures"))
     fig.add_argument("--models", type=Path, default=Path("models"), help="exported models (for retrieval)")
     fig.set_defaults(handler=figures)
-    model_card = commands.add_parser("card", help="write MODEL_CARD.md (+ .json): training facts and test metrics")
-    model_card.add_argument("run_dir", type=Path)
+    model_card = commands.add_parser("card", help="write MODEL_CARD.md (+ .json): training facts and test metrics; "
+                                     "without RUN_DIR, the training facts come from the card already in --models")
+    model_card.add_argument("run_dir", type=Path, nargs="?")
     model_card.add_argument("--models", type=Path, default=Path("models"), help="the exported model directory")
     model_card.set_defaults(handler=card)
+    for sub in (out, model_card):
+        sub.add_argument("--data", type=Path, help="without RUN_DIR: the Market-1501 folder the model was trained on")
     for sub in (run, out, fig, model_card):
         sub.add_argument("--cache-dir", type=Path, help="decoded-image cache (default $XDG_CACHE_HOME/genreid)")
     return parser

@@ -1,6 +1,6 @@
 """Export a finished run to the service's model directory: three self-contained ONNX files with a dynamic
-batch dimension, model.json (resolution, schedule, normalisation, threshold, measurements) and a parity
-check of ONNX Runtime against torch."""
+batch dimension, model.json (resolution, schedule, normalisation, threshold, measurements), a parity
+check of ONNX Runtime against torch, then the model identity and INT8 Inv-Id (training/quantize.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from torch import nn
 
 from service.encoders import MODEL_FILES, ModelMetadata, open_session
 from training.networks.unet import UNet
+from training.quantize import quantize_models
 from training.stages.context import StageContext
 from training.stages.inverters import best_inv_id, reconstruction_error
 
@@ -155,4 +156,4 @@ def export_run(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
     )
     metadata.save(models_dir)
     log.info("exported %s to %s (parity %s)", ctx.run_dir, models_dir, differences)
-    return metadata.as_dict()
+    return quantize_models(ctx, models_dir).as_dict()

@@ -1,8 +1,9 @@
 """models/MODEL_CARD.md and its JSON twin: what the shipped model is, how it was trained, how well it does.
 
 Test metrics are the standard Market-1501 protocol on the data folder's query/ and bounding_box_test/, for
-every Inv-Id variant the run trained (the shipped one through ONNX Runtime, exactly as served). Settings were
-picked on identities held out of bounding_box_train, never on these.
+every Inv-Id variant the run trained (the shipped one through ONNX Runtime, exactly as served, in float32 and
+INT8). Settings were picked on identities held out of bounding_box_train, never on these. Without the run
+directory, the card is rebuilt from the model directory, the data and the previous card's training facts.
 """
 
 from __future__ import annotations
@@ -45,40 +46,75 @@ def _metrics(q_codes: np.ndarray, g_codes: np.ndarray, query: ImageSet, gallery:
                           gallery.cameras).as_dict()
 
 
-def test_metrics(
-    ctx: StageContext, encoders: Encoders, shipped_mode: str, finished: dict[str, dict]
-) -> dict[str, dict[str, Any]]:
-    """Metrics on the test split for each finished Inv-Id; the shipped one through ONNX Runtime."""
-    query = load_split(ctx.data_root, "query", ctx.preset.resolution, ctx.cache_dir)
-    gallery = load_split(ctx.data_root, "gallery", ctx.preset.resolution, ctx.cache_dir)
-    results = {}
-    for mode, saved in finished.items():
-        if mode == shipped_mode:
-            codes = encoders.identity(query.floats()), encoders.identity(gallery.floats())
-        else:
-            model = ctx.new_inv_id().to(ctx.runtime.device)
-            model.load_state_dict(saved["model"])
-            codes = embed(model, query, ctx.runtime.device), embed(model, gallery, ctx.runtime.device)
-        results[mode] = _metrics(*codes, query, gallery)
-    return results
+def query_and_gallery(ctx: StageContext) -> tuple[ImageSet, ImageSet]:
+    """The data folder's test splits, decoded through the shared cache."""
+    return (load_split(ctx.data_root, "query", ctx.preset.resolution, ctx.cache_dir),
+            load_split(ctx.data_root, "gallery", ctx.preset.resolution, ctx.cache_dir))
 
 
-def reconstruction_on_test(ctx: StageContext, encoders: Encoders, count: int = 256) -> dict[str, float]:
+def served_metrics(encoders: Encoders, query: ImageSet, gallery: ImageSet) -> dict[str, Any]:
+    """Test metrics of the exported Inv-Id, through ONNX Runtime exactly as the service runs it."""
+    return _metrics(encoders.identity(query.floats()), encoders.identity(gallery.floats()), query, gallery)
+
+
+def reconstruction_on_test(encoders: Encoders, query: ImageSet, count: int = 256) -> dict[str, float]:
     """L1 and PSNR between real query crops and their regeneration from (Inv-Id, Inv-Noise), via ONNX."""
-    images = load_split(ctx.data_root, "query", ctx.preset.resolution, ctx.cache_dir).floats(slice(0, count))
+    images = query.floats(slice(0, count))
     rebuilt = encoders.render(encoders.identity(images), encoders.noise(images))
     mse = float(((rebuilt - images) ** 2).mean())
     return {"l1": float(np.abs(rebuilt - images).mean()), "psnr": 10.0 * np.log10(1.0 / max(mse, 1e-12)),
             "crops": len(images)}
 
 
-def build_card(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
-    metadata = ModelMetadata.load(models_dir)
-    encoders = Encoders(models_dir, device="cpu")
-    shipped = metadata.extra["inv_id_mode"]
-    timings = json.loads(ctx.path("timings.json").read_text())
-    train, val = ctx.splits
+# What only the training run knows; a card rebuilt without the run copies them from the previous card.
+RUN_FACTS = ("preset", "training_wall_seconds", "hardware", "validation", "inv_id_steps", "test")
+
+
+def run_facts(ctx: StageContext, shipped: str, query: ImageSet, gallery: ImageSet) -> dict[str, Any]:
+    """The run's own record: preset, timings, every finished Inv-Id's validation, and test metrics of the Inv-Ids
+    that were not shipped (from their torch checkpoints; the shipped one is measured through ONNX)."""
     finished = finished_inv_ids(ctx)
+    test = {}
+    for mode, saved in finished.items():
+        if mode != shipped:
+            model = ctx.new_inv_id().to(ctx.runtime.device)
+            model.load_state_dict(saved["model"])
+            codes = embed(model, query, ctx.runtime.device), embed(model, gallery, ctx.runtime.device)
+            test[mode] = _metrics(*codes, query, gallery)
+    return {
+        "preset": ctx.preset.as_dict(),
+        "training_wall_seconds": json.loads(ctx.path("timings.json").read_text()),
+        "hardware": hardware(),
+        "validation": {mode: saved["validation"] for mode, saved in finished.items()},
+        "inv_id_steps": {mode: saved.get("steps", ctx.preset.inv_id_steps) for mode, saved in finished.items()},
+        "test": test,
+    }
+
+
+def previous_card_facts(models_dir: Path) -> dict[str, Any]:
+    """RUN_FACTS as the card already in `models_dir` recorded them, for a model whose run is gone."""
+    path = models_dir / CARD_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no previous card to take the training facts from; pass the run directory")
+    previous = json.loads(path.read_text())
+    return {key: previous[key] for key in RUN_FACTS}
+
+
+def build_card(ctx: StageContext, models_dir: Path, *, from_run: bool) -> dict[str, Any]:
+    """Training facts (from the run, or from the previous card when `from_run` is false) and everything that the
+    model directory and the data can measure: test metrics and reconstructions through ONNX Runtime in float32,
+    and float32 against INT8 for the quantised Inv-Id."""
+    metadata = ModelMetadata.load(models_dir)
+    quantization = metadata.extra.get("quantization", {}).get("inv_id")
+    if quantization is None:
+        raise ValueError(f"{models_dir}: no INT8 Inv-Id measured yet; run `genreid export --to {models_dir}` first")
+    shipped = metadata.extra["inv_id_mode"]
+    query, gallery = query_and_gallery(ctx)
+    facts = run_facts(ctx, shipped, query, gallery) if from_run else previous_card_facts(models_dir)
+    floats = Encoders(models_dir, device="cpu", precision="float")
+    int8 = Encoders(models_dir, device="cpu", precision="int8")
+    test = {"float32": served_metrics(floats, query, gallery), "int8": served_metrics(int8, query, gallery)}
+    train, val = ctx.splits
     return {
         "data": {
             "root": ctx.data_root.name,
@@ -86,19 +122,24 @@ def build_card(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
             "validation_identities": int(len(np.unique(val.person_ids))), "validation_crops": len(val),
             "note": SUBSET_NOTE if ctx.data_root.name == SUBSET else "",
         },
-        "preset": ctx.preset.as_dict(),
+        **facts,
         "parameters": metadata.extra["parameters"],
-        "training_wall_seconds": timings,
-        "hardware": hardware(),
         "shipped_inv_id": shipped,
-        "test": test_metrics(ctx, encoders, shipped, finished),
-        "validation": {mode: saved["validation"] for mode, saved in finished.items()},
-        "inv_id_steps": {mode: saved.get("steps", ctx.preset.inv_id_steps) for mode, saved in finished.items()},
+        "test": {mode: test["float32"] if mode == shipped else facts["test"][mode] for mode in facts["validation"]},
         "match_threshold": metadata.match_threshold,
         "reconstruction": {"validation": metadata.extra["reconstruction"],
-                           "test_queries": reconstruction_on_test(ctx, encoders)},
+                           "test_queries": reconstruction_on_test(floats, query),
+                           "test_queries_int8_inv_id": reconstruction_on_test(int8, query)},
         "code_stats": metadata.extra["code_stats"],
         "references": REFERENCES if ctx.data_root.name == SUBSET else {},
+        "facts_from_run": from_run,
+        "model_id": metadata.model_id,
+        "precision": {
+            "cpu": metadata.precisions("auto", cuda=False), "cuda": metadata.precisions("auto", cuda=True),
+            "max_validation_mAP_loss": quantization["max_validation_mAP_loss"],
+            "calibration_crops": quantization["calibration_crops"],
+            "inv_id": {"validation": quantization["validation"], "test": test},
+        },
     }
 
 
@@ -119,15 +160,30 @@ def render_markdown(card: dict[str, Any]) -> str:
     times = "\n".join(f"| {stage} | {seconds / 60:.1f} |" for stage, seconds in card["training_wall_seconds"].items())
     params = "\n".join(f"| {name} | {count / 1e6:.2f} M |" for name, count in card["parameters"].items())
     recon = card["reconstruction"]
+    precision = card["precision"]
+    parity = precision["inv_id"]
+    precision_rows = "\n".join(
+        f"| {kind} | {_pct(parity['validation'][kind]['mAP'])} | {_pct(parity['validation'][kind]['rank1'])} | "
+        f"{_pct(parity['test'][kind]['mAP'])} | {_pct(parity['test'][kind]['rank1'])} |" for kind in ("float32", "int8")
+    )
+    change = 100 * (parity["validation"]["int8"]["mAP"] - parity["validation"]["float32"]["mAP"])
+    verdict = "so CPUs serve the INT8 Inv-Id" if precision["cpu"]["inv_id"] == "int8" else \
+        "more than allowed, so CPUs keep the float32 Inv-Id"
+    source = ("Generated by `genreid card` from the training run; numbers below are measured, not copied." if
+              card["facts_from_run"] else
+              "Generated by `genreid card` from the model directory and the data, the training run being gone: test "
+              "metrics,\nreconstructions and precisions are measured; training facts (preset, wall time, validation, "
+              "the other\nInv-Id variants' test rows) are kept from the card written with the run.")
     hw = card["hardware"]
     device = f"GPU {hw['gpu']}" if hw["gpu"] else f"{hw['cpu']} ({hw['cores']} cores)"
     preset = card["preset"]
+    widths = tuple(preset["widths"])  # a list when the preset was read back from JSON
     return f"""# genreid model card
 
-Generated by `genreid card` from the training run; numbers below are measured, not copied.
+{source}
 
 ## What it is
-A conditional diffusion model (U-Net widths {preset['widths']}, {preset['blocks']} residual blocks per level) learned
+A conditional diffusion model (U-Net widths {widths}, {preset['blocks']} residual blocks per level) learned
 one {preset['code_dim']}-d identity code per training person as the condition it needs to draw that person from
 noise; Inv-Id maps a crop to its code (what retrieval compares), Inv-Noise to the generator noise (pose,
 background, light). Input {preset['resolution'][0]}x{preset['resolution'][1]} RGB. Preset `{preset['name']}`.
@@ -153,6 +209,23 @@ targeting their identity's learned code ({_pct(preset['real_fraction'])}% of eac
 identities at a time, triplet weight {preset['triplet_weight']}, label smoothing {preset['label_smoothing']}, weight
 decay {preset['inv_id_weight_decay']}; Inv-Id head over {preset['inv_id_stripes'] or 'no'} stripes). The recipe and
 how it was chosen on the validation identities: docs/METHOD.md in the repository.
+
+## Precision: float32 and INT8 Inv-Id
+Model id `{card['model_id']}`
+(a hash of the float32 Inv-Id's weights): the INT8 Inv-Id computes codes in the same code space, so CPU and GPU
+replicas can serve one gallery. It is ONNX Runtime static quantisation (QDQ, per-channel int8 weights, uint8
+activations calibrated on {precision['calibration_crops']} training crops). It changes validation mAP by
+{change:+.1f} points (at most -{_pct(precision['max_validation_mAP_loss'])} allowed), {verdict}; CUDA hosts serve
+float32. The service picks the precision per device unless told otherwise (`Encoders(precision=...)`).
+
+| Inv-Id | validation mAP | validation rank-1 | test mAP | test rank-1 |
+| --- | --- | --- | --- | --- |
+{precision_rows}
+
+The 1% false-match distance on validation is {parity['validation']['int8']['threshold_fmr1']:.4f} with INT8 codes
+and {parity['validation']['float32']['threshold_fmr1']:.4f} with float32 ones; the match threshold below is float32's.
+Reconstruction of the test queries with the INT8 Inv-Id (Inv-Noise and the denoiser in float32): PSNR
+{recon['test_queries_int8_inv_id']['psnr']:.1f} dB (float32: {recon['test_queries']['psnr']:.1f} dB).
 
 ## Match threshold
 Distance {card['match_threshold']:.4f} between unit-length codes: 1% of different-person pairs of the validation
@@ -190,6 +263,9 @@ genreid export runs/{preset['name']} --to models/
 genreid card runs/{preset['name']} --models models/
 genreid evaluate --data ../shared/data/market1501-subset --models models/
 ```
+Without the run directory (its checkpoints gone), the identity, the INT8 Inv-Id and this card are rebuilt from
+`models/` and the data: `genreid export --to models/ --data ../shared/data/market1501-subset`, then
+`genreid card --models models/ --data ../shared/data/market1501-subset`.
 
 ## Limits
 Low resolution (64x32); the subset is small (401 training identities); trained on CPU for hours, not days.
@@ -197,8 +273,8 @@ Market-1501 is for research use only.
 """
 
 
-def write_card(ctx: StageContext, models_dir: Path) -> Path:
-    card = build_card(ctx, models_dir)
+def write_card(ctx: StageContext, models_dir: Path, *, from_run: bool = True) -> Path:
+    card = build_card(ctx, models_dir, from_run=from_run)
     (models_dir / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
     path = models_dir / CARD_FILE
     path.write_text(render_markdown(card))

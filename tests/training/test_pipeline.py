@@ -76,7 +76,7 @@ def test_onnx_matches_torch_on_batches_of_1_and_7(tiny_run):
 
 
 def test_export_serves_through_onnx_runtime(tiny_run, synthetic_root):
-    encoders = Encoders(tiny_run.models, device="cpu")
+    encoders = Encoders(tiny_run.models, device="cpu", precision="float")  # INT8: tests/training/test_quantize.py
     assert encoders.metadata.resolution == (64, 32)
     assert encoders.metadata.match_threshold == tiny_run.metadata["match_threshold"]
     _, val = tiny_run.ctx.splits
