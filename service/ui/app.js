@@ -75,9 +75,15 @@ function say(view, message, kind = "info") {
   status.dataset.kind = kind;
 }
 
-function failed(view, error) {
+/** An error as the operator reads it: the API's sentence, and what to do about a 401. */
+function explain(error) {
+  const stop = /[.!?]$/.test(error.message) ? "" : ".";
   const hint = error.status === 401 ? " Enter the API key above, then try again." : "";
-  say(view, `${error.message}${hint}`, "error");
+  return `${error.message}${stop}${hint}`;
+}
+
+function failed(view, error) {
+  say(view, explain(error), "error");
 }
 
 function trackUrl(view, url) {
@@ -379,7 +385,7 @@ $("enrol-form").addEventListener("submit", async (event) => {
       done += 1;
     } catch (error) {
       row.dataset.state = "error";
-      result.textContent = error.message;
+      result.textContent = explain(error);
     }
     progress.value += 1;
     say("enrol", `${progress.value} of ${rows.length} sent…`);
@@ -392,17 +398,31 @@ $("enrol-form").addEventListener("submit", async (event) => {
 
 // ---- gallery -------------------------------------------------------------------------------------------------
 
-async function confirmDelete(message) {
-  const dialog = $("confirm");
-  $("confirm-message").textContent = message;
-  dialog.returnValue = "";
-  dialog.showModal();
-  return new Promise((resolve) => dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"),
-    { once: true }));
+let confirmation = null; // resolves the question the dialog shows now
+
+function settle(ok) {
+  const resolve = confirmation;
+  confirmation = null;
+  resolve?.(ok);
 }
 
-$("confirm-cancel").addEventListener("click", () => $("confirm").close("cancel"));
-$("confirm-ok").addEventListener("click", () => $("confirm").close("ok"));
+function confirmDelete(message) {
+  settle(false);
+  $("confirm-message").textContent = message;
+  $("confirm").showModal();
+  return new Promise((resolve) => { confirmation = resolve; });
+}
+
+for (const [button, ok] of [["confirm-cancel", false], ["confirm-ok", true]]) {
+  $(button).addEventListener("click", () => {
+    settle(ok);
+    $("confirm").close();
+  });
+}
+// Escape. The close event comes a task later: one that finds the dialog open again is an earlier showing's.
+$("confirm").addEventListener("close", () => {
+  if (!$("confirm").open) settle(false);
+});
 
 async function remove(path, message, done) {
   if (!(await confirmDelete(message))) return;
