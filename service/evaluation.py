@@ -1,4 +1,6 @@
-"""Standard Market-1501 retrieval metrics (CMC, mAP, mINP), vectorised in numpy.
+"""Standard Market-1501 retrieval metrics (CMC, mAP, mINP), vectorised in numpy, and the one evaluation path
+(`Evaluator`: embed a query and a gallery split, then rank and score them) that `genreid evaluate`, the training
+pipeline's validation and the model card share.
 
 Same protocol as torchreid's eval_market1501: per query, gallery crops with the same person AND the same
 camera are removed; queries left with no true match are skipped; CMC rank-k counts a hit when any true
@@ -7,11 +9,18 @@ match is among the first k; AP is non-interpolated; INP is matches / rank of the
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import numpy as np
 
 from service.similarity import code_distances
+
+if TYPE_CHECKING:
+    from service.reranking import RerankParams
 
 _CHUNK = 512  # queries per block: bounds memory at the official size (3,368 x 15,913)
 
@@ -100,3 +109,60 @@ def evaluate_codes(
 ) -> RetrievalMetrics:
     """Rank the gallery as the service does (service.similarity) and score it."""
     return evaluate_ranking(code_distances(q_codes, g_codes), q_pids, g_pids, q_cams, g_cams)
+
+
+class Labelled(Protocol):
+    """A split's crops as the evaluator needs them labelled (training's ImageSet, the CLI's MarketCrops)."""
+
+    @property
+    def person_ids(self) -> np.ndarray: ...
+
+    @property
+    def cameras(self) -> np.ndarray: ...
+
+
+Split = TypeVar("Split", bound=Labelled)
+
+
+class Evaluator(Generic[Split]):
+    """A query and a gallery split, embedded once, scored under the standard protocol by any ranking: by code
+    distance, re-ranked per query exactly as /query?rerank=true ranks (service.reranking.rerank_search over a
+    gallery store holding the gallery codes), or re-ranked with all queries together (the evaluation tools'
+    variant, a reference)."""
+
+    def __init__(self, embed: Callable[[Split], np.ndarray], query: Split, gallery: Split):
+        self.q_codes, self.g_codes = embed(query), embed(gallery)
+        self.query, self.gallery = query, gallery
+
+    def metrics(self, *, rerank: RerankParams | None = None, all_queries: bool = False) -> RetrievalMetrics:
+        if all_queries:
+            if rerank is None:
+                raise ValueError("all_queries re-ranks: give the re-ranking parameters")
+            from service.reranking import rerank_all
+
+            dist = rerank_all(self.q_codes, self.g_codes, rerank)
+        elif rerank is None:
+            dist = code_distances(self.q_codes, self.g_codes)
+        else:
+            dist = np.empty((len(self.q_codes), len(self.g_codes)))
+            np.put_along_axis(dist, self.served_orders(rerank), np.arange(len(self.g_codes), dtype=float)[None, :],
+                              axis=1)
+        return evaluate_ranking(dist, self.query.person_ids, self.gallery.person_ids, self.query.cameras,
+                                self.gallery.cameras)
+
+    def served_orders(self, rerank: RerankParams) -> np.ndarray:
+        """(Q, G) gallery indices, best first, as /query?rerank=true returns them with k = G: the gallery codes in
+        a temporary embedded store (the service's default backend), searched and re-ranked by the service's code."""
+        from service.reranking import rerank_search
+        from service.store import NewEntry
+        from service.store.embedded import EmbeddedStore
+
+        with tempfile.TemporaryDirectory(prefix="genreid-evaluate-") as scratch:
+            store = EmbeddedStore(Path(scratch), code_dim=self.g_codes.shape[1], model_id=None)
+            try:
+                added = store.add([NewEntry(person_id=str(pid)) for pid in self.gallery.person_ids], self.g_codes)
+                rows = rerank_search(store, self.q_codes, len(added), params=rerank)
+            finally:
+                store.close()
+        index = {entry.entry_id: i for i, entry in enumerate(added)}
+        return np.array([[index[m.entry.entry_id] for m in row] for row in rows], dtype=np.int64)

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     store_crops: bool = Field(
         True, description="keep each enrolled crop as a small WebP beside its code (false: codes only)"
     )
+    rerank: bool = Field(
+        False, description="/query re-ranks by default (k-reciprocal, with the parameters in model.json; "
+        "a model without them serves code-distance order); ?rerank= overrides it per request",
+    )
 
     @field_validator("api_key", "gallery_token", "gallery_uri", mode="before")
     @classmethod

@@ -1,5 +1,6 @@
 """/query: rank the gallery for a crop (or a stored entry, or many crops at once) by the distance between
-identity codes (service.similarity), optionally within some cameras or a time window."""
+identity codes (service.similarity), optionally within some cameras or a time window, optionally re-ranked
+(service.reranking)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,19 @@ from pydantic import BaseModel, Field
 
 from service import imaging
 from service.dependencies import EncodersDep, EntryFilterDep, GalleryDep, ReaderDep, ServicesDep
+from service.encoders import Encoders
 from service.errors import error_responses
+from service.reranking import RankedMatch, RerankParams, rerank_search
 from service.routes.gallery import MAX_ENTRY_ID
-from service.store import EntryFilter, GalleryStore, Match
+from service.settings import Settings
+from service.store import EntryFilter, GalleryStore
 
 router = APIRouter(prefix="/query", tags=["query"])
 
 K = Annotated[int, Query(ge=1, le=1000, description="matches to return, capped at the admitted entries")]
+Rerank = Annotated[bool | None, Query(
+    description="re-rank the nearest entries by k-reciprocal neighbours (the model's parameters, model.json "
+    "`rerank`); default: the server's rerank setting. 422 when asked for a model without parameters")]
 
 
 class MatchOut(BaseModel):
@@ -29,8 +36,15 @@ class MatchOut(BaseModel):
     camera: str | None
     seen_at: datetime | None
     track_id: str | None
-    distance: float = Field(description="Euclidean distance between the unit-length identity codes, in [0, 2]")
-    same_person: bool | None = Field(description="distance <= the model's match_threshold; null without one")
+    distance: float = Field(description="Euclidean distance between the unit-length identity codes, in [0, 2]; "
+                            "re-ranking leaves it as it is")
+    same_person: bool | None = Field(description="distance <= the model's match_threshold (calibrated on code "
+                                     "distances, so re-ranking does not change it); null without one")
+    rerank_distance: float | None = Field(
+        description="the order of a re-ranked answer: (1 - lambda) x the Jaccard distance between the query's and "
+        "this entry's k-reciprocal neighbour sets + lambda x distance^2 / 4, in [0, 1], lower is better; null when "
+        "not re-ranked or when the entry lies past the K nearest that re-ranking reorders (those follow in "
+        "distance order)")
 
 
 class NoiseArray(BaseModel):
@@ -50,24 +64,39 @@ class BatchResult(BaseModel):
     results: list[QueryResult] = Field(description="one per file, in file order (no noise)")
 
 
-def ranked(gallery: GalleryStore, codes: np.ndarray, k: int, entry_filter: EntryFilter,
-           threshold: float | None) -> list[list[MatchOut]]:
+def rerank_params(encoders: Encoders, settings: Settings, asked: bool | None) -> RerankParams | None:
+    """The model's re-ranking parameters when this request re-ranks (asked, or by the server's default), else None."""
+    params = RerankParams.from_model(encoders.metadata)
+    if asked and params is None:
+        raise HTTPException(422, "this model carries no re-ranking parameters (model.json `rerank`, written by "
+                            "`genreid tune-rerank`)")
+    return params if (settings.rerank if asked is None else asked) else None
+
+
+def ranked(gallery: GalleryStore, codes: np.ndarray, k: int, entry_filter: EntryFilter, *,
+           threshold: float | None, rerank: RerankParams | None) -> list[list[MatchOut]]:
     """The gallery's answer for each code, in the API's shape."""
 
-    def out(match: Match) -> MatchOut:
+    def out(match: RankedMatch) -> MatchOut:
         entry = match.entry
         return MatchOut(
             entry_id=entry.entry_id, person_id=entry.person_id, camera=entry.camera, seen_at=entry.seen_at,
             track_id=entry.track_id, distance=match.distance,
             same_person=None if threshold is None else match.distance <= threshold,
+            rerank_distance=match.rerank_distance,
         )
 
-    return [[out(m) for m in row] for row in gallery.search(codes, k, entry_filter)]
+    if rerank is not None:
+        rows = rerank_search(gallery, codes, k, entry_filter, params=rerank)
+    else:
+        rows = [[RankedMatch(m.entry, m.distance, None) for m in row] for row in gallery.search(codes, k, entry_filter)]
+    return [[out(m) for m in row] for row in rows]
 
 
 @router.post("", response_model=QueryResult, response_model_exclude_unset=True,
              responses=error_responses(400, 404, 413, 422))
 def query(
+    services: ServicesDep,
     encoders: EncodersDep,
     gallery: GalleryDep,
     reader: ReaderDep,
@@ -78,6 +107,7 @@ def query(
                          "crop; the entry itself is left out of the matches")
     ] = None,
     k: K = 10,
+    rerank: Rerank = None,
     include_noise: Annotated[bool, Query(description="return the generator noise array (crops only)")] = True,
     noise_preview: Annotated[bool, Query(description="also return a PNG preview of the noise (crops only)")] = False,
 ) -> QueryResult:
@@ -86,10 +116,12 @@ def query(
     if (file is None) == (entry_id is None):
         raise HTTPException(422, "give either a file or an entry_id, not both or neither")
     threshold = encoders.metadata.match_threshold
+    params = rerank_params(encoders, services.settings, rerank)
     if entry_id is not None:
         code = gallery.codes([entry_id])[0]
         entry_filter = replace(entry_filter, exclude_ids=entry_filter.exclude_ids | {entry_id})
-        return QueryResult(matches=ranked(gallery, code, k, entry_filter, threshold)[0], identity=code.tolist())
+        return QueryResult(matches=ranked(gallery, code, k, entry_filter, threshold=threshold, rerank=params)[0],
+                           identity=code.tolist())
     image = reader.read([file], "file")
     code = encoders.identity(image)[0]
     extra: dict[str, NoiseArray | str] = {}
@@ -101,7 +133,7 @@ def query(
         if noise_preview:
             png = imaging.to_png(imaging.noise_preview(noise))
             extra["noise_preview"] = base64.b64encode(png).decode("ascii")
-    matches = ranked(gallery, code, k, entry_filter, threshold)[0]
+    matches = ranked(gallery, code, k, entry_filter, threshold=threshold, rerank=params)[0]
     return QueryResult(matches=matches, identity=code.tolist(), **extra)
 
 
@@ -115,11 +147,13 @@ def query_batch(
     reader: ReaderDep,
     entry_filter: EntryFilterDep,
     k: K = 10,
+    rerank: Rerank = None,
 ) -> BatchResult:
     """Rank the gallery for many crops in one request: one batched inversion and one batched search."""
     if len(files) > services.settings.max_files:
         raise HTTPException(413, f"{len(files)} files: at most {services.settings.max_files} per request")
     codes = encoders.identity(reader.read(files, "files"))
-    rows = ranked(gallery, codes, k, entry_filter, encoders.metadata.match_threshold)
+    rows = ranked(gallery, codes, k, entry_filter, threshold=encoders.metadata.match_threshold,
+                  rerank=rerank_params(encoders, services.settings, rerank))
     return BatchResult(results=[QueryResult(matches=row, identity=code.tolist())
                                 for row, code in zip(rows, codes, strict=True)])

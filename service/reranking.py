@@ -1,0 +1,196 @@
+"""k-reciprocal re-ranking (Zhong et al., CVPR 2017) of a gallery store's answers, over a small neighbourhood.
+
+A query's top-K candidates come from the store's own search (with the query's filter); one batched search of the
+candidates' codes brings each one's own nearest entries. The query, its candidates and their neighbours are the
+whole world the published algorithm then runs in (k-reciprocal sets, local query expansion, Jaccard distance), so
+a query costs the same at 2,000 entries as at 100,000 apart from the store's searches, nothing is rebuilt when
+entries are enrolled, and nothing is cached between requests (replicas sharing a Milvus gallery see each other's
+writes at once). Entries past the top K keep the code-distance order after the re-ranked ones.
+
+Distances inside the algorithm are d^2 / 4 for the code distance d (service.similarity), in [0, 1]: the same order
+as d, and a fixed scale instead of the reference code's per-column maximum, which would depend on the neighbourhood.
+`rerank_all` runs the same algorithm with every query and gallery code as the world (the evaluation tools' variant,
+a reference row: it needs all queries at once and is quadratic in the gallery).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from service.similarity import unit_length
+from service.store.base import NO_FILTER, Entry, EntryFilter, GalleryStore, Match, UnknownEntries
+
+if TYPE_CHECKING:
+    from service.encoders import ModelMetadata
+
+_CHUNK = 256  # rows per block of query expansion: bounds memory in the all-queries variant
+
+
+@dataclass(frozen=True)
+class RerankParams:
+    """Zhong et al.'s k1 (k-reciprocal neighbours), k2 (query expansion) and lambda (weight of the original
+    distance), and K: how many of a query's nearest entries are re-ranked. Each model carries its own, chosen on
+    its validation identities (model.json's `rerank`)."""
+
+    k1: int
+    k2: int
+    lambda_: float
+    candidates: int
+
+    def __post_init__(self) -> None:
+        if self.k1 < 1 or self.k2 < 1 or self.candidates < 1 or not 0.0 <= self.lambda_ <= 1.0:
+            raise ValueError(f"re-ranking parameters out of range: {self}")
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> RerankParams:
+        return cls(k1=int(raw["k1"]), k2=int(raw["k2"]), lambda_=float(raw["lambda"]),
+                   candidates=int(raw["candidates"]))
+
+    @classmethod
+    def from_model(cls, metadata: ModelMetadata) -> RerankParams | None:
+        """The parameters an exported model carries (model.json `rerank`), or None for a model tuned without."""
+        raw = metadata.extra.get("rerank")
+        return None if raw is None else cls.from_dict(raw)
+
+    def as_dict(self) -> dict[str, int | float]:
+        values = asdict(self)
+        values["lambda"] = values.pop("lambda_")
+        return values
+
+
+@dataclass(frozen=True)
+class RankedMatch:
+    entry: Entry
+    distance: float  # between unit-length codes (service.similarity), as the store found it
+    rerank_distance: float | None  # (1 - lambda) * Jaccard + lambda * distance^2 / 4; None past the top K
+
+
+def _nearest_first(original: np.ndarray, width: int) -> np.ndarray:
+    """(n, width) column indices of each row's `width` smallest values, smallest first."""
+    if width >= original.shape[1]:
+        return np.argsort(original, axis=1, kind="stable")
+    part = np.argpartition(original, width - 1, axis=1)[:, :width]
+    order = np.argsort(np.take_along_axis(original, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def _reciprocal(rank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k+1 nearest (itself first) and which of them count the row among their own k+1 nearest."""
+    forward = rank[:, : k + 1]
+    rows = np.arange(len(rank))[:, None, None]
+    return forward, (forward[forward] == rows).any(-1)
+
+
+def _weights(original: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, Gaussian-kernel weights on its expanded k-reciprocal set (eq. 7-10, rows sum to 1), and the rank
+    table the rest of the algorithm reads."""
+    n = len(original)
+    k1 = min(k1, n - 1)
+    half = min(int(np.around(k1 / 2)), n - 1)
+    rank = _nearest_first(original, k1 + 1)
+    rows = np.arange(n)
+    forward, mutual = _reciprocal(rank, k1)
+    in_set = np.zeros((n, n), dtype=bool)
+    in_set[rows[:, None], forward] = mutual
+    # A k-reciprocal neighbour's own (k1/2)-reciprocal set joins when 2/3 of it is already in the row's set.
+    half_forward, half_mutual = _reciprocal(rank, half)
+    their_sets, their_mutual = half_forward[forward], half_mutual[forward]  # (n, k1+1, half+1)
+    overlap = (their_mutual & in_set[rows[:, None, None], their_sets]).sum(-1)
+    joins = mutual & (overlap > 2.0 / 3.0 * their_mutual.sum(-1))
+    row, neighbour, member = np.nonzero(joins[:, :, None] & their_mutual)
+    expanded = in_set.copy()
+    expanded[row, their_sets[row, neighbour, member]] = True
+    row, column = np.nonzero(expanded)
+    kernel = np.exp(-original[row, column])
+    weights = np.zeros_like(original)
+    weights[row, column] = kernel / np.bincount(row, weights=kernel, minlength=n)[row]
+    return weights, rank
+
+
+def _expanded(weights: np.ndarray, rank: np.ndarray, rows: np.ndarray, k2: int) -> np.ndarray:
+    """Local query expansion (eq. 12): each row's weights averaged over its k2 nearest."""
+    neighbours = rank[rows, : min(k2, rank.shape[1])]
+    return np.concatenate([weights[neighbours[start:start + _CHUNK]].mean(1)
+                           for start in range(0, len(rows), _CHUNK)])
+
+
+def _jaccard(probes: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(P, T) Jaccard distances between rows of weights summing to 1 (eq. 11: 1 - sum min / sum max), summed
+    over the columns both rows hold, as the reference code's inverted index does."""
+    p_row, p_col = np.nonzero(probes)
+    t_col, t_row = np.nonzero(targets.T)  # sorted by column: each column's targets are one run
+    starts = np.searchsorted(t_col, np.arange(targets.shape[1] + 1))
+    counts = starts[p_col + 1] - starts[p_col]
+    which = np.repeat(np.arange(len(p_row)), counts)
+    run_offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    other = np.repeat(starts[p_col], counts) + run_offsets
+    shared = np.minimum(probes[p_row[which], p_col[which]], targets[t_row[other], t_col[other]])
+    cells = p_row[which] * len(targets) + t_row[other]
+    total = np.bincount(cells, weights=shared, minlength=len(probes) * len(targets)).reshape(len(probes), -1)
+    return 1.0 - total / (2.0 - total)
+
+
+def reranked_distances(codes: np.ndarray, probes: np.ndarray, targets: np.ndarray, params: RerankParams
+                       ) -> np.ndarray:
+    """(len(probes), len(targets)) final distances of the published algorithm with `codes` as the whole world;
+    `probes` and `targets` index into it."""
+    unit = unit_length(codes).astype(np.float64)
+    original = np.maximum(0.5 - 0.5 * unit @ unit.T, 0.0)  # d^2 / 4 = (1 - cosine) / 2 for unit-length codes
+    np.fill_diagonal(original, 0.0)
+    weights, rank = _weights(original, params.k1)
+    jaccard = _jaccard(_expanded(weights, rank, probes, params.k2), _expanded(weights, rank, targets, params.k2))
+    return (1.0 - params.lambda_) * jaccard + params.lambda_ * original[np.ix_(probes, targets)]
+
+
+def rerank_all(q_codes: np.ndarray, g_codes: np.ndarray, params: RerankParams) -> np.ndarray:
+    """(Q, G) final distances with all queries and the whole gallery re-ranked together (the query-query term
+    included, as torchreid and fast-reid evaluate): a reference, not what /query serves."""
+    codes = np.concatenate([q_codes, g_codes])
+    return reranked_distances(codes, np.arange(len(q_codes)), np.arange(len(q_codes), len(codes)), params)
+
+
+def _codes_of(store: GalleryStore, entry_ids: Sequence[int]) -> dict[int, np.ndarray]:
+    """Stored codes by id, leaving out entries removed since the search that found them (another request or
+    replica may delete them in between)."""
+    try:
+        return dict(zip(entry_ids, store.codes(entry_ids), strict=True)) if entry_ids else {}
+    except UnknownEntries as gone:
+        removed = set(gone.ids)
+        return _codes_of(store, [i for i in entry_ids if i not in removed])
+
+
+def rerank_search(store: GalleryStore, queries: np.ndarray, k: int, entry_filter: EntryFilter = NO_FILTER, *,
+                  params: RerankParams) -> list[list[RankedMatch]]:
+    """Like `store.search`, each query's top `params.candidates` re-ranked over its neighbourhood: three store
+    calls for the whole batch (its search, the candidates' codes and one search of them with the same filter, so
+    no excluded entry comes in) plus one fetch of the neighbours' codes."""
+    queries = np.asarray(queries, dtype=np.float32).reshape(-1, store.code_dim)
+    found = store.search(queries, max(k, params.candidates), entry_filter)
+    heads = [row[: params.candidates] for row in found]
+    candidates = list(dict.fromkeys(m.entry.entry_id for head in heads for m in head))
+    codes = _codes_of(store, candidates)
+    searched = [i for i in candidates if i in codes]
+    neighbour_rows = store.search(np.stack([codes[i] for i in searched]), max(params.k1, params.k2) + 1,
+                                  entry_filter) if searched else []
+    neighbours = {i: [m.entry.entry_id for m in row] for i, row in zip(searched, neighbour_rows, strict=True)}
+    codes |= _codes_of(store, list({i for row in neighbours.values() for i in row} - codes.keys()))
+    return [_reranked_row(query, head, row[len(head):], codes, neighbours, params)[:k]
+            for query, head, row in zip(queries, heads, found, strict=True)]
+
+
+def _reranked_row(query: np.ndarray, head: list[Match], tail: list[Match], codes: dict[int, np.ndarray],
+                  neighbours: dict[int, list[int]], params: RerankParams) -> list[RankedMatch]:
+    head = [m for m in head if m.entry.entry_id in codes]
+    if not head:
+        return [RankedMatch(m.entry, m.distance, None) for m in tail]
+    world = list(dict.fromkeys([m.entry.entry_id for m in head]
+                               + [i for m in head for i in neighbours[m.entry.entry_id] if i in codes]))
+    local = np.stack([query, *(codes[i] for i in world)])
+    final = reranked_distances(local, np.zeros(1, dtype=np.int64), np.arange(1, len(head) + 1), params)[0]
+    order = np.argsort(final, kind="stable")  # ties keep the code-distance order
+    return ([RankedMatch(head[j].entry, head[j].distance, float(final[j])) for j in order]
+            + [RankedMatch(m.entry, m.distance, None) for m in tail])
