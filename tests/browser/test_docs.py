@@ -22,7 +22,7 @@ def test_docs_render_offline(server, browser: Browser):
     page = context.new_page()
     try:
         page.goto("/docs")
-        expect(page.locator(".opblock").first).to_be_visible(timeout=20_000)
+        expect(page.locator(".opblock").first).to_be_visible()
         shown = page.locator(".opblock-summary-path").all_inner_texts()
         for path in OPERATIONS:
             assert path in shown, (path, shown)
