@@ -53,8 +53,9 @@ def shown_matches(page: Page) -> list[dict]:
         width: t.querySelector('img') ? t.querySelector('img').naturalWidth : 0}))""")
 
 
-def assert_page_shows(page: Page, matches: list[dict], threshold: float) -> None:
-    """Ranked tiles, thumbnails, borders and the threshold marker are the API's answer, in order."""
+def assert_page_shows(page: Page, server, matches: list[dict]) -> None:
+    """Ranked tiles, borders and the threshold marker are the API's answer, in order; each thumbnail shows the
+    entry's stored crop."""
     shown = shown_matches(page)
     assert [s["entry_id"] for s in shown] == [m["entry_id"] for m in matches]
     for rank, (tile, match) in enumerate(zip(shown, matches, strict=True), 1):
@@ -63,12 +64,12 @@ def assert_page_shows(page: Page, matches: list[dict], threshold: float) -> None
         assert tile["border"] == (GREEN if match["same_person"] else RED)
         assert tile["thumbnail"].startswith("blob:") and tile["width"] > 0, tile
         assert f"Rank\n{rank}" in tile["facts"] and f"Person\n{match['person_id']}" in tile["facts"]
+        stored = server.api.get(f"/gallery/entries/{match['entry_id']}/crop")
+        thumbnail = f"#search-results li[data-entry-id='{match['entry_id']}'] img"
+        np.testing.assert_array_equal(shown_pixels(page, thumbnail), decoded(stored.content))
+    threshold = server.api.get("/health").json()["match_threshold"]
     children = page.eval_on_selector_all("#search-results > li", "items => items.map(i => i.className)")
     assert children.index("threshold") == sum(m["distance"] <= threshold for m in matches)
-
-
-def threshold(server) -> float:
-    return server.api.get("/health").json()["match_threshold"]
 
 
 def test_enrol_through_the_page_with_a_per_file_error(server, open_page, crop):
@@ -102,7 +103,7 @@ def test_search_shows_what_the_api_ranks(server, open_page, crop):
     wait_for_search(page)
     matches = api_matches(server, {"k": 5}, files={"file": ("query.png", crop(201, 0))})
     assert {m["same_person"] for m in matches} == {True, False}, "the test needs both verdicts"
-    assert_page_shows(page, matches, threshold(server))
+    assert_page_shows(page, server, matches)
     figures = page.locator("#search-query figure")
     expect(figures).to_have_count(3)  # the query, its noise, the crop regenerated from both
     assert all(page.eval_on_selector_all("#search-query img", "images => images.map(i => i.naturalWidth > 0)"))
@@ -112,7 +113,7 @@ def test_search_shows_what_the_api_ranks(server, open_page, crop):
     wait_for_search(page)
     from_entry = api_matches(server, {"k": 5}, data={"entry_id": str(matches[0]["entry_id"])})
     assert matches[0]["entry_id"] not in [m["entry_id"] for m in from_entry]
-    assert_page_shows(page, from_entry, threshold(server))
+    assert_page_shows(page, server, from_entry)
 
 
 def drop_file(page: Page, zone: str, name: str, data: bytes) -> None:
@@ -138,7 +139,7 @@ def test_search_filters_by_camera_on_a_dropped_crop(server, open_page, crop):
     matches = api_matches(server, {"k": 10, "camera": ["7", "8"], "exclude_camera": "7"},
                           files={"file": ("query.png", crop(211, 0))})
     assert [m["camera"] for m in matches] == ["8"]
-    assert_page_shows(page, matches, threshold(server))
+    assert_page_shows(page, server, matches)
 
 
 def test_search_within_a_seen_at_window(server, open_page, crop):
@@ -158,7 +159,7 @@ def test_search_within_a_seen_at_window(server, open_page, crop):
     window = {"seen_after": "2026-01-01T11:30:00Z", "seen_before": "2026-01-01T13:30:00Z"}
     matches = api_matches(server, {"k": 10, **window}, files={"file": ("query.png", crop(212, 0))})
     assert [m["seen_at"] for m in matches if m["person_id"] == "seen-a"] == [seen[1]]
-    assert_page_shows(page, matches, threshold(server))
+    assert_page_shows(page, server, matches)
     expect(page.locator("#search-results li.tile").first).to_contain_text(f"Seen{seen[1]}")
 
 
@@ -184,7 +185,7 @@ def test_search_with_the_keyboard_only(server, open_page, crop):
     page.keyboard.press("Enter")
     wait_for_search(page)
     matches = api_matches(server, {"k": 10}, files={"file": ("query.png", crop(221, 0))})
-    assert_page_shows(page, matches, threshold(server))
+    assert_page_shows(page, server, matches)
     tab_to(page, "el.textContent === 'Search from this entry'")
     page.keyboard.press("Enter")
     expect(page.locator("#search-status")).to_contain_text(f"entry {matches[0]['entry_id']}")
@@ -287,7 +288,7 @@ def shown_pixels(page: Page, selector: str) -> np.ndarray:
     return np.array(data, np.uint8).reshape(height, width, 4)[..., :3]
 
 
-def png_pixels(data: bytes) -> np.ndarray:
+def decoded(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
@@ -309,7 +310,7 @@ def test_transfer_from_an_entry_and_from_a_crop(server, open_page, crop):
     expected = server.api.post("/transfer", params={"scale": 2}, data={"identity_entry_id": entry["entry_id"]},
                                files={"pose": ("pose.png", pose)})
     assert expected.status_code == 200, expected.text
-    np.testing.assert_array_equal(shown, png_pixels(expected.content))
+    np.testing.assert_array_equal(shown, decoded(expected.content))
     assert page.get_attribute("#transfer-image", "alt") == f"the person of entry {entry['entry_id']} rendered in " \
         "the pose of pose.png"
 
@@ -318,7 +319,7 @@ def test_transfer_from_an_entry_and_from_a_crop(server, open_page, crop):
     shown = render(page)
     expected = server.api.post("/transfer", params={"scale": 2},
                                files={"identity": ("identity.png", crop(241, 0)), "pose": ("pose.png", pose)})
-    np.testing.assert_array_equal(shown, png_pixels(expected.content))
+    np.testing.assert_array_equal(shown, decoded(expected.content))
 
 
 def test_person_ids_are_shown_as_text_and_never_run(server, open_page, crop):
