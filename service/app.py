@@ -12,7 +12,8 @@ from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service.dependencies import ImageReader, Services, require_api_key
+from service.audit import AuditLog
+from service.dependencies import ImageReader, Services, require_api_key, require_metrics_key
 from service.encoders import Encoders
 from service.errors import (
     UploadLimit,
@@ -22,7 +23,10 @@ from service.errors import (
     unknown_entries,
     validation_error,
 )
-from service.routes import gallery, health, query, transfer, ui
+from service.metrics import Metrics
+from service.observability import RequestContext
+from service.retention import retention
+from service.routes import gallery, health, metrics, query, transfer, ui
 from service.settings import Settings
 from service.store import InvalidEntry, StoreUnavailable, UnknownEntries, open_gallery
 
@@ -33,23 +37,28 @@ def open_services(settings: Settings) -> Services:
     """Load the ONNX models (GPU when usable) and open the gallery store the settings name."""
     encoders = Encoders(settings.models, device=settings.device, threads=settings.threads)
     store = open_gallery(settings, code_dim=encoders.metadata.code_dim, model_id=encoders.metadata.model_id)
+    audit = AuditLog(settings.audit_path)
     log.info("models %s (%s) on %s; gallery %s holds %d entries", settings.models, encoders.metadata.model_id,
              ", ".join(encoders.providers), store.describe(), store.counts()[0])
     reader = ImageReader(encoders.resolution, settings.max_pixels)
-    return Services(settings, encoders, store, reader)
+    return Services(settings, encoders, store, reader, audit)
 
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     """The app; it opens its services at start-up unless given them already open (as `genreid serve` does, to
     report a start-up failure in one line before the server starts)."""
 
+    observed = Metrics()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
         opened = services if services is not None else await run_in_threadpool(open_services, settings)
+        observed.watch(opened)
         try:
-            yield {"services": opened}
+            async with retention(opened.gallery, opened.audit, days=settings.retention_days):
+                yield {"services": opened}
         finally:
-            opened.gallery.close()
+            opened.close()
 
     app = FastAPI(
         title="genreid",
@@ -60,14 +69,18 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestContext, observe=observed.observe_request)  # added last: the outermost
+    app.state.metrics = observed
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(UnknownEntries, unknown_entries)
     app.add_exception_handler(StoreUnavailable, store_unavailable)
     app.add_exception_handler(InvalidEntry, invalid_entry)
-    protected = {"dependencies": [Depends(require_api_key)], "responses": error_responses(401, 503)}
+    protected = {"dependencies": [Depends(require_api_key)], "responses": error_responses(401, 403, 503)}
     app.include_router(gallery.router, **protected)
     app.include_router(query.router, **protected)
     app.include_router(transfer.router, **protected)
     app.include_router(health.router)
+    app.include_router(metrics.router, **({} if settings.metrics_public else {
+        "dependencies": [Depends(require_metrics_key)], "responses": error_responses(401, 403)}))
     app.include_router(ui.router)
     return app

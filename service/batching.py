@@ -35,9 +35,12 @@ class _Call:
 class Coalescer:
     """Calls `run` on the concatenation of concurrent callers' image batches; each caller gets its rows."""
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch: int):
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch: int,
+                 observe: Callable[[int], None] | None = None):
+        """`observe` is told the size of every batch run (metrics), so this module needs no metrics library."""
         self._run = run
         self._max_batch = max_batch
+        self.observe = observe
         self._lock = threading.Lock()
         self._queue: deque[_Call] = deque()
         self._busy = False
@@ -72,6 +75,8 @@ class Coalescer:
         try:
             images = batch[0].images if len(batch) == 1 else np.concatenate([c.images for c in batch])
             outputs = self._run(images)
+            if self.observe is not None:
+                self.observe(len(images))
             start = 0
             for call in batch:
                 call.result = outputs[start : start + len(call.images)]

@@ -54,8 +54,15 @@ def _add_location(parser: argparse.ArgumentParser, *, data: str, uri: str, colle
     parser.add_argument(collection, help=f"the Milvus collection of {what} (default genreid)")
 
 
+def _days(text: str) -> int:
+    """A whole number of days, at least 1 (0 would delete the whole gallery)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days, at least 1")
+    return int(text)
+
+
 def add_gallery_parser(commands: argparse._SubParsersAction) -> None:
-    gallery = commands.add_parser("gallery", help="export, import or re-embed a gallery (serve extra only)")
+    gallery = commands.add_parser("gallery", help="export, import, re-embed or prune a gallery (serve extra only)")
     actions = gallery.add_subparsers(dest="action", required=True)
     here = "the gallery (default: GENREID_* settings, as `genreid serve`)"
     export = actions.add_parser("export", help="write every entry, code and crop to one portable file; an "
@@ -84,6 +91,14 @@ def add_gallery_parser(commands: argparse._SubParsersAction) -> None:
     reembed.add_argument("--id-map", type=Path, help="write {source entry id: new entry id} here as JSON")
     reembed.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the new model runs (default: "
                          "GENREID_DEVICE, else auto)")
+    prune = actions.add_parser("prune", help="delete entries (and crops) enrolled more than N days ago, audited; an "
+                               "embedded gallery only while no server holds it (a server prunes by itself with "
+                               "GENREID_RETENTION_DAYS)")
+    prune.add_argument("--older-than-days", type=_days, required=True,
+                       help="N (at least 1): entries enrolled before now - N days go")
+    _add_location(prune, data="--data", uri="--gallery-uri", collection="--gallery-collection", required=False,
+                  what=here)
+    prune.add_argument("--models", type=Path, help="the gallery's model (its code space; default: shipped)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,8 +164,11 @@ def gallery_command(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from service import gallery_tools
+    from service.audit import AuditLogError
     from service.encoders import ModelError
     from service.imaging import ImageError
+    from service.retention import prune_gallery
+    from service.settings import describe_errors
     from service.store import GalleryError
 
     try:
@@ -158,6 +176,10 @@ def gallery_command(args: argparse.Namespace) -> int:
             gallery = gallery_settings(data=args.data, uri=args.gallery_uri, collection=args.gallery_collection,
                                        models=args.models)
             summary = asdict(gallery_tools.export_gallery(gallery=gallery, to=args.to))
+        elif args.action == "prune":
+            gallery = gallery_settings(data=args.data, uri=args.gallery_uri, collection=args.gallery_collection,
+                                       models=args.models)
+            summary = {"removed": len(prune_gallery(gallery, older_than_days=args.older_than_days))}
         else:
             if args.action == "import":
                 gallery = gallery_settings(data=args.data, uri=args.gallery_uri, collection=args.gallery_collection)
@@ -173,10 +195,9 @@ def gallery_command(args: argparse.Namespace) -> int:
                 gallery_tools.write_id_map(args.id_map, copied)
             summary = {"added": len(copied.id_map), "skipped": len(copied.skipped)}
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        print(f"genreid gallery {args.action}: {problems}", file=sys.stderr)
+        print(f"genreid gallery {args.action}: {describe_errors(err)}", file=sys.stderr)
         return 2
-    except (GalleryError, gallery_tools.GalleryFileError, ModelError, ImageError, OSError) as err:
+    except (GalleryError, gallery_tools.GalleryFileError, ModelError, ImageError, AuditLogError, OSError) as err:
         print(f"genreid gallery {args.action}: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     print(json.dumps(summary))

@@ -1,20 +1,24 @@
 """What a request handler needs, handed over by FastAPI: the objects the lifespan built (through the
-request's lifespan state, never module globals), the API-key check and upload decoding."""
+request's lifespan state, never module globals), API keys and their roles (service/keys.py), the audit record
+writer of admin routes, and upload decoding."""
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, HTTPException, Query, Request, Security, UploadFile
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime
 
+from service.audit import AuditLog, AuditRecord
 from service.encoders import Encoders
 from service.imaging import ImageError, decode_rgb, resized, stored_crop, to_chw_float
+from service.keys import ApiKey, Role, key_ring, match
+from service.observability import KEY_NAME, request_id, route_of
 from service.settings import Settings
 from service.store import EntryFilter, GalleryStore
 from service.store.base import utc
@@ -57,6 +61,16 @@ class Services:
     encoders: Encoders
     gallery: GalleryStore
     reader: ImageReader
+    audit: AuditLog
+
+    @cached_property
+    def keys(self) -> tuple[ApiKey, ...]:
+        """The configured API keys, parsed once (Settings checked them at start)."""
+        return key_ring(api_key=self.settings.api_key, api_keys=self.settings.api_keys)
+
+    def close(self) -> None:
+        self.gallery.close()
+        self.audit.close()
 
 
 # These are trivial and never block: `async def` spares each request a threadpool hop per dependency.
@@ -106,18 +120,68 @@ ReaderDep = Annotated[ImageReader, Depends(get_reader)]
 
 _api_key_header = APIKeyHeader(
     name=API_KEY_HEADER, auto_error=False,
-    description="needed on every route but /health when the server has a key",
+    description="needed on every route but /health when the server has keys",
 )
+_bearer = HTTPBearer(auto_error=False, description="the same keys as Authorization: Bearer (Prometheus scrapes)")
 
 
-async def require_api_key(
-    services: ServicesDep, key: Annotated[str | None, Security(_api_key_header)]
-) -> None:
-    """401 unless the server has no key or the header matches it (compared in constant time)."""
-    expected = services.settings.api_key
-    if expected is None:
-        return
-    if key is None or not hmac.compare_digest(key.encode(), expected.get_secret_value().encode()):
-        raise HTTPException(
-            401, f"missing or wrong {API_KEY_HEADER} header", headers={"WWW-Authenticate": "APIKey"}
-        )
+async def authenticate(
+    request: Request, services: ServicesDep, key: Annotated[str | None, Security(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> ApiKey | None:
+    """The key presented in X-API-Key or as Authorization: Bearer (None on a server without keys); 401 when it
+    is missing or matches no key (service.keys.match compares in constant time)."""
+    if not services.keys:
+        return None
+    presented = key if key is not None else None if bearer is None else bearer.credentials
+    found = None if presented is None else match(services.keys, presented)
+    if found is None:
+        raise HTTPException(401, f"missing or wrong API key: send it in the {API_KEY_HEADER} header or as "
+                            "Authorization: Bearer", headers={"WWW-Authenticate": "APIKey"})
+    request.scope[KEY_NAME] = found.name  # for the access log line
+    return found
+
+
+def requires(role: Role) -> Callable[..., Awaitable[ApiKey | None]]:
+    """A dependency that lets through keys of `role` or above (service.keys.ROLES); 403 naming both roles."""
+
+    async def require(key: Annotated[ApiKey | None, Depends(authenticate)]) -> ApiKey | None:
+        if key is not None and not key.allows(role):
+            raise HTTPException(403, f"the API key {key.name!r} has the {key.role} role; this route needs the "
+                                f"{role} role")
+        return key
+
+    return require
+
+
+require_api_key = requires("query")  # every read route
+require_metrics_key = requires("metrics")
+_require_admin_key = requires("admin")
+
+
+@dataclass(frozen=True)
+class Audit:
+    """An admin route's audit record writer, bound to the key's name, the route and the request id: call it once
+    the store acknowledged the change."""
+
+    log: AuditLog
+    actor: str
+    route: str
+    request_id: str | None
+
+    def __call__(self, action: str, *, entry_ids: Sequence[int], person_ids: Sequence[str] = (),
+                 **detail: str) -> None:
+        self.log.record(AuditRecord(actor=self.actor, action=action, route=self.route,
+                                    entry_ids=[int(i) for i in entry_ids], person_ids=list(dict.fromkeys(person_ids)),
+                                    detail=detail, request_id=self.request_id))
+
+
+async def require_admin(
+    request: Request, services: ServicesDep, key: Annotated[ApiKey | None, Depends(_require_admin_key)]
+) -> Audit:
+    """Enrolment, relabel, merge and deletion: an admin key (any caller on a server without keys), audited."""
+    return Audit(services.audit, actor="anonymous" if key is None else key.name,
+                 route=f"{request.method} {route_of(request.scope)}", request_id=request_id.get())
+
+
+AdminDep = Annotated[Audit, Depends(require_admin)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -62,7 +63,10 @@ def open_session(path: Path, providers: list[str], threads: int = 0) -> Any:
     options = ort.SessionOptions()
     options.use_per_session_threads = False
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=providers)
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # ONNX Runtime's own exception types derive from Exception alone
+        raise ModelError(f"{path}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from err
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,11 @@ class Encoders:
         if self.metadata.model_id is None or made_from != self.metadata.model_id:
             raise ModelError(f"{path} was quantised from model {made_from}, but model.json's model_id is "
                              f"{self.metadata.model_id}: re-run `genreid export --to {self.models_dir} --data MARKET`")
+
+    def observe_batches(self, observe: Callable[[str, int], None]) -> None:
+        """Have `observe(network, images)` told the size of every coalesced inference run (metrics)."""
+        for name, coalescer in self._coalescers.items():
+            coalescer.observe = partial(observe, name)
 
     @property
     def resolution(self) -> tuple[int, int]:

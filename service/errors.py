@@ -21,7 +21,8 @@ class ErrorBody(BaseModel):
 
 _DESCRIPTIONS = {
     400: "Malformed request body",
-    401: "Missing or wrong X-API-Key",
+    401: "Missing or wrong API key (X-API-Key, or Authorization: Bearer)",
+    403: "The API key's role does not allow this route",
     404: "Unknown entry or person, or an entry without a stored crop",
     413: "Request body over the upload limit, or too many files",
     422: "Invalid parameters, or a file that is not a usable image",

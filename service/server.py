@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 
 import uvicorn
 from pydantic import ValidationError
 
-from service.settings import ENV_PREFIX, Settings
+from service.observability import configure_logging
+from service.settings import ENV_PREFIX, Settings, describe_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,25 +26,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bound here rather than by uvicorn, which logs a bind failure and exits 1 with no way to report it in one
+    line; bound as uvicorn binds (SO_REUSEADDR), and handed to it."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _refused(reason: object) -> int:
+    """A start-up failure: one line on stderr, exit code 2; the traceback only at --log-level debug."""
+    logging.getLogger(__name__).debug("start-up failed", exc_info=True)
+    print(f"genreid serve: {reason}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings(**vars(args))
     except ValidationError as err:
-        print(f"genreid serve: {err}", file=sys.stderr)
+        print(f"genreid serve: {describe_errors(err)}", file=sys.stderr)
         return 2
-    logging.getLogger().setLevel(settings.log_level.upper())
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
 
     from service.app import create_app, open_services
+    from service.audit import AuditLogError
     from service.encoders import ModelError
     from service.store import GalleryError
 
     try:
         services = open_services(settings)
-    except (GalleryError, ModelError) as err:
-        logging.getLogger(__name__).debug("start-up failed", exc_info=True)
-        print(f"genreid serve: {err}", file=sys.stderr)
-        return 2
-    uvicorn.run(create_app(settings, services), host=settings.host, port=settings.port,
-                log_level=settings.log_level)
+    except (GalleryError, ModelError, AuditLogError) as err:
+        return _refused(err)
+    try:
+        sock = listening_socket(settings.host, settings.port)
+    except OSError as err:
+        services.close()
+        return _refused(f"cannot listen on {settings.host}:{settings.port}: {err.strerror}")
+    # log_config=None: uvicorn's loggers go through configure_logging's handler; RequestContext writes the access
+    # log (with the request id), so uvicorn's own is off. SIGTERM: uvicorn stops accepting, lets the requests in
+    # flight finish, then the lifespan closes the gallery.
+    config = uvicorn.Config(create_app(settings, services), log_level=settings.log_level, log_config=None,
+                            access_log=False)
+    with sock:
+        uvicorn.Server(config).run(sockets=[sock])
     return 0

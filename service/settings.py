@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.imaging import DEFAULT_MAX_PIXELS
+from service.keys import key_ring
 
 ENV_PREFIX = "GENREID_"
 # Where the shipped models are: beside the package in a source checkout (editable install), or where a wheel
@@ -20,6 +21,11 @@ SHIPPED_MODELS = (Path(__file__).resolve().parent.parent / "models", Path(sys.pr
 def default_models() -> Path:
     """The first shipped model directory that exists (the checkout's when none does, so errors name it)."""
     return next((path for path in SHIPPED_MODELS if (path / "model.json").is_file()), SHIPPED_MODELS[0])
+
+
+def describe_errors(err: ValidationError) -> str:
+    """Settings errors in one line, without the values given (a key list's secrets must not reach a terminal)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors(include_input=False))
 
 
 class Settings(BaseSettings):
@@ -57,6 +63,18 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="when set (non-empty), every route but /health needs it in X-API-Key"
     )
+    api_keys: SecretStr | None = Field(
+        None, description="named keys with roles, name:role:secret,name2:role:secret2 (roles: metrics, query, "
+        "admin; docs/OPERATIONS.md); api_key, if also set, is an admin key named default",
+    )
+    audit_log: Path | None = Field(
+        None, description="append-only JSON lines of every write and deletion (default: DATA/audit.jsonl)"
+    )
+    retention_days: int | None = Field(
+        None, ge=1, description="delete entries (and crops) enrolled more than this many days ago, hourly"
+    )
+    log_format: Literal["text", "json"] = Field("text", description="log lines as text, or one JSON object each")
+    metrics_public: bool = Field(False, description="serve GET /metrics without a key")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="logging")
     threads: int = Field(
         0, ge=0, description="ONNX Runtime intra-op threads, one pool for all networks (0: one per core)"
@@ -75,7 +93,8 @@ class Settings(BaseSettings):
         "a model without them serves code-distance order); ?rerank= overrides it per request",
     )
 
-    @field_validator("api_key", "gallery_token", "gallery_uri", mode="before")
+    @field_validator("api_key", "api_keys", "gallery_token", "gallery_uri", "audit_log", "retention_days",
+                     mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         # GENREID_API_KEY= in an env file means "no key", not "the empty key".
@@ -85,3 +104,14 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_log_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_parse(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # A malformed key list stops the start (describe_errors reports it without the secrets).
+        key_ring(api_key=info.data.get("api_key"), api_keys=value)
+        return value
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit_log if self.audit_log is not None else self.data / "audit.jsonl"

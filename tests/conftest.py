@@ -37,8 +37,10 @@ class GenreidServer:
         self.log = log
         command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                    *args]
+        # GENREID_DATA: a directory of this server's own unless a flag names one, so nothing (a Milvus-backed
+        # server's audit log) is written under the working directory.
         environment = {**os.environ, "GENREID_THREADS": "1", "GENREID_DEVICE": "cpu",
-                       "GENREID_LOG_LEVEL": "warning", **env}
+                       "GENREID_LOG_LEVEL": "warning", "GENREID_DATA": str(log.parent / f"{log.stem}-data"), **env}
         with log.open("ab") as output:
             self.process = subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT)
         headers = {} if api_key is None else {"X-API-Key": api_key}

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, File, Form, HTTPException, Path, Query, Response, UploadFile
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, TypeAdapter, ValidationError
 
-from service.dependencies import EncodersDep, EntryFilterDep, GalleryDep, ReaderDep, ServicesDep
+from service.dependencies import AdminDep, EncodersDep, EntryFilterDep, GalleryDep, ReaderDep, ServicesDep
 from service.errors import error_responses
 from service.store import Entry, NewEntry
 from service.store.base import MAX_LABEL
@@ -100,6 +100,7 @@ def _moments(values: list[str | None]) -> list[datetime | None]:
 def add_images(
     files: Annotated[list[UploadFile], File(description="person crops, any image format PIL reads")],
     person_id: Annotated[list[Label], Form(description="one label per file, in file order")],
+    audit: AdminDep,
     services: ServicesDep,
     encoders: EncodersDep,
     gallery: GalleryDep,
@@ -130,6 +131,7 @@ def add_images(
     new = [NewEntry(p, c, s, t, None if crops is None else crops[i])
            for i, (p, c, s, t) in enumerate(zip(person_id, cameras, moments, tracks, strict=True))]
     entries = gallery.add(new, codes)
+    audit("enrol", entry_ids=[e.entry_id for e in entries], person_ids=[e.person_id for e in entries])
     return Added(added=len(entries), entries=[EntryOut.of(e) for e in entries])
 
 
@@ -144,7 +146,7 @@ def list_entries(
     gallery: GalleryDep,
     entry_filter: EntryFilterDep,
     person_id: Annotated[str | None, Query(description="only this person's entries")] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ENTRY_ID)] = 0,  # SQLite refuses integers past 2**63
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> EntryList:
     """A page of entries, in entry-id order, filtered like /query plus by person id."""
@@ -176,34 +178,40 @@ def get_crop(entry_id: EntryId, gallery: GalleryDep) -> Response:
 
 
 @router.patch("/entries/{entry_id}", response_model=EntryOut, responses=error_responses(400, 404, 422, 507))
-def relabel(entry_id: EntryId, change: Relabel, gallery: GalleryDep) -> EntryOut:
+def relabel(entry_id: EntryId, change: Relabel, gallery: GalleryDep, audit: AdminDep) -> EntryOut:
     """Give one entry another person id (fix a label)."""
-    return EntryOut.of(gallery.relabel(entry_id, person_id=change.person_id))
+    entry = gallery.relabel(entry_id, person_id=change.person_id)
+    audit("relabel", entry_ids=[entry_id], person_ids=[entry.person_id])
+    return EntryOut.of(entry)
 
 
 @router.post("/persons/{person_id}/merge", response_model=Moved, responses=error_responses(400, 404, 422, 507))
-def merge(person_id: str, target: Annotated[Merge, Body()], gallery: GalleryDep) -> Moved:
+def merge(person_id: str, target: Annotated[Merge, Body()], gallery: GalleryDep, audit: AdminDep) -> Moved:
     """Move every entry of `person_id` to the person `into` (two ids found to be one person)."""
     if person_id == target.into:
         raise HTTPException(422, f"cannot merge person {person_id!r} into itself")
     moved = gallery.merge(person_id, into=target.into)
     if not moved:
         raise HTTPException(404, f"no gallery entries for person {person_id!r}")
+    audit("merge", entry_ids=moved, person_ids=[person_id, target.into])
     return Moved(moved=len(moved), entry_ids=moved)
 
 
 @router.delete("/entries/{entry_id}", response_model=Removed, responses=error_responses(404, 422, 507))
-def remove_entry(entry_id: EntryId, gallery: GalleryDep) -> Removed:
+def remove_entry(entry_id: EntryId, gallery: GalleryDep, audit: AdminDep) -> Removed:
+    doomed = gallery.get([entry_id])  # only for the audit record's person id
     removed = gallery.remove_entries([entry_id])
     if not removed:
         raise HTTPException(404, f"no gallery entry {entry_id}")
+    audit("remove_entries", entry_ids=removed, person_ids=[e.person_id for e in doomed])
     return Removed(removed=len(removed), entry_ids=removed)
 
 
 @router.delete("/persons/{person_id}", response_model=Removed, responses=error_responses(404, 507))
-def remove_person(person_id: str, gallery: GalleryDep) -> Removed:
+def remove_person(person_id: str, gallery: GalleryDep, audit: AdminDep) -> Removed:
     """Remove every entry of a person."""
     removed = gallery.remove_person(person_id)
     if not removed:
         raise HTTPException(404, f"no gallery entries for person {person_id!r}")
+    audit("remove_person", entry_ids=removed, person_ids=[person_id])
     return Removed(removed=len(removed), entry_ids=removed)
