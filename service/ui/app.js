@@ -424,8 +424,8 @@ $("confirm").addEventListener("close", () => {
   if (!$("confirm").open) settle(false);
 });
 
-async function remove(path, message, done) {
-  if (!(await confirmDelete(message))) return;
+async function remove(path, question, done) {
+  if (!(await confirmDelete(await question))) return;
   try {
     const answer = await (await api(path, { method: "DELETE" })).json();
     await loadGallery();
@@ -443,12 +443,24 @@ function addressable(personId) {
   return !personId.includes("/") && personId !== "." && personId !== "..";
 }
 
+/** "Delete every entry of person X (n entries)?": the listing's total for that person says how many go. */
+async function personQuestion(personId) {
+  const question = `Delete every entry of person ${personId}`;
+  try {
+    const params = [["person_id", personId], ["limit", "1"]];
+    const { total } = await (await api("gallery/entries", { params })).json();
+    return `${question} (${count(total, "entry", "entries")})?`;
+  } catch {
+    return `${question}?`;
+  }
+}
+
 function galleryCard(entry) {
   const removeEntry = () => remove(`gallery/entries/${entry.entry_id}`,
     `Delete entry ${entry.entry_id} of person ${entry.person_id}?`, `Entry ${entry.entry_id} deleted`);
   const removePerson = () => (addressable(entry.person_id)
-    ? remove(`gallery/persons/${encodeURIComponent(entry.person_id)}`,
-      `Delete every entry of person ${entry.person_id}?`, `Person ${entry.person_id} deleted`)
+    ? remove(`gallery/persons/${encodeURIComponent(entry.person_id)}`, personQuestion(entry.person_id),
+      `Person ${entry.person_id} deleted`)
     : say("gallery", `The API cannot delete person ${entry.person_id} at once (its id cannot be part of a URL ` +
       "path): delete its entries one by one.", "error"));
   return el("li", { className: "tile", "data-entry-id": entry.entry_id },

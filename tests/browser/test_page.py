@@ -244,6 +244,7 @@ def test_delete_through_the_gallery(server, open_page, crop):
     expect(page.locator("#gallery-counts")).to_contain_text(f"{before['entries'] - 1} entries")
 
     tiles.first.get_by_role("button", name="Delete person").click()
+    expect(page.locator("#confirm-message")).to_have_text("Delete every entry of person delete-a (2 entries)?")
     page.click("#confirm-ok")
     expect(tiles).to_have_count(0)
     after = gallery_counts(server)
