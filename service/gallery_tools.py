@@ -463,5 +463,5 @@ def reembed_gallery(*, source: Settings, target: Settings, skip_missing_crops: b
                         _add(store, entries, codes, crops, copied, total)
                     progress.update(len(kept))
         finally:
-            store.close()
+            services.close()
     return copied
