@@ -244,6 +244,10 @@ class MilvusStore(GalleryStore):
     def _meta_row(self, key: str, kind: str, value: int) -> dict[str, Any]:
         return {"key": key, "kind": kind, "value": value, "at": time.time_ns() // 1000, "v": [0.0, 0.0]}
 
+    def _delete_meta(self, keys: Sequence[str]) -> None:
+        """By a filter of our own literals: pymilvus's delete by string ids does not escape them."""
+        self._call("delete", self.meta, filter=f"key in {literals(keys)}")
+
     def _pending(self) -> list[int]:
         return [row["value"] for row in self._query(self.meta, 'kind == "pending"', ["value"])]
 
@@ -255,7 +259,7 @@ class MilvusStore(GalleryStore):
         if stale:
             log.warning("removing %d abandoned batch(es) from %s", len(stale), self._where())
             self._call("delete", self.collection, filter=f"batch in {_ints(stale)}")
-            self._call("delete", self.meta, ids=[f"pending:{b}" for b in stale])
+            self._delete_meta([f"pending:{b}" for b in stale])
 
     def _claim_block(self) -> int:
         for _ in range(8):
@@ -265,7 +269,7 @@ class MilvusStore(GalleryStore):
             claims = self._query(self.meta, f'kind == "block" and value == {block}', ["key"])
             if {row["key"] for row in claims} == {f"block:{block}:{self._owner}"}:
                 return block
-            self._call("delete", self.meta, ids=[f"block:{block}:{self._owner}"])
+            self._delete_meta([f"block:{block}:{self._owner}"])
         raise StoreUnavailable(f"Milvus gallery {self._where()}: could not claim a block of entry ids")
 
     def _new_ids(self, count: int) -> list[int]:
@@ -309,13 +313,13 @@ class MilvusStore(GalleryStore):
         except Exception:
             try:  # undo now if the engine still answers; else the sweep does it, and reads skip them meanwhile
                 self._call("delete", self.collection, filter=f"batch == {batch}")
-                self._call("delete", self.meta, ids=[marker])
+                self._delete_meta([marker])
             except StoreUnavailable:
                 pass
             raise
         self._call("upsert", self.meta, [self._meta_row(f"person:{p}", "person", 0)
                                                     for p in sorted({e.person_id for e in entries})])
-        self._call("delete", self.meta, ids=[marker])  # the batch becomes visible, all at once
+        self._delete_meta([marker])  # the batch becomes visible, all at once
         return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None, when)
                 for i, e, when in zip(ids, entries, enrolled, strict=True)]
 
@@ -362,7 +366,7 @@ class MilvusStore(GalleryStore):
         gone = [p for p in persons if not self._query(self.collection, f"person_id == {literal(p)}",
                                                       ["entry_id"], limit=1)]
         if gone:
-            self._call("delete", self.meta, ids=[f"person:{p}" for p in gone])
+            self._delete_meta([f"person:{p}" for p in gone])
 
     # --- reads --------------------------------------------------------------------------------------------
     def _expr(self, entry_filter: EntryFilter) -> str:

@@ -201,6 +201,25 @@ def test_relabel_and_merge_change_labels_everywhere(store: GalleryStore):
         store.relabel(entries[1].entry_id, person_id=" ")
 
 
+NASTY = ['a"b', "c\\d", "e'f", "g\nh", "ß 人 \t", 'x" or person_id != "', "\\"]
+
+
+def test_labels_are_data_whatever_characters_they_hold(store: GalleryStore):
+    """Quotes, backslashes, newlines and filter syntax in labels never change what a filter means."""
+    entries = store.add([NewEntry(p, camera=p, track_id=p) for p in NASTY], codes(len(NASTY)))
+    assert [(e.person_id, e.camera, e.track_id) for e in store.get([e.entry_id for e in entries])] == [
+        (p, p, p) for p in NASTY]
+    for entry, label in zip(entries, NASTY, strict=True):
+        assert [e.entry_id for e in store.list_entries(EntryFilter(person_id=label)).entries] == [entry.entry_id]
+        found = store.search(codes(len(NASTY))[0], 10, EntryFilter(cameras=frozenset({label})))[0]
+        assert [m.entry.entry_id for m in found] == [entry.entry_id]
+        excluded = store.search(codes(len(NASTY))[0], 10, EntryFilter(exclude_cameras=frozenset({label})))[0]
+        assert entry.entry_id not in {m.entry.entry_id for m in excluded} and len(excluded) == len(NASTY) - 1
+    assert store.merge(NASTY[0], into=NASTY[1]) == [entries[0].entry_id]
+    assert store.remove_person(NASTY[1]) == sorted([entries[0].entry_id, entries[1].entry_id])
+    assert store.counts() == (len(NASTY) - 2, len(NASTY) - 2)
+
+
 def test_removed_entries_and_their_crops_are_gone_from_every_read(store: GalleryStore):
     entries, stored = filled(store, 12)
     victim = next(e for e in entries if e.has_crop)
