@@ -10,39 +10,65 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from service.settings import Settings
-
-TRAINING_COMMANDS = ("train", "export", "figures", "card")
-
-
-def evaluate_command(data: Path, models: Path, device: str) -> dict[str, float | int]:
-    """Embed the query and gallery splits with Inv-Id and score them with the standard protocol."""
     import numpy as np
 
-    from service.encoders import Encoders
-    from service.evaluation import evaluate_codes
+    from service.settings import Settings
+
+TRAINING_COMMANDS = ("train", "export", "figures", "card", "tune-rerank")
+
+
+@dataclass(frozen=True)
+class LabelledCrops:
+    """A Market-1501 split's crop files and their labels: a split as the Evaluator takes one."""
+
+    paths: list[Path]
+    person_ids: np.ndarray
+    cameras: np.ndarray
+
+    @classmethod
+    def read(cls, root: Path, split: str) -> LabelledCrops:
+        import numpy as np
+
+        from service.market import read_split
+
+        crops = read_split(root, split)
+        return cls([crop.path for crop in crops], np.array([crop.person_id for crop in crops]),
+                   np.array([crop.camera for crop in crops]))
+
+
+def evaluate_command(data: Path, models: Path, device: str, *, rerank: bool) -> dict[str, Any]:
+    """Embed the query and gallery splits with Inv-Id and score them with the standard protocol; with `rerank`,
+    also as /query?rerank=true ranks (the model's parameters, the service's code) and with all queries re-ranked
+    together (the evaluation tools' variant, for reference)."""
+    import numpy as np
+
+    from service.encoders import Encoders, ModelError
+    from service.evaluation import Evaluator
     from service.imaging import preprocess
-    from service.market import check_layout, read_split
+    from service.market import check_layout
+    from service.reranking import RerankParams
 
     root = check_layout(data, ("query", "gallery"))
     encoders = Encoders(models, device=device)
-    embedded = {}
-    for split in ("query", "gallery"):
-        crops = read_split(root, split)
-        logging.info("embedding %d %s crops", len(crops), split)
-        images = np.stack([preprocess(crop.path, encoders.resolution) for crop in crops])
-        embedded[split] = (
-            encoders.identity(images),
-            np.array([crop.person_id for crop in crops]),
-            np.array([crop.camera for crop in crops]),
-        )
-    (q_codes, q_pids, q_cams), (g_codes, g_pids, g_cams) = embedded["query"], embedded["gallery"]
-    return evaluate_codes(q_codes, g_codes, q_pids, g_pids, q_cams, g_cams).as_dict()
+
+    def embed(split: LabelledCrops) -> np.ndarray:
+        logging.info("embedding %d crops", len(split.paths))
+        return encoders.identity(np.stack([preprocess(path, encoders.resolution) for path in split.paths]))
+
+    evaluator = Evaluator(embed, LabelledCrops.read(root, "query"), LabelledCrops.read(root, "gallery"))
+    if not rerank:
+        return evaluator.metrics().as_dict()
+    params = RerankParams.from_model(encoders.metadata)
+    if params is None:
+        raise ModelError(f"{models}: model.json carries no re-ranking parameters (run `genreid tune-rerank`)")
+    return {"rerank": params.as_dict(), "code_distance": evaluator.metrics().as_dict(),
+            "reranked": evaluator.metrics(rerank=params).as_dict(),
+            "reranked_all_queries": evaluator.metrics(rerank=params, all_queries=True).as_dict()}
 
 
 def _add_location(parser: argparse.ArgumentParser, *, data: str, uri: str, collection: str, required: bool,
@@ -109,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", type=Path, required=True, help="Market-1501 folder (query/, bounding_box_test/)")
     evaluate.add_argument("--models", type=Path, default=None, help="exported model directory (default: shipped)")
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    evaluate.add_argument("--rerank", action="store_true", help="also rank as /query?rerank=true does (the same "
+                          "code, the model's parameters) and with all queries re-ranked together (a reference)")
     add_gallery_parser(commands)
     for name in TRAINING_COMMANDS:
         commands.add_parser(name, help=f"{name} (needs the train extra; see `genreid {name} --help`)",
@@ -138,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     from service.settings import default_models
 
     try:
-        result = evaluate_command(args.data, args.models or default_models(), args.device)
+        result = evaluate_command(args.data, args.models or default_models(), args.device, rerank=args.rerank)
     except (MarketLayoutError, ModelError) as err:
         print(f"genreid evaluate: {err}", file=sys.stderr)
         return 2

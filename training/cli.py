@@ -96,16 +96,28 @@ def _run_or_models_context(args: argparse.Namespace, models_dir: Path):
 
 
 def export(args: argparse.Namespace) -> int:
+    from training.rerank import tune_rerank
+
+    ctx = _run_or_models_context(args, args.to)
     if args.run_dir is None:
         from training.quantize import quantize_models
 
-        metadata = quantize_models(_run_or_models_context(args, args.to), args.to).as_dict()
+        metadata = quantize_models(ctx, args.to).as_dict()
     else:
         from training.export import export_run
 
-        metadata = export_run(_run_or_models_context(args, args.to), args.to)
+        metadata = export_run(ctx, args.to)
+    rerank = tune_rerank(ctx, args.to)  # on the codes a CPU serves, so after the INT8 Inv-Id is decided
     print(json.dumps({"models": str(args.to), "model_id": metadata["model_id"], "validation": metadata["validation"],
-                      "cpu_precision": metadata["cpu_precision"]}))
+                      "cpu_precision": metadata["cpu_precision"], "rerank": rerank["validation"]["reranked"]}))
+    return 0
+
+
+def rerank_command(args: argparse.Namespace) -> int:
+    from training.rerank import tune_rerank
+
+    record = tune_rerank(_run_or_models_context(args, args.models), args.models)
+    print(json.dumps({key: record[key] for key in ("k1", "k2", "lambda", "candidates", "validation")}))
     return 0
 
 
@@ -152,9 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     model_card.add_argument("run_dir", type=Path, nargs="?")
     model_card.add_argument("--models", type=Path, default=Path("models"), help="the exported model directory")
     model_card.set_defaults(handler=card)
-    for sub in (out, model_card):
+    rerank = commands.add_parser("tune-rerank", help="choose the re-ranking parameters on the validation identities "
+                                 "and write them into model.json (export does this too)")
+    rerank.add_argument("run_dir", type=Path, nargs="?")
+    rerank.add_argument("--models", type=Path, default=Path("models"), help="the exported model directory")
+    rerank.set_defaults(handler=rerank_command)
+    for sub in (out, model_card, rerank):
         sub.add_argument("--data", type=Path, help="without RUN_DIR: the Market-1501 folder the model was trained on")
-    for sub in (run, out, fig, model_card):
+    for sub in (run, out, fig, model_card, rerank):
         sub.add_argument("--cache-dir", type=Path, help="decoded-image cache (default $XDG_CACHE_HOME/genreid)")
     return parser
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 
 from service.encoders import Encoders, ModelMetadata
-from service.evaluation import evaluate_codes
+from service.evaluation import Evaluator
+from service.reranking import RerankParams
 from training.data.cache import ImageSet, load_split
 from training.stages.context import StageContext
 from training.stages.inverters import embed, finished_inv_ids
@@ -41,20 +43,26 @@ def hardware() -> dict[str, Any]:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def _metrics(q_codes: np.ndarray, g_codes: np.ndarray, query: ImageSet, gallery: ImageSet) -> dict[str, Any]:
-    return evaluate_codes(q_codes, g_codes, query.person_ids, gallery.person_ids, query.cameras,
-                          gallery.cameras).as_dict()
-
-
 def query_and_gallery(ctx: StageContext) -> tuple[ImageSet, ImageSet]:
     """The data folder's test splits, decoded through the shared cache."""
     return (load_split(ctx.data_root, "query", ctx.preset.resolution, ctx.cache_dir),
             load_split(ctx.data_root, "gallery", ctx.preset.resolution, ctx.cache_dir))
 
 
-def served_metrics(encoders: Encoders, query: ImageSet, gallery: ImageSet) -> dict[str, Any]:
-    """Test metrics of the exported Inv-Id, through ONNX Runtime exactly as the service runs it."""
-    return _metrics(encoders.identity(query.floats()), encoders.identity(gallery.floats()), query, gallery)
+def served_evaluator(encoders: Encoders, query: ImageSet, gallery: ImageSet) -> Evaluator[ImageSet]:
+    """The test split embedded by the exported Inv-Id, through ONNX Runtime exactly as the service runs it."""
+    return Evaluator(lambda split: encoders.identity(split.floats()), query, gallery)
+
+
+def rerank_facts(metadata: ModelMetadata, served: Evaluator[ImageSet]) -> dict[str, Any] | None:
+    """The model's re-ranking parameters, their validation record, and test metrics as a CPU serves them: by
+    code distance, re-ranked per query (/query?rerank=true) and with all queries together (a reference)."""
+    params = RerankParams.from_model(metadata)
+    if params is None:
+        return None
+    return {**metadata.extra["rerank"], "test": {
+        "code_distance": served.metrics().as_dict(), "reranked": served.metrics(rerank=params).as_dict(),
+        "reranked_all_queries": served.metrics(rerank=params, all_queries=True).as_dict()}}
 
 
 def reconstruction_on_test(encoders: Encoders, query: ImageSet, count: int = 256) -> dict[str, float]:
@@ -79,8 +87,8 @@ def run_facts(ctx: StageContext, shipped: str, query: ImageSet, gallery: ImageSe
         if mode != shipped:
             model = ctx.new_inv_id().to(ctx.runtime.device)
             model.load_state_dict(saved["model"])
-            codes = embed(model, query, ctx.runtime.device), embed(model, gallery, ctx.runtime.device)
-            test[mode] = _metrics(*codes, query, gallery)
+            evaluator = Evaluator(partial(embed, model, device=ctx.runtime.device), query, gallery)
+            test[mode] = evaluator.metrics().as_dict()
     return {
         "preset": ctx.preset.as_dict(),
         "training_wall_seconds": json.loads(ctx.path("timings.json").read_text()),
@@ -113,7 +121,9 @@ def build_card(ctx: StageContext, models_dir: Path, *, from_run: bool) -> dict[s
     facts = run_facts(ctx, shipped, query, gallery) if from_run else previous_card_facts(models_dir)
     floats = Encoders(models_dir, device="cpu", precision="float")
     int8 = Encoders(models_dir, device="cpu", precision="int8")
-    test = {"float32": served_metrics(floats, query, gallery), "int8": served_metrics(int8, query, gallery)}
+    served = {"float32": served_evaluator(floats, query, gallery), "int8": served_evaluator(int8, query, gallery)}
+    test = {kind: evaluator.metrics().as_dict() for kind, evaluator in served.items()}
+    cpu_kind = "int8" if metadata.precisions("auto", cuda=False)["inv_id"] == "int8" else "float32"
     train, val = ctx.splits
     return {
         "data": {
@@ -131,6 +141,7 @@ def build_card(ctx: StageContext, models_dir: Path, *, from_run: bool) -> dict[s
                            "test_queries": reconstruction_on_test(floats, query),
                            "test_queries_int8_inv_id": reconstruction_on_test(int8, query)},
         "code_stats": metadata.extra["code_stats"],
+        "rerank": rerank_facts(metadata, served[cpu_kind]),
         "references": REFERENCES if ctx.data_root.name == SUBSET else {},
         "facts_from_run": from_run,
         "model_id": metadata.model_id,
@@ -145,6 +156,27 @@ def build_card(ctx: StageContext, models_dir: Path, *, from_run: bool) -> dict[s
 
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
+
+
+def render_rerank(rerank: dict[str, Any] | None) -> str:
+    """The re-ranking section (empty for a model without parameters), ending in a blank line."""
+    if rerank is None:
+        return ""
+    names = {"code_distance": "code distance", "reranked": "re-ranked per query (`/query?rerank=true`)",
+             "reranked_all_queries": "re-ranked, all queries together (reference)"}
+    rows = "\n".join(
+        f"| {split} | {name} | {_pct(m['mAP'])} | {_pct(m['rank1'])} | {_pct(m['rank5'])} | {_pct(m['mINP'])} |"
+        for split in ("validation", "test") for key, name in names.items() for m in (rerank[split][key],))
+    return f"""## Re-ranking
+k-reciprocal re-ranking (Zhong et al. 2017) over each query's neighbourhood, with k1 {rerank['k1']}, k2
+{rerank['k2']}, lambda {rerank['lambda']} and K {rerank['candidates']} nearest re-ranked, chosen on the validation
+identities ({rerank['chosen_on']}); Inv-Id in {rerank['precision']}, as a CPU serves it.
+
+| split | ranking | mAP | rank-1 | rank-5 | mINP |
+| --- | --- | --- | --- | --- | --- |
+{rows}
+
+"""
 
 
 def render_markdown(card: dict[str, Any]) -> str:
@@ -233,7 +265,7 @@ identities fall under it (true-match rate there:
 {_pct(card['validation'][card['shipped_inv_id']]['tpr_at_fmr1'])}%). `/query` marks matches under it
 `same_person: true`.
 
-## Reconstruction (regenerated from Inv-Id + Inv-Noise, pixel values in [0, 1])
+{render_rerank(card["rerank"])}## Reconstruction (regenerated from Inv-Id + Inv-Noise, pixel values in [0, 1])
 - Real validation crops: L1 {recon['validation']['l1']:.3f}, PSNR {recon['validation']['psnr']:.1f} dB
 - Real test query crops ({recon['test_queries']['crops']}): L1 {recon['test_queries']['l1']:.3f},
   PSNR {recon['test_queries']['psnr']:.1f} dB

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.evaluation import evaluate_codes
+from service.evaluation import Evaluator
 from service.similarity import code_distances
 from training.data.cache import ImageSet, query_gallery_split
 from training.networks.classifiers import CLASSIFIERS, CodeTableHead, new_classifier
@@ -100,15 +100,22 @@ def embed(model: torch.nn.Module, data: ImageSet, device: torch.device, batch: i
     return np.concatenate(codes)
 
 
+def validation_evaluator(val: ImageSet, seed: int, embed: Callable[[ImageSet], np.ndarray]) -> Evaluator[ImageSet]:
+    """The held-out identities as a retrieval split (one query per person and camera, the rest gallery): what
+    the Inv-Id variant, the match threshold and the re-ranking parameters are chosen on."""
+    query, gallery = query_gallery_split(val, seed)
+    return Evaluator(embed, val.subset(query), val.subset(gallery))
+
+
 def validate_inv_id(model: torch.nn.Module, val: ImageSet, device: torch.device, seed: int) -> dict[str, float]:
     """Standard-protocol metrics on the held-out identities, and the distance at 1% false-match rate."""
-    codes = embed(model, val, device)
-    query, gallery = query_gallery_split(val, seed)
-    metrics = evaluate_codes(codes[query], codes[gallery], val.person_ids[query], val.person_ids[gallery],
-                             val.cameras[query], val.cameras[gallery]).as_dict()
+    evaluator = validation_evaluator(val, seed, lambda split: embed(model, split, device))
+    metrics = evaluator.metrics().as_dict()
+    codes = np.concatenate([evaluator.q_codes, evaluator.g_codes])
+    person_ids = np.concatenate([evaluator.query.person_ids, evaluator.gallery.person_ids])
     dist = code_distances(codes, codes)
     upper = np.triu(np.ones_like(dist, dtype=bool), k=1)
-    same = val.person_ids[:, None] == val.person_ids[None, :]
+    same = person_ids[:, None] == person_ids[None, :]
     threshold = float(np.quantile(dist[upper & ~same], 0.01))
     metrics.update(threshold_fmr1=threshold, tpr_at_fmr1=float((dist[upper & same] <= threshold).mean()))
     return metrics

@@ -1,0 +1,46 @@
+"""genreid tune-rerank: re-ranking parameters chosen on the validation identities alone, written where the
+service reads them."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+
+import training.data.cache
+import training.rerank
+import training.stages.context
+from service.encoders import ModelMetadata
+from service.reranking import RerankParams
+from training.rerank import TOLERANCE, tune_rerank
+
+
+def test_tuning_reads_only_the_training_split_and_writes_what_the_service_reads(tiny_run, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_run.models, models)
+    load_split = training.data.cache.load_split
+
+    def train_only(root, split, *args, **kwargs):
+        assert split == "train", f"tuning read the {split} split"
+        return load_split(root, split, *args, **kwargs)
+
+    monkeypatch.setattr(training.stages.context, "load_split", train_only)
+    monkeypatch.setattr(training.rerank, "GRID", {"candidates": (5, 40), "k1": (3, 6), "k2": (1, 3),
+                                                  "lambda_": (0.3,)})
+    ctx = dataclasses.replace(tiny_run.ctx)  # a fresh context: no split decoded yet
+    record = tune_rerank(ctx, models)
+
+    params = RerankParams.from_model(ModelMetadata.load(models))
+    assert params is not None and params.as_dict() == {key: record[key] for key in ("k1", "k2", "lambda",
+                                                                                    "candidates")}
+    best = record["best_per_k"]
+    assert set(best) == {"5", "40"}
+    top = max(entry["mAP"] for entry in best.values())
+    smallest = min((int(k) for k, entry in best.items() if entry["mAP"] >= top - TOLERANCE))
+    assert params.candidates == smallest and record["validation"]["reranked"]["mAP"] == best[str(smallest)]["mAP"]
+    assert set(record["validation"]) == {"code_distance", "reranked", "reranked_all_queries"}
+    assert ModelMetadata.load(models).model_id == ModelMetadata.load(tiny_run.models).model_id  # nothing else lost
+
