@@ -552,7 +552,10 @@ def test_milvus_replicas_share_the_milvus_gallery() -> None:
     for name, service in built.items():
         env = environment(service)
         assert env.get("GENREID_GALLERY_URI") == f"http://{milvus}:19530", f"{name}: {env}"
-        assert not service.get("volumes"), f"{name}: keeps no state of its own; the gallery is in Milvus"
+        # The gallery is in Milvus: a replica's own volume holds its audit log, and no other replica's.
+        (volume,) = service.get("volumes") or [None]
+        assert volume is not None and volume.endswith(":/var/lib/genreid"), f"{name}: {volume}"
+        assert env.get("GENREID_LOG_FORMAT") == "json", name
         depends = service.get("depends_on")
         assert isinstance(depends, dict) and depends.get(milvus, {}).get("condition") == "service_healthy", (
             f"{name} must wait for a healthy Milvus: {depends}"
@@ -564,8 +567,10 @@ def test_milvus_replicas_share_the_milvus_gallery() -> None:
             assert service.get(key) == single.get(key), f"{name}: {key} differs from docker/compose.yaml"
         assert env.get("GENREID_DEVICE") == environment(single).get("GENREID_DEVICE")
     # Interchangeable, whichever GPU each has: the proxy may send any request to any replica.
-    alike = [{k: v for k, v in service.items() if k != "deploy"} for service in built.values()]
+    alike = [{k: v for k, v in service.items() if k not in ("deploy", "volumes")} for service in built.values()]
     assert all(each == alike[0] for each in alike)
+    audit_volumes = [service["volumes"][0].split(":")[0] for service in built.values()]
+    assert len(set(audit_volumes)) == len(built), f"each replica keeps its own audit log: {audit_volumes}"
 
 
 def test_only_the_proxy_publishes_a_port() -> None:
