@@ -20,6 +20,7 @@ under a temporary name and renamed when complete, so the final name never holds 
 
 from __future__ import annotations
 
+import getpass
 import io
 import json
 import logging
@@ -38,6 +39,7 @@ from typing import IO, Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
+from service.audit import AuditLog, AuditRecord
 from service.encoders import Encoders, ModelMetadata
 from service.imaging import ImageError, decode_rgb, resized, to_chw_float
 from service.settings import Settings
@@ -360,14 +362,17 @@ def _new(entry: Entry, crop: bytes | None) -> NewEntry:
     return NewEntry(entry.person_id, entry.camera, entry.seen_at, entry.track_id, crop, entry.enrolled_at)
 
 
-def _add(store: GalleryStore, entries: list[Entry], codes: np.ndarray, crops: list[bytes | None],
-         copied: Copied, total: int) -> None:
-    """One all-or-nothing write; a failure says how far the copy got (everything before it is stored)."""
+def _add(store: GalleryStore, audit: AuditLog, action: str, entries: list[Entry], codes: np.ndarray,
+         crops: list[bytes | None], copied: Copied, total: int) -> None:
+    """One all-or-nothing write, audited as `action` by the user at the command line; a failure says how far the
+    copy got (everything before it is stored)."""
     try:
         added = store.add([_new(entry, crop) for entry, crop in zip(entries, crops, strict=True)], codes)
     except (GalleryError, ValueError) as err:
         raise GalleryError(f"{err} (after {len(copied.id_map)} of {total} entries were added, up to source "
                            f"entry {max(copied.id_map, default='none')}; this batch was not)") from None
+    audit.record(AuditRecord(actor=f"cli:{getpass.getuser()}", action=action, route=None,
+                             entry_ids=[e.entry_id for e in added], person_ids=sorted({e.person_id for e in added})))
     copied.id_map.update((old.entry_id, new.entry_id) for old, new in zip(entries, added, strict=True))
 
 
@@ -393,13 +398,15 @@ def import_gallery(*, source: Path, gallery: Settings, models: Path | None = Non
         if manifest.code_dim is None:  # an empty gallery: nothing to add, and no code size to open a store with
             return copied
         store = open_gallery(gallery, code_dim=manifest.code_dim, model_id=manifest.model_id)
+        audit = AuditLog(gallery.audit_path)
         try:
             with tqdm(total=manifest.count, unit="entry", desc="import") as progress:
                 for batch in file.batches(batch_size):
-                    _add(store, batch.entries, batch.codes, batch.crops, copied, manifest.count)
+                    _add(store, audit, "import", batch.entries, batch.codes, batch.crops, copied, manifest.count)
                     progress.update(len(batch.entries))
         finally:
             store.close()
+            audit.close()
         return copied
 
 
@@ -460,7 +467,7 @@ def reembed_gallery(*, source: Settings, target: Settings, skip_missing_crops: b
                         entries, crops = [entry for entry, _ in kept], [crop for _, crop in kept]
                         codes = embed_crops(services.encoders, crops, [entry.entry_id for entry in entries],
                                             max_pixels=target.max_pixels)
-                        _add(store, entries, codes, crops, copied, total)
+                        _add(store, services.audit, "reembed", entries, codes, crops, copied, total)
                     progress.update(len(kept))
         finally:
             services.close()

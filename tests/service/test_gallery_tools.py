@@ -58,7 +58,9 @@ def models_b(build_tiny_models: Callable[..., Path], tmp_path_factory: pytest.Te
 
 def settings(models: Path, *, data: Path | None = None, uri: str | None = None, collection: str = "genreid"
              ) -> Settings:
-    values = {"data": data} if uri is None else {"gallery_uri": uri, "gallery_collection": collection}
+    """A gallery's settings; a milvus-lite one (a .db path) keeps its audit log beside its file, never in the cwd."""
+    values = {"data": data} if uri is None else {"gallery_uri": uri, "gallery_collection": collection,
+                                                  "data": Path(uri).with_suffix(".data")}
     return Settings(models=models, device="cpu", threads=1, **values)
 
 
@@ -141,6 +143,10 @@ def test_round_trip_keeps_entries_codes_crops_and_rankings(source, target: str, 
     first, second = read_all(tmp_path / "first.zip"), read_all(tmp_path / "second.zip")
     assert [id_map[e.entry_id] for e in first.entries] == [e.entry_id for e in second.entries]
     assert [labels(e) for e in first.entries] == [labels(e) for e in second.entries]
+    assert [e.enrolled_at for e in first.entries] == [e.enrolled_at for e in second.entries]  # retention kept
+    audited = [json.loads(line) for line in moved.audit_path.read_text().splitlines()]
+    assert {r["action"] for r in audited} == {"import"} and all(r["actor"].startswith("cli:") for r in audited)
+    assert sorted(i for r in audited for i in r["entry_ids"]) == sorted(id_map.values())
     assert first.codes.tobytes() == second.codes.tobytes()
     assert first.crops == second.crops
 
