@@ -144,8 +144,12 @@ class EmbeddedStore(GalleryStore):
         self._columns = FilterColumns()
         self._persons: Counter[str] = Counter()
         self._recorded_model = self._meta("model_id")
-        check_code_space(recorded=self._recorded_model, model_id=model_id, where=str(self.path))
-        self._load()
+        try:
+            check_code_space(recorded=self._recorded_model, model_id=model_id, where=str(self.path))
+            self._load()
+        except GalleryError:
+            self.close()  # free the directory's lock: a refused gallery is not held
+            raise
 
     @staticmethod
     def _exclusive(path: Path) -> TextIO:

@@ -37,6 +37,7 @@ def test_codes_of_another_size_are_refused(tmp_path: Path):
     store.close()
     with pytest.raises(GalleryError, match="another size"):
         EmbeddedStore(tmp_path, code_dim=DIM * 2)
+    EmbeddedStore(tmp_path, code_dim=DIM).close()  # the refusal let the directory go
 
 
 def test_a_file_that_is_not_a_database_is_refused_with_its_path(tmp_path: Path):
