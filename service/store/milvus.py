@@ -74,6 +74,11 @@ def literals(texts: Sequence[str]) -> str:
     return "[" + ", ".join(literal(t) for t in sorted(texts)) + "]"
 
 
+def _both(one: str, other: str) -> str:
+    """Two filters that must both hold ("" holds for every row)."""
+    return " and ".join(f"({clause})" for clause in (one, other) if clause)
+
+
 def _ints(values: Sequence[int]) -> str:
     return "[" + ", ".join(str(int(v)) for v in values) + "]"
 
@@ -118,7 +123,8 @@ class MilvusStore(GalleryStore):
         super().__init__(code_dim=code_dim, clock=clock)
         self.uri = uri
         self.collection = collection
-        self.meta = f"{collection}_meta"
+        self.meta = f"{collection}_meta"  # one row per person, and the claimed id blocks
+        self.pending_batches = f"{collection}_pending"  # kept apart and tiny: every read scans it
         self.model_id = model_id
         self.index = index or IndexSpec()
         self.timeout = timeout
@@ -154,8 +160,9 @@ class MilvusStore(GalleryStore):
         client = self._client
         if not client.has_collection(self.collection, timeout=self.timeout):
             self._create_entries()
-        if not client.has_collection(self.meta, timeout=self.timeout):
-            self._create_meta()
+        for name in (self.meta, self.pending_batches):
+            if not client.has_collection(name, timeout=self.timeout):
+                self._create_meta(name)
         info = client.describe_collection(self.collection, timeout=self.timeout)
         dims = [f.get("params", {}).get("dim") for f in info["fields"] if f["name"] == "unit"]
         if dims != [self.code_dim]:
@@ -166,7 +173,7 @@ class MilvusStore(GalleryStore):
         if recorded is None and self.model_id is not None:
             client.alter_collection_properties(self.collection, properties={MODEL_PROPERTY: self.model_id},
                                                timeout=self.timeout)
-        for name in (self.collection, self.meta):
+        for name in self._collections:
             client.load_collection(name, timeout=self.timeout)
         self._sweep()
 
@@ -196,14 +203,18 @@ class MilvusStore(GalleryStore):
         properties = {} if self.model_id is None else {MODEL_PROPERTY: self.model_id}
         self._create(self.collection, schema, "unit", self.index, properties=properties)
 
-    def _create_meta(self) -> None:
+    @property
+    def _collections(self) -> tuple[str, str, str]:
+        return self.collection, self.meta, self.pending_batches
+
+    def _create_meta(self, name: str) -> None:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=MAX_LABEL * 4 + 16)
         schema.add_field("kind", DataType.VARCHAR, max_length=16)
         schema.add_field("value", DataType.INT64)
         schema.add_field("at", DataType.INT64)
         schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs a vector field in every collection
-        self._create(self.meta, schema, "v", IndexSpec())
+        self._create(name, schema, "v", IndexSpec())
 
     # --- engine calls ---------------------------------------------------------------------------------------
     def _connect(self) -> MilvusClient:
@@ -220,7 +231,7 @@ class MilvusStore(GalleryStore):
                 except Exception:  # noqa: BLE001 - the old channel is being dropped either way
                     pass
                 self._client = self._connect()
-                for name in (self.collection, self.meta):  # a restarted engine may have released them
+                for name in self._collections:  # a restarted engine may have released them
                     self._client.load_collection(name, timeout=self.timeout)
                 self._broken = False
             return self._client
@@ -244,22 +255,22 @@ class MilvusStore(GalleryStore):
     def _meta_row(self, key: str, kind: str, value: int) -> dict[str, Any]:
         return {"key": key, "kind": kind, "value": value, "at": time.time_ns() // 1000, "v": [0.0, 0.0]}
 
-    def _delete_meta(self, keys: Sequence[str]) -> None:
+    def _delete_meta(self, keys: Sequence[str], collection: str | None = None) -> None:
         """By a filter of our own literals: pymilvus's delete by string ids does not escape them."""
-        self._call("delete", self.meta, filter=f"key in {literals(keys)}")
+        self._call("delete", collection or self.meta, filter=f"key in {literals(keys)}")
 
     def _pending(self) -> list[int]:
-        return [row["value"] for row in self._query(self.meta, 'kind == "pending"', ["value"])]
+        return [row["value"] for row in self._query(self.pending_batches, "value > 0", ["value"])]
 
     def _sweep(self) -> None:
         """Delete the rows of batches abandoned by failed writes (pending for over STALE_SECONDS)."""
         self._last_sweep = time.monotonic()
         cutoff = time.time_ns() // 1000 - int(STALE_SECONDS * 1e6)
-        stale = [row["value"] for row in self._query(self.meta, f'kind == "pending" and at < {cutoff}', ["value"])]
+        stale = [row["value"] for row in self._query(self.pending_batches, f"at < {cutoff}", ["value"])]
         if stale:
             log.warning("removing %d abandoned batch(es) from %s", len(stale), self._where())
             self._call("delete", self.collection, filter=f"batch in {_ints(stale)}")
-            self._delete_meta([f"pending:{b}" for b in stale])
+            self._delete_meta([f"pending:{b}" for b in stale], self.pending_batches)
 
     def _claim_block(self) -> int:
         for _ in range(8):
@@ -300,7 +311,7 @@ class MilvusStore(GalleryStore):
         enrolled = [e.enrolled_at or now for e in entries]
         batch = ids[0]
         marker = f"pending:{batch}"
-        self._call("insert", self.meta, [self._meta_row(marker, "pending", batch)])
+        self._call("insert", self.pending_batches, [self._meta_row(marker, "pending", batch)])
         rows = [{"entry_id": i, "person_id": e.person_id, "camera": e.camera,
                  "seen_at": None if e.seen_at is None else to_micros(e.seen_at), "track_id": e.track_id,
                  "enrolled_at": to_micros(when),
@@ -313,13 +324,13 @@ class MilvusStore(GalleryStore):
         except Exception:
             try:  # undo now if the engine still answers; else the sweep does it, and reads skip them meanwhile
                 self._call("delete", self.collection, filter=f"batch == {batch}")
-                self._delete_meta([marker])
+                self._delete_meta([marker], self.pending_batches)
             except StoreUnavailable:
                 pass
             raise
         self._call("upsert", self.meta, [self._meta_row(f"person:{p}", "person", 0)
                                                     for p in sorted({e.person_id for e in entries})])
-        self._delete_meta([marker])  # the batch becomes visible, all at once
+        self._delete_meta([marker], self.pending_batches)  # the batch becomes visible, all at once
         return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None, when)
                 for i, e, when in zip(ids, entries, enrolled, strict=True)]
 
@@ -387,11 +398,11 @@ class MilvusStore(GalleryStore):
             clauses.append(f"person_id == {literal(entry_filter.person_id)}")
         if entry_filter.exclude_ids:
             clauses.append(f"entry_id not in {_ints(sorted(entry_filter.exclude_ids))}")
-        return " and ".join(clauses) or "entry_id > 0"
+        return " and ".join(clauses)  # "" admits everything, and costs milvus-lite no scan of every row
 
     def _ids(self, condition: str) -> list[int]:
         """Every visible id matching `condition`, sorted."""
-        expr = f"({condition}) and ({self._expr(NO_FILTER)})"
+        expr = _both(condition, self._expr(NO_FILTER))
         ids: list[int] = []
         while True:
             rows = self._query(self.collection, expr, ["entry_id"], limit=PAGE, offset=len(ids))
@@ -410,7 +421,7 @@ class MilvusStore(GalleryStore):
         visible = self._expr(NO_FILTER)
         for start in range(0, len(ids), PAGE):
             chunk = ids[start : start + PAGE]
-            rows = self._query(self.collection, f"entry_id in {_ints(chunk)} and ({visible})", fields)
+            rows = self._query(self.collection, _both(f"entry_id in {_ints(chunk)}", visible), fields)
             found.update((row["entry_id"], row) for row in rows)
         return found
 
