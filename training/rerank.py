@@ -42,9 +42,9 @@ def tune_rerank(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
     chosen, reranked = next(best_per_k[k] for k in sorted(best_per_k) if best_per_k[k][1].mAP >= top - TOLERANCE)
     record = {
         **chosen.as_dict(),
-        "chosen_on": f"{len(evaluator.q_codes)} validation queries x {len(evaluator.g_codes)} gallery crops of the "
-                     "identities held out of training; per K the best of k1 x k2 x lambda, then the smallest K "
-                     f"within {TOLERANCE:.2f} mAP of the best",
+        "chosen_on": f"{len(evaluator.q_codes)} query and {len(evaluator.g_codes)} gallery crops of the identities "
+                     "held out of training; per K the best of k1 x k2 x lambda, then the smallest K within "
+                     f"{TOLERANCE:.2f} mAP of the best",
         "precision": encoders.precision["inv_id"],
         "validation": {"code_distance": evaluator.metrics().as_dict(), "reranked": reranked.as_dict(),
                        "reranked_all_queries": evaluator.metrics(rerank=chosen, all_queries=True).as_dict()},
