@@ -29,7 +29,6 @@ STARTUP_SECONDS = 90
 # Playwright's 5 s default for expect() is tight for a search plus a transfer on a busy 2-core CI machine.
 expect.set_options(timeout=20_000)
 DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ def _free_port() -> int:
 
 @contextmanager
 def _serve(data: Path, api_key: str | None = None) -> Iterator[Server]:
-    """`genreid serve` on the shipped models, as an operator starts it; stopped (and its log shown) after."""
+    """`genreid serve` on the shipped models, as an operator starts it; its output goes to a log beside `data`."""
     port = _free_port()
     command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--models", str(ROOT / "models"), "--data", str(data), "--device", "cpu", "--threads", "1",
@@ -82,30 +81,38 @@ def _serve(data: Path, api_key: str | None = None) -> Iterator[Server]:
             process.wait()
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
+def _need_chromium() -> None:
+    """Skip without Debian's Chromium; fail instead where CI asks for the browser tests (a skip would hide them)."""
     if not CHROMIUM.exists():
         reason = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium; .ci/run does)"
-        if os.environ.get("REQUIRE_BROWSER_TESTS"):  # CI sets it: there a skip would hide the page untested
+        if os.environ.get("REQUIRE_BROWSER_TESTS"):
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+# Everything here lives for one module at most: while Playwright's sync API is open it leaves its event loop marked
+# as running in this thread, so a later test calling asyncio.run() would fail.
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    _need_chromium()
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
         launched.close()
 
 
-# The servers ask for the browser first only so that nothing starts on a machine where the tests skip.
-@pytest.fixture(scope="session")
-def server(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One open server for the whole session: tests use their own person ids, so they do not see each other."""
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One open server for the module: tests use their own person ids, so they do not see each other."""
+    _need_chromium()
     with _serve(tmp_path_factory.mktemp("open") / "data") as running:
         yield running
 
 
 @pytest.fixture
-def empty_server(browser: Browser, tmp_path: Path) -> Iterator[Server]:
+def empty_server(tmp_path: Path) -> Iterator[Server]:
     """A server of this test's own, for views that must show nothing but what the test enrolled."""
+    _need_chromium()
     with _serve(tmp_path / "data") as running:
         yield running
 
@@ -113,9 +120,10 @@ def empty_server(browser: Browser, tmp_path: Path) -> Iterator[Server]:
 API_KEY = "browser-test-key"
 
 
-@pytest.fixture(scope="session")
-def keyed_server(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server started with --api-key; its `api` client sends the key, the page has to ask for it."""
+    _need_chromium()
     with _serve(tmp_path_factory.mktemp("keyed") / "data", api_key=API_KEY) as running:
         yield running
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,11 +19,18 @@ UNAUTHORISED = re.compile(r"^401: .*X-API-Key.*Enter the API key above, then try
 Crop = Callable[[int, int], bytes]
 
 
+class Served(Protocol):
+    """The conftest's Server, as the helpers here use it."""
+
+    url: str
+    api: httpx.Client
+
+
 def upload(name: str, data: bytes) -> dict[str, Any]:
     return {"name": name, "mimeType": "image/png", "buffer": data}
 
 
-def enrol(server, crop: Crop, people: list[tuple[str, int, int]], camera: str = "1") -> list[dict]:
+def enrol(server: Served, crop: Crop, people: list[tuple[str, int, int]], camera: str = "1") -> list[dict]:
     """Enrol (person id, colour seed, variant) crops through the JSON API; returns the stored entries."""
     files = [("files", (f"{pid}-{v}.png", crop(seed, v), "image/png")) for pid, seed, v in people]
     data = {"person_id": [pid for pid, _, _ in people], "camera": [camera] * len(people)}
@@ -31,7 +39,9 @@ def enrol(server, crop: Crop, people: list[tuple[str, int, int]], camera: str = 
     return response.json()["entries"]
 
 
-def api_matches(server, params: dict[str, Any], files: dict | None = None, data: dict | None = None) -> list[dict]:
+def api_matches(
+    server: Served, params: dict[str, Any], files: dict | None = None, data: dict | None = None
+) -> list[dict]:
     response = server.api.post("/query", params={"include_noise": "false", **params}, files=files, data=data)
     assert response.status_code == 200, response.text
     return response.json()["matches"]
@@ -53,7 +63,7 @@ def shown_matches(page: Page) -> list[dict]:
         width: t.querySelector('img') ? t.querySelector('img').naturalWidth : 0}))""")
 
 
-def assert_page_shows(page: Page, server, matches: list[dict]) -> None:
+def assert_page_shows(page: Page, server: Served, matches: list[dict]) -> None:
     """Ranked tiles, borders and the threshold marker are the API's answer, in order; each thumbnail shows the
     entry's stored crop."""
     shown = shown_matches(page)
@@ -214,7 +224,7 @@ def test_delete_with_the_keyboard_only(server, open_page, crop):
     assert server.api.get(f"/gallery/entries/{entry['entry_id']}").status_code == 404
 
 
-def gallery_counts(server) -> dict[str, int]:
+def gallery_counts(server: Served) -> dict[str, int]:
     return server.api.get("/gallery").json()
 
 
