@@ -463,6 +463,12 @@ class MilvusStore(GalleryStore):
         return [[(self._entry({**hit["entity"], "entry_id": hit["entry_id"]}), float(hit["distance"]))
                  for hit in row] for row in found]
 
+    def flush(self) -> None:
+        """Seal what was written into indexed segments. Milvus does it by itself (milvus-lite once 128 MiB are
+        buffered); until then new rows are searched without the index, which milvus-lite does in Python: a bulk
+        import flushes at its end (docs/BENCHMARKS.md#gallery-backends has both states)."""
+        self._call("flush", self.collection)
+
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "location": self._where(), "index": self.index.kind}
 
