@@ -47,7 +47,7 @@ async function api(path, { method = "GET", params = [], form } = {}) {
   } catch {
     // not JSON: keep the status text
   }
-  if (response.status === 401) askForKey();
+  if (response.status === 401 || response.status === 403) askForKey();
   throw new ApiError(response.status, detail);
 }
 
@@ -75,11 +75,15 @@ function say(view, message, kind = "info") {
   status.dataset.kind = kind;
 }
 
-/** An error as the operator reads it: the API's sentence, and what to do about a 401. */
+const HINTS = {
+  401: " Enter the API key above, then try again.",
+  403: " Enter a key with that role above, then try again.",
+};
+
+/** An error as the operator reads it: the API's sentence, and what to do about a 401 or 403. */
 function explain(error) {
   const stop = /[.!?]$/.test(error.message) ? "" : ".";
-  const hint = error.status === 401 ? " Enter the API key above, then try again." : "";
-  return `${error.message}${stop}${hint}`;
+  return `${error.message}${stop}${HINTS[error.status] ?? ""}`;
 }
 
 function failed(view, error) {
@@ -217,6 +221,7 @@ function isoTime(localValue) {
 
 function searchParams(withPreview) {
   const params = [["k", $("search-k").value || "10"], ["include_noise", "false"]];
+  if ($("search-rerank").value) params.push(["rerank", $("search-rerank").value]);
   if (withPreview) params.push(["noise_preview", "true"]);
   for (const camera of cameraList($("search-cameras").value)) params.push(["camera", camera]);
   for (const camera of cameraList($("search-exclude").value)) params.push(["exclude_camera", camera]);
@@ -243,9 +248,12 @@ function verdict(match) {
 
 function matchTile(match, rank) {
   const [kind, text] = verdict(match);
+  const scores = [["Rank", rank], ["Distance", match.distance.toFixed(3)]];
+  const reranked = match.rerank_distance ?? null; // null: not re-ranked, or past the K that re-ranking reorders
+  if (reranked !== null) scores.push(["Re-ranked", reranked.toFixed(3)]);
   return el("li", { className: `tile ${kind}`, "data-entry-id": match.entry_id, "data-distance": match.distance },
     thumbnail("search", match),
-    entryFacts(match, [["Rank", rank], ["Distance", match.distance.toFixed(3)]]),
+    entryFacts(match, scores),
     el("p", { className: "verdict", text }),
     entryActions(match));
 }

@@ -34,7 +34,8 @@ DESKTOP = {"width": 1280, "height": 800}
 @dataclass(frozen=True)
 class Server:
     url: str
-    api: httpx.Client  # the JSON API, with the key when the server has one
+    api: httpx.Client  # the JSON API, with the admin key when the server has keys
+    keys: dict[str, str]  # role -> a key of that role
 
 
 def _free_port() -> int:
@@ -44,20 +45,21 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _serve(data: Path, api_key: str | None = None) -> Iterator[Server]:
+def _serve(data: Path, keys: dict[str, str] | None = None) -> Iterator[Server]:
     """`genreid serve` on the shipped models, as an operator starts it; its output goes to a log beside `data`."""
     port = _free_port()
     command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--models", str(ROOT / "models"), "--data", str(data), "--device", "cpu", "--threads", "1",
                "--log-level", "warning"]
-    if api_key is not None:
-        command += ["--api-key", api_key]
+    keys = keys or {}
+    if keys:
+        command += ["--api-keys", ",".join(f"{role}-key:{role}:{secret}" for role, secret in keys.items())]
     log = data.parent / f"server-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENREID_")}
     with log.open("wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    headers = {"X-API-Key": api_key} if api_key else {}
+    headers = {"X-API-Key": keys["admin"]} if keys else {}
     client = httpx.Client(base_url=url, headers=headers, timeout=60)
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
@@ -70,7 +72,7 @@ def _serve(data: Path, api_key: str | None = None) -> Iterator[Server]:
                 pass
             assert time.monotonic() < deadline, f"no /health after {STARTUP_SECONDS}s: {log.read_text()}"
             time.sleep(0.1)
-        yield Server(url, client)
+        yield Server(url, client, keys)
     finally:
         client.close()
         process.terminate()
@@ -117,14 +119,12 @@ def empty_server(tmp_path: Path) -> Iterator[Server]:
         yield running
 
 
-API_KEY = "browser-test-key"
-
-
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server started with --api-key; its `api` client sends the key, the page has to ask for it."""
+    """A server with an admin and a query key; its `api` client sends the admin key, the page has to ask."""
     _need_chromium()
-    with _serve(tmp_path_factory.mktemp("keyed") / "data", api_key=API_KEY) as running:
+    keys = {"admin": "browser-admin-key", "query": "browser-query-key"}
+    with _serve(tmp_path_factory.mktemp("keyed") / "data", keys) as running:
         yield running
 
 
