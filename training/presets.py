@@ -37,11 +37,14 @@ class Preset:
     inv_id_modes: tuple[str, ...] = ("hybrid", "paper")
     inv_id_resolution: tuple[int, int] = (64, 32)  # Inv-Id's input (H, W); generated samples are upsampled to it
     inv_id_stripes: int = 0  # 0: flatten the trunk's whole feature map; n: average it into n horizontal stripes
-    real_fraction: float = 0.5  # share of each hybrid batch that is real crops targeting their learned code
+    # Share of each hybrid batch that is real crops targeting their learned code; the discriminative mode trains
+    # on these real crops alone (real_fraction x inv_id_batch a step).
+    real_fraction: float = 0.5
     # Regularisers of the hybrid Inv-Id's real crops (picked on the validation identities).
     real_identities: int = 0  # draw the real crops as this many identities x (real crops / this) each; 0: at random
     triplet_weight: float = 0.0  # batch-hard triplet loss on the real crops' codes (needs real_identities)
-    triplet_margin: float = 0.0  # 0: the generator code table's mean nearest-neighbour distance (not discriminative)
+    # 0: the generator code table's mean nearest-neighbour distance; the discriminative mode has no table: set it.
+    triplet_margin: float = 0.0
     label_smoothing: float = 0.0  # of the softmax over the learned codes
     softmax_gap: float = 4.0  # logits between one's own learned code and the mean nearest other code
     inv_id_weight_decay: float = 0.0  # decoupled (AdamW)
