@@ -4,7 +4,10 @@ service reads them."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +47,27 @@ def test_tuning_reads_only_the_training_split_and_writes_what_the_service_reads(
     assert set(record["validation"]) == {"code_distance", "reranked", "reranked_all_queries"}
     assert ModelMetadata.load(models).model_id == ModelMetadata.load(tiny_run.models).model_id  # nothing else lost
 
+
+
+def test_evaluate_rerank_reports_the_three_rankings_and_refuses_an_untuned_model(tiny_run, synthetic_root,
+                                                                                 tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_run.models, models)
+    command = [sys.executable, "-m", "service.cli", "evaluate", "--data", str(synthetic_root), "--models",
+               str(models), "--device", "cpu", "--rerank"]
+    refused = subprocess.run(command, capture_output=True, text=True)
+    last_line = refused.stderr.strip().splitlines()[-1]  # after the INFO lines of loading the model
+    assert refused.returncode == 2 and last_line.startswith("genreid evaluate:") and "tune-rerank" in last_line
+
+    monkeypatch.setattr(training.rerank, "GRID", {"candidates": (5, 40), "k1": (3,), "k2": (1, 3),
+                                                  "lambda_": (0.3,)})
+    tune_rerank(dataclasses.replace(tiny_run.ctx), models)
+    result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    params = RerankParams.from_model(ModelMetadata.load(models))
+    assert result["rerank"] == params.as_dict()
+    assert set(result) == {"rerank", "code_distance", "reranked", "reranked_all_queries"}
+    plain = subprocess.run(command[:-1], capture_output=True, text=True, check=True)
+    assert json.loads(plain.stdout) == result["code_distance"]
+    assert all(result[key]["queries"] == result["code_distance"]["queries"] for key in ("reranked",
+                                                                                       "reranked_all_queries"))
