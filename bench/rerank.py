@@ -1,0 +1,239 @@
+"""Re-ranking measured: accuracy with and without it, that /query ranks as `genreid evaluate --rerank` does, and
+/query latency with and without it by gallery size.
+
+1. Accuracy on the subset's test split through `genreid evaluate`'s own path (service.evaluation.Evaluator, the
+   model's re-ranking parameters): code distance, re-ranked per query as /query does, all queries together (a
+   reference). Validation: the record `genreid tune-rerank` (or export) wrote into model.json.
+2. Agreement: a real `genreid serve` with the test gallery enrolled over HTTP in file order; every query crop through
+   /query?rerank=true&k=1000&include_noise=false must rank like Evaluator.served_orders, entry for entry (its first
+   1000); checked with the evaluator's own query codes and with the codes the server returned (`identity`).
+3. Latency: embedded galleries of --sizes entries (the subset's real codes of bounding_box_train and
+   bounding_box_test, then jittered copies of them), written straight into the gallery directory while the server
+   is stopped; /query?k=10&include_noise=false with rerank=false and rerank=true interleaved, one client, the
+   test query crops in turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from _common import (
+    Stopwatch,
+    add_common_arguments,
+    machine,
+    print_machine,
+    print_table,
+    summarise_ms,
+    warn_if_busy,
+    write_result,
+)
+from http_service import gallery_body, query_body, running_server
+
+from service.cli import LabelledCrops, evaluate_command
+from service.encoders import Encoders, ModelMetadata
+from service.evaluation import Evaluator
+from service.imaging import preprocess
+from service.market import check_layout
+from service.reranking import RerankParams
+from service.settings import default_models
+from service.store import NewEntry
+from service.store.embedded import EmbeddedStore
+
+AGREEMENT_K = 1000  # /query's largest k
+
+
+def accuracy(args: argparse.Namespace) -> dict[str, Any]:
+    test = evaluate_command(args.data_root, args.models, args.device, rerank=True)
+    validation = ModelMetadata.load(args.models).extra["rerank"]["validation"]
+    rows = [{"split": split, "ranking": ranking, "mAP": round(100 * m["mAP"], 2), "rank1": round(100 * m["rank1"], 2),
+             "mINP": round(100 * m["mINP"], 2), "queries": m["queries"], "gallery": m["gallery"]}
+            for split, record in (("validation", validation), ("test", test))
+            for ranking, m in record.items() if ranking != "rerank"]
+    print_table(f"accuracy, re-ranking {test['rerank']}", rows,
+                ["split", "ranking", "mAP", "rank1", "mINP", "queries", "gallery"])
+    return {"parameters": test["rerank"], "rows": rows}
+
+
+def agreement(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    root = check_layout(args.data_root, ("query", "gallery"))
+    query, gallery = LabelledCrops.read(root, "query"), LabelledCrops.read(root, "gallery")
+    if args.quick:
+        query = LabelledCrops(query.paths[:20], query.person_ids[:20], query.cameras[:20])
+    encoders = Encoders(args.models, device=args.device)
+    params = RerankParams.from_model(encoders.metadata)
+
+    def embed(split: LabelledCrops) -> np.ndarray:
+        return encoders.identity(np.stack([preprocess(path, encoders.resolution) for path in split.paths]))
+
+    evaluator = Evaluator(embed, query, gallery)
+    with running_server(args, args.models, workdir / "agreement", workdir / "agreement.log") as url, \
+            httpx.Client(base_url=url, timeout=120) as client:
+        entry_ids: list[int] = []
+        for start in range(0, len(gallery.paths), 64):
+            body = gallery_body([path.read_bytes() for path in gallery.paths[start:start + 64]],
+                                [str(p) for p in gallery.person_ids[start:start + 64]],
+                                [str(c) for c in gallery.cameras[start:start + 64]])
+            response = client.post("/gallery", content=body.content, headers=body.headers)
+            response.raise_for_status()
+            entry_ids += [e["entry_id"] for e in response.json()["entries"]]
+        answers = []
+        for path in query.paths:
+            body = query_body(path.read_bytes())
+            response = client.post("/query", params={"rerank": "true", "k": AGREEMENT_K, "include_noise": "false"},
+                                   content=body.content, headers=body.headers)
+            response.raise_for_status()
+            answers.append(response.json())
+    position = {entry_id: i for i, entry_id in enumerate(entry_ids)}
+    served = np.array([[position[m["entry_id"]] for m in a["matches"]] for a in answers])
+    http_codes = np.array([a["identity"] for a in answers], dtype=np.float32)
+    with_http_codes = Evaluator(lambda split: http_codes if split is query else evaluator.g_codes, query, gallery)
+    result = {
+        "queries": len(answers), "k": AGREEMENT_K, "parameters": params.as_dict(),
+        "equal_to_evaluate": int((served == evaluator.served_orders(params)[:, :AGREEMENT_K]).all(1).sum()),
+        "equal_given_the_servers_codes": int(
+            (served == with_http_codes.served_orders(params)[:, :AGREEMENT_K]).all(1).sum()),
+        "max_query_code_difference": float(np.abs(http_codes - evaluator.q_codes).max()),
+    }
+    print_table("HTTP /query?rerank=true against genreid evaluate --rerank (queries ranked identically)", [result],
+                list(result))
+    return result
+
+
+def gallery_codes(args: argparse.Namespace) -> tuple[np.ndarray, list[NewEntry]]:
+    """The subset's real codes (train and test gallery folders, not the query crops), shuffled."""
+    root = check_layout(args.data_root, ("train", "gallery"))
+    encoders = Encoders(args.models, device=args.device)
+    splits = [LabelledCrops.read(root, split) for split in ("train", "gallery")]
+    paths = [path for split in splits for path in split.paths]
+    labels = [(f"{s}-{p}", str(c)) for s, split in enumerate(splits)
+              for p, c in zip(split.person_ids, split.cameras, strict=True)]
+    if args.quick:
+        paths, labels = paths[:600], labels[:600]
+    codes = np.concatenate([encoders.identity(np.stack([preprocess(p, encoders.resolution) for p in paths[i:i + 512]]))
+                            for i in range(0, len(paths), 512)])
+    order = np.random.default_rng(0).permutation(len(codes))
+    return codes[order], [NewEntry(person_id=labels[i][0], camera=labels[i][1]) for i in order]
+
+
+def grown(codes: np.ndarray, entries: list[NewEntry], size: int) -> tuple[np.ndarray, list[NewEntry]]:
+    """`size` codes: the real ones first, then jittered copies (each dimension moved by half the code's length
+    over sqrt(dim)), labelled as their source."""
+    rng = np.random.default_rng(size)
+    picks = np.arange(size) % len(codes)
+    norms = np.linalg.norm(codes[picks], axis=1, keepdims=True)
+    jitter = rng.normal(size=(size, codes.shape[1])) * 0.5 * norms / np.sqrt(codes.shape[1])
+    jitter[: min(size, len(codes))] = 0.0
+    return (codes[picks] + jitter).astype(np.float32), [entries[i] for i in picks]
+
+
+def with_candidates(models: Path, candidates: int, workdir: Path) -> Path:
+    """A copy of the model directory (ONNX files linked) whose re-ranking reorders the `candidates` nearest."""
+    copy = workdir / f"models-k{candidates}"
+    copy.mkdir()
+    for path in models.iterdir():
+        (copy / path.name).symlink_to(path.resolve())
+    (copy / "model.json").unlink()
+    metadata = ModelMetadata.load(models)
+    rerank = {**metadata.extra["rerank"], "candidates": candidates}
+    replace(metadata, extra={**metadata.extra, "rerank": rerank}).save(copy)
+    return copy
+
+
+def latency(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    codes, entries = gallery_codes(args)
+    sizes = [min(size, 3000) for size in args.sizes] if args.quick else args.sizes
+    crops = [path.read_bytes() for path in LabelledCrops.read(args.data_root, "query").paths]
+    bodies = [query_body(crop) for crop in crops]
+    metadata = ModelMetadata.load(args.models)
+    variants = {metadata.extra["rerank"]["candidates"]: args.models}
+    variants |= {k: with_candidates(args.models, k, workdir) for k in args.also_candidates if k not in variants}
+    data_dir, stored, rows = workdir / "latency", 0, []
+    for size in sorted(sizes):
+        all_codes, all_entries = grown(codes, entries, size)
+        store = EmbeddedStore(data_dir, code_dim=codes.shape[1], model_id=metadata.model_id)
+        for start in range(stored, size, 5000):
+            store.add(all_entries[start:min(start + 5000, size)], all_codes[start:min(start + 5000, size)])
+        store.close()
+        stored = size
+        for candidates, models in variants.items():
+            timed = timed_queries(args, models, data_dir, bodies, workdir / f"latency-{size}-{candidates}.log")
+            rows.append({"entries": size, "K": candidates, **timed,
+                         "target_met": timed["rerank_p50_ms"] <= 2 * timed["plain_p50_ms"] if size == 20_000 else None})
+    print_table("/query p50, k=10, include_noise=false, one client, embedded gallery (target at 20,000: re-ranked "
+                "<= 2 x plain)", rows, list(rows[0]))
+    return rows
+
+
+def timed_queries(args: argparse.Namespace, models: Path, data_dir: Path, bodies: list[Any], log: Path
+                  ) -> dict[str, Any]:
+    """/query with rerank=false and rerank=true interleaved (which goes first alternating), one client."""
+    with running_server(args, models, data_dir, log) as url, httpx.Client(base_url=url, timeout=60) as client:
+        times: dict[bool, list[float]] = {False: [], True: []}
+        load = os.getloadavg()[0]
+        for i in range(args.warmup + args.requests):
+            body = bodies[i % len(bodies)]
+            for rerank in ((False, True) if i % 2 else (True, False)):
+                with Stopwatch() as watch:
+                    response = client.post("/query", params={"k": 10, "include_noise": "false",
+                                                             "rerank": str(rerank).lower()},
+                                           content=body.content, headers=body.headers)
+                response.raise_for_status()
+                if i >= args.warmup:
+                    times[rerank].append(watch.seconds)
+    plain, reranked = summarise_ms(times[False]), summarise_ms(times[True])
+    return {"plain_p50_ms": plain["p50_ms"], "rerank_p50_ms": reranked["p50_ms"],
+            "ratio": round(reranked["p50_ms"] / plain["p50_ms"], 2), "plain_p99_ms": plain["p99_ms"],
+            "rerank_p99_ms": reranked["p99_ms"], "load_1min_before": round(load, 2)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--models", type=Path, default=default_models(), help="exported model directory (with "
+                        "model.json `rerank`)")
+    parser.add_argument("--data-root", type=Path, required=True, help="the market1501-subset folder")
+    parser.add_argument("--parts", nargs="+", choices=("accuracy", "agreement", "latency"),
+                        default=["accuracy", "agreement", "latency"])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2_000, 20_000, 100_000])
+    parser.add_argument("--also-candidates", type=int, nargs="*", default=[30],
+                        help="latency also with re-ranking reordering this many nearest (K) instead of the model's")
+    parser.add_argument("--requests", type=int, default=300, help="timed /query requests per mode and size")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="the server's ONNX Runtime threads (0: default)")
+    parser.add_argument("--server-log-level", default="warning")
+    parser.add_argument("--startup-timeout", type=float, default=300.0)
+    add_common_arguments(parser)
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    info = machine()
+    print_machine(info)
+    warn_if_busy(info)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="genreid-bench-rerank-") as scratch:
+        for part in args.parts:
+            started = time.monotonic()
+            if part == "accuracy":
+                results[part] = accuracy(args)
+            elif part == "agreement":
+                results[part] = agreement(args, Path(scratch))
+            else:
+                results[part] = latency(args, Path(scratch))
+            print(f"({part}: {time.monotonic() - started:.0f} s)", file=sys.stderr)
+    print(write_result("rerank", args, info, results))
+
+
+if __name__ == "__main__":
+    main()
