@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 def open_services(settings: Settings) -> Services:
     """Load the ONNX models (GPU when usable) and open the gallery store the settings name."""
-    encoders = Encoders(settings.models, device=settings.device, threads=settings.threads)
+    encoders = Encoders(settings.models, device=settings.device, threads=settings.threads,
+                        precision=settings.precision)
     store = open_gallery(settings, code_dim=encoders.metadata.code_dim, model_id=encoders.metadata.model_id)
     audit = AuditLog(settings.audit_path)
     log.info("models %s (%s) on %s; gallery %s holds %d entries", settings.models, encoders.metadata.model_id,

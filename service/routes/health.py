@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from service.dependencies import ServicesDep
+from service.reranking import RerankParams
 
 router = APIRouter(tags=["health"])
 
@@ -25,6 +26,9 @@ class Health(BaseModel):
     resolution: list[int]
     match_threshold: float | None
     model_id: str | None = Field(description="the code space; a gallery holds codes of one model_id only")
+    precision: dict[str, str] = Field(description="what each network runs in: int8 or float32")
+    rerank: dict[str, bool] = Field(description="`available`: the model carries re-ranking parameters; "
+                                    "`default`: /query re-ranks when the request does not say")
 
 
 @router.get("/health", response_model=Health)
@@ -45,4 +49,7 @@ def health(services: ServicesDep) -> Health:
         resolution=list(encoders.resolution),
         match_threshold=encoders.metadata.match_threshold,
         model_id=encoders.metadata.model_id,
+        precision=dict(encoders.precision),
+        rerank={"available": RerankParams.from_model(encoders.metadata) is not None,
+                "default": services.settings.rerank},
     )

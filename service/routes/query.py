@@ -36,6 +36,7 @@ class MatchOut(BaseModel):
     camera: str | None
     seen_at: datetime | None
     track_id: str | None
+    has_crop: bool = Field(description="GET /gallery/entries/{entry_id}/crop serves its stored crop")
     distance: float = Field(description="Euclidean distance between the unit-length identity codes, in [0, 2]; "
                             "re-ranking leaves it as it is")
     same_person: bool | None = Field(description="distance <= the model's match_threshold (calibrated on code "
@@ -81,7 +82,7 @@ def ranked(gallery: GalleryStore, codes: np.ndarray, k: int, entry_filter: Entry
         entry = match.entry
         return MatchOut(
             entry_id=entry.entry_id, person_id=entry.person_id, camera=entry.camera, seen_at=entry.seen_at,
-            track_id=entry.track_id, distance=match.distance,
+            track_id=entry.track_id, has_crop=entry.has_crop, distance=match.distance,
             same_person=None if threshold is None else match.distance <= threshold,
             rerank_distance=match.rerank_distance,
         )

@@ -42,6 +42,15 @@ def test_enrolment_keeps_time_track_and_crop(entries: list[dict]):
     assert all(e["has_crop"] for e in entries)
 
 
+def test_matches_say_whether_a_crop_is_stored(client: TestClient, make_settings, crop):
+    client.post("/gallery", files=[("files", ("a.png", crop(1), "image/png"))], data={"person_id": ["p"]})
+    assert query(client, crop(1))[0]["has_crop"] is True
+    with TestClient(create_app(make_settings(data=make_settings().data.parent / "codes-only", store_crops=False))
+                    ) as codes_only:
+        codes_only.post("/gallery", files=[("files", ("a.png", crop(1), "image/png"))], data={"person_id": ["p"]})
+        assert query(codes_only, crop(1))[0]["has_crop"] is False
+
+
 @pytest.mark.parametrize("seen_at, why", [
     (["2026-12-01T08:00:00"], "UTC offset"), (["yesterday"], "ISO 8601"), (["", ""], "one per file"),
 ])
@@ -168,3 +177,5 @@ def test_health_names_the_store_and_the_code_space(client: TestClient, models_di
     health = client.get("/health").json()
     assert health["gallery"]["backend"] == "embedded" and health["faiss_device"] == "cpu"
     assert health["model_id"] == ModelMetadata.load(models_dir).model_id
+    assert health["precision"]["inv_id"] in ("int8", "float32")
+    assert set(health["rerank"]) == {"available", "default"} and health["rerank"]["default"] is False
