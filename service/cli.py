@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
+    from service.encoders import Precision
     from service.settings import Settings
 
 TRAINING_COMMANDS = ("train", "export", "figures", "card", "tune-rerank")
@@ -41,7 +42,8 @@ class LabelledCrops:
                    np.array([crop.camera for crop in crops]))
 
 
-def evaluate_command(data: Path, models: Path, device: str, *, rerank: bool) -> dict[str, Any]:
+def evaluate_command(data: Path, models: Path, device: str, *, rerank: bool, precision: Precision = "auto"
+                     ) -> dict[str, Any]:
     """Embed the query and gallery splits with Inv-Id and score them with the standard protocol; with `rerank`,
     also as /query?rerank=true ranks (the model's parameters, the service's code) and with all queries re-ranked
     together (the evaluation tools' variant, for reference)."""
@@ -54,7 +56,7 @@ def evaluate_command(data: Path, models: Path, device: str, *, rerank: bool) -> 
     from service.reranking import RerankParams
 
     root = check_layout(data, ("query", "gallery"))
-    encoders = Encoders(models, device=device)
+    encoders = Encoders(models, device=device, precision=precision)
 
     def embed(split: LabelledCrops) -> np.ndarray:
         logging.info("embedding %d crops", len(split.paths))
@@ -128,6 +130,8 @@ def add_gallery_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from service.encoders import PRECISIONS
+
     parser = argparse.ArgumentParser(prog="genreid", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the retrieval service (see `genreid serve --help`)", add_help=False)
@@ -135,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", type=Path, required=True, help="Market-1501 folder (query/, bounding_box_test/)")
     evaluate.add_argument("--models", type=Path, default=None, help="exported model directory (default: shipped)")
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    evaluate.add_argument("--precision", choices=PRECISIONS, default="auto",
+                          help="Inv-Id's precision (auto: as the service picks it, INT8 on CPUs if model.json says)")
     evaluate.add_argument("--rerank", action="store_true", help="also rank as /query?rerank=true does (the same "
                           "code, the model's parameters) and with all queries re-ranked together (a reference)")
     add_gallery_parser(commands)
@@ -166,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     from service.settings import default_models
 
     try:
-        result = evaluate_command(args.data, args.models or default_models(), args.device, rerank=args.rerank)
+        result = evaluate_command(args.data, args.models or default_models(), args.device, rerank=args.rerank,
+                                  precision=args.precision)
     except (MarketLayoutError, ModelError) as err:
         print(f"genreid evaluate: {err}", file=sys.stderr)
         return 2

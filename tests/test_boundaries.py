@@ -51,3 +51,10 @@ def test_shipped_model_evaluates_on_the_subset():
     served = card["precision"]["inv_id"]["test"][card["precision"]["cpu"]["inv_id"]]
     assert metrics["mAP"] == pytest.approx(served["mAP"], abs=1e-4)
     assert card["test"][card["shipped_inv_id"]] == card["precision"]["inv_id"]["test"]["float32"]
+    forced = subprocess.run(
+        [sys.executable, "-m", "service.cli", "evaluate", "--data", str(SUBSET), "--models", str(SHIPPED),
+         "--device", "cpu", "--precision", "float"],
+        capture_output=True, text=True, check=True,
+    )
+    assert json.loads(forced.stdout)["mAP"] == pytest.approx(card["precision"]["inv_id"]["test"]["float32"]["mAP"],
+                                                             abs=1e-4)

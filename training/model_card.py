@@ -248,7 +248,8 @@ Model id `{card['model_id']}`
 replicas can serve one gallery. It is ONNX Runtime static quantisation (QDQ, per-channel int8 weights, uint8
 activations calibrated on {precision['calibration_crops']} training crops). It changes validation mAP by
 {change:+.1f} points (at most -{_pct(precision['max_validation_mAP_loss'])} allowed), {verdict}; CUDA hosts serve
-float32. The service picks the precision per device unless told otherwise (`Encoders(precision=...)`).
+float32. The service picks the precision per device unless told otherwise (`Encoders(precision=...)`; `genreid evaluate
+--precision float|int8` reproduces either row).
 
 | Inv-Id | validation mAP | validation rank-1 | test mAP | test rank-1 |
 | --- | --- | --- | --- | --- |
