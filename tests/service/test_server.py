@@ -65,3 +65,34 @@ def test_every_setting_has_a_flag():
     for option in ("--host", "--port", "--models", "--data", "--device", "--max-upload-bytes", "--max-files",
                    "--max-pixels", "--api-key", "--log-level", "--threads"):
         assert option in result.stdout
+
+
+def test_the_listening_socket_says_tcp_so_connections_get_tcp_nodelay():
+    """asyncio sets TCP_NODELAY on accepted connections only when the listening socket's protocol is TCP; with
+    protocol 0, Nagle's algorithm and delayed ACKs held every small response back by 40 ms."""
+    import asyncio
+    import socket
+
+    from service.server import listening_socket
+
+    sock = listening_socket("127.0.0.1", 0)
+
+    async def accepted_nodelay() -> int:
+        seen: list[int] = []
+
+        async def on_connection(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connection, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname())
+        while not seen:
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+        return seen[0]
+
+    try:
+        assert asyncio.run(accepted_nodelay()) != 0
+    finally:
+        sock.close()
