@@ -45,12 +45,13 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _serve(data: Path, keys: dict[str, str] | None = None) -> Iterator[Server]:
-    """`genreid serve` on the shipped models, as an operator starts it; its output goes to a log beside `data`."""
+def _serve(data: Path, keys: dict[str, str] | None = None, extra: tuple[str, ...] = ()) -> Iterator[Server]:
+    """`genreid serve` on the shipped models, as an operator starts it (`extra`: more flags); its output goes to a
+    log beside `data`."""
     port = _free_port()
     command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--models", str(ROOT / "models"), "--data", str(data), "--device", "cpu", "--threads", "1",
-               "--log-level", "warning"]
+               "--log-level", "warning", *extra]
     keys = keys or {}
     if keys:
         command += ["--api-keys", ",".join(f"{role}-key:{role}:{secret}" for role, secret in keys.items())]
@@ -116,6 +117,14 @@ def empty_server(tmp_path: Path) -> Iterator[Server]:
     """A server of this test's own, for views that must show nothing but what the test enrolled."""
     _need_chromium()
     with _serve(tmp_path / "data") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def codes_only_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server that stores codes only (--store-crops false): its entries have no crop to show."""
+    _need_chromium()
+    with _serve(tmp_path_factory.mktemp("codes-only") / "data", extra=("--store-crops", "false")) as running:
         yield running
 
 

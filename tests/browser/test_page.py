@@ -281,6 +281,26 @@ def test_delete_through_the_gallery(server, open_page, crop):
     expect(page.locator("#gallery-counts")).to_contain_text(f"{after['entries']} entries of {after['persons']}")
 
 
+def test_entries_without_a_stored_crop_show_a_placeholder(codes_only_server, open_page, crop):
+    entries = enrol(codes_only_server, crop, [("nocrop-a", 241, 0), ("nocrop-b", 242, 0)])
+    assert [e["has_crop"] for e in entries] == [False, False]
+    page = open_page(codes_only_server.url, "#gallery")
+    page.fill("#gallery-person", "nocrop-a")
+    page.click("#gallery-form button[type=submit]")
+    tiles = page.locator("#gallery-entries > li")
+    expect(tiles).to_have_count(1)
+    expect(tiles.get_by_role("img", name="No stored crop for")).to_be_visible()
+    expect(tiles.locator("img")).to_have_count(0)
+
+    page = open_page(codes_only_server.url, "#search")
+    page.set_input_files("#search-file", upload("query.png", crop(241, 0)))
+    page.click("#search-form button[type=submit]")
+    wait_for_search(page)
+    results = page.locator("#search-results li.tile")
+    expect(results).to_have_count(2)
+    expect(results.get_by_role("img", name="No stored crop for")).to_have_count(2)
+
+
 def test_gallery_pages_and_ids_a_path_cannot_carry(server, open_page, crop):
     enrol(server, crop, [("page-a", 281, v) for v in range(26)])
     enrol(server, crop, [("page/b", 282, 0)])
