@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -137,6 +138,8 @@ class MilvusStore(GalleryStore):
         self._next = 0
         self._last_sweep = 0.0
         try:
+            if uri.endswith(".db"):  # milvus-lite in this process wants its directory's parent to exist
+                Path(uri).parent.mkdir(parents=True, exist_ok=True)
             self._client = self._connect()
             self._open_collections()
         except MilvusException as err:

@@ -28,3 +28,11 @@ def test_the_location_shown_never_carries_credentials():
         MilvusStore("http://admin:s3cret@127.0.0.1:9", collection="g", code_dim=4, model_id=None, timeout=2)
     assert "s3cret" not in str(refused.value) and "admin" not in str(refused.value)
     assert "http://127.0.0.1:9 collection g" in str(refused.value)
+
+
+def test_a_milvus_lite_file_in_a_new_directory_is_created(tmp_path):
+    store = MilvusStore(str(tmp_path / "new" / "dirs" / "g.db"), collection="g", code_dim=4, model_id=None)
+    try:
+        assert store.counts() == (0, 0)
+    finally:
+        store.close()
