@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import faiss
 import numpy as np
 
 from service.similarity import unit_length
@@ -139,8 +138,7 @@ class EmbeddedStore(GalleryStore):
             self._db.close()
             self._lock_file.close()
             raise GalleryError(f"{self.path}: not a usable gallery database ({err})") from None
-        faiss.omp_set_num_threads(search_threads)
-        self.index = VectorIndex(code_dim, search_copy)
+        self.index = VectorIndex(code_dim, search_copy, threads=search_threads)
         self._columns = FilterColumns()
         self._persons: Counter[str] = Counter()
         self._recorded_model = self._meta("model_id")
