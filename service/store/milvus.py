@@ -388,12 +388,19 @@ class MilvusStore(GalleryStore):
             self._delete_meta([f"person:{p}" for p in gone])
 
     # --- reads --------------------------------------------------------------------------------------------
-    def _expr(self, entry_filter: EntryFilter) -> str:
-        """The filter in Milvus's language, with the semantics of EntryFilter.admits, and no pending batch."""
-        clauses = []
+    def _visible(self) -> str:
+        """Rows of no pending batch ("" while none is pending: no scan of every row)."""
         pending = self._pending()
-        if pending:
-            clauses.append(f"batch not in {_ints(pending)}")
+        return f"batch not in {_ints(pending)}" if pending else ""
+
+    def _expr(self, entry_filter: EntryFilter) -> str:
+        """The visible rows the filter admits, in Milvus's language."""
+        return _both(self._visible(), self._conditions(entry_filter))
+
+    @staticmethod
+    def _conditions(entry_filter: EntryFilter) -> str:
+        """The filter in Milvus's language, with the semantics of EntryFilter.admits."""
+        clauses = []
         if entry_filter.cameras is not None:
             clauses.append(f"camera in {literals(entry_filter.cameras)}" if entry_filter.cameras else "entry_id < 0")
         if entry_filter.exclude_cameras:
@@ -410,7 +417,7 @@ class MilvusStore(GalleryStore):
 
     def _ids(self, condition: str) -> list[int]:
         """Every visible id matching `condition`, sorted."""
-        expr = _both(condition, self._expr(NO_FILTER))
+        expr = _both(condition, self._visible())
         ids: list[int] = []
         while True:
             rows = self._query(self.collection, expr, ["entry_id"], limit=PAGE, offset=len(ids))
@@ -419,14 +426,14 @@ class MilvusStore(GalleryStore):
                 return sorted(ids)
 
     def counts(self) -> tuple[int, int]:
-        entries = self._query(self.collection, self._expr(NO_FILTER), ["count(*)"])[0]["count(*)"]
+        entries = self._query(self.collection, self._visible(), ["count(*)"])[0]["count(*)"]
         persons = self._query(self.meta, 'kind == "person"', ["count(*)"])[0]["count(*)"]
         return int(entries), int(persons)
 
     def _rows(self, entry_ids: Sequence[int], fields: list[str]) -> dict[int, dict[str, Any]]:
         found: dict[int, dict[str, Any]] = {}
         ids = [int(i) for i in entry_ids]
-        visible = self._expr(NO_FILTER)
+        visible = self._visible()
         for start in range(0, len(ids), PAGE):
             chunk = ids[start : start + PAGE]
             rows = self._query(self.collection, _both(f"entry_id in {_ints(chunk)}", visible), fields)
@@ -457,7 +464,7 @@ class MilvusStore(GalleryStore):
     def list_entries(self, entry_filter: EntryFilter = NO_FILTER, *, offset: int = 0, limit: int = 50
                      ) -> EntryPage:
         """Milvus returns rows in no set order, so a page sorts every admitted id first: O(admitted) per page."""
-        ids = self._ids(self._expr(entry_filter))
+        ids = self._ids(self._conditions(entry_filter))  # _ids adds the visibility clause once
         return EntryPage(len(ids), self.get(ids[offset : offset + limit]))
 
     def _nearest(self, unit_queries: np.ndarray, k: int, entry_filter: EntryFilter
