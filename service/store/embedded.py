@@ -63,18 +63,18 @@ ENTRY_SELECT = ("SELECT e.entry_id, e.person_id, e.camera, e.seen_at, e.track_id
 CHUNK = 500  # ids per `IN (...)`: far below SQLite's limit on bound parameters
 
 
-def _entry(row: tuple) -> Entry:
+def entry_of(row: tuple) -> Entry:
     entry_id, person_id, camera, seen_at, track_id, has_crop, enrolled_at = row
     return Entry(entry_id, person_id, camera, from_micros(seen_at), track_id, bool(has_crop),
                  from_micros(enrolled_at))
 
 
-def _chunks(ids: Sequence[int]) -> Iterator[list[int]]:
+def id_chunks(ids: Sequence[int]) -> Iterator[list[int]]:
     for start in range(0, len(ids), CHUNK):
         yield [int(i) for i in ids[start : start + CHUNK]]
 
 
-def _marks(n: int) -> str:
+def placeholders(n: int) -> str:
     return ", ".join("?" * n)
 
 
@@ -82,10 +82,10 @@ def _where(entry_filter: EntryFilter) -> tuple[str, list[Any]]:
     """The filter as SQL over `entries e`, with the semantics of EntryFilter.admits."""
     clauses, params = [], []
     if entry_filter.cameras is not None:
-        clauses.append(f"e.camera IN ({_marks(len(entry_filter.cameras))})")
+        clauses.append(f"e.camera IN ({placeholders(len(entry_filter.cameras))})")
         params += sorted(entry_filter.cameras)
     if entry_filter.exclude_cameras:
-        clauses.append(f"(e.camera IS NULL OR e.camera NOT IN ({_marks(len(entry_filter.exclude_cameras))}))")
+        clauses.append(f"(e.camera IS NULL OR e.camera NOT IN ({placeholders(len(entry_filter.exclude_cameras))}))")
         params += sorted(entry_filter.exclude_cameras)
     if entry_filter.seen_after is not None:
         clauses.append("e.seen_at >= ?")
@@ -97,7 +97,7 @@ def _where(entry_filter: EntryFilter) -> tuple[str, list[Any]]:
         clauses.append("e.person_id = ?")
         params.append(entry_filter.person_id)
     if entry_filter.exclude_ids:
-        clauses.append(f"e.entry_id NOT IN ({_marks(len(entry_filter.exclude_ids))})")
+        clauses.append(f"e.entry_id NOT IN ({placeholders(len(entry_filter.exclude_ids))})")
         params += sorted(entry_filter.exclude_ids)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
@@ -285,17 +285,17 @@ class EmbeddedStore(GalleryStore):
 
     def _get(self, entry_ids: Sequence[int]) -> list[Entry]:
         found: dict[int, Entry] = {}
-        for chunk in _chunks(entry_ids):
-            rows = self._db.execute(f"{ENTRY_SELECT} WHERE e.entry_id IN ({_marks(len(chunk))})", chunk)
-            found.update((row[0], _entry(row)) for row in rows)
+        for chunk in id_chunks(entry_ids):
+            rows = self._db.execute(f"{ENTRY_SELECT} WHERE e.entry_id IN ({placeholders(len(chunk))})", chunk)
+            found.update((row[0], entry_of(row)) for row in rows)
         return [found[int(i)] for i in entry_ids if int(i) in found]
 
     def codes(self, entry_ids: Sequence[int]) -> np.ndarray:
         found: dict[int, bytes] = {}
         with self._lock:
-            for chunk in _chunks(entry_ids):
+            for chunk in id_chunks(entry_ids):
                 rows = self._db.execute(
-                    f"SELECT entry_id, code FROM entries WHERE entry_id IN ({_marks(len(chunk))})", chunk)
+                    f"SELECT entry_id, code FROM entries WHERE entry_id IN ({placeholders(len(chunk))})", chunk)
                 found.update(rows)
         unknown = [int(i) for i in entry_ids if int(i) not in found]
         if unknown:
@@ -315,7 +315,7 @@ class EmbeddedStore(GalleryStore):
             total = self._db.execute(f"SELECT COUNT(*) FROM entries e{where}", params).fetchone()[0]
             rows = self._db.execute(f"{ENTRY_SELECT}{where} ORDER BY e.entry_id LIMIT ? OFFSET ?",
                                     [*params, limit, offset]).fetchall()
-        return EntryPage(total, [_entry(row) for row in rows])
+        return EntryPage(total, [entry_of(row) for row in rows])
 
     def _nearest(self, unit_queries: np.ndarray, k: int, entry_filter: EntryFilter
                  ) -> list[list[tuple[Entry, float]]]:

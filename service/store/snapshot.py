@@ -18,7 +18,7 @@ from types import TracebackType
 import numpy as np
 
 from service.store.base import Entry, GalleryError
-from service.store.embedded import ADDED_COLUMNS, DATABASE_FILE, ENTRY_SELECT, _chunks, _entry, _marks
+from service.store.embedded import ADDED_COLUMNS, DATABASE_FILE, ENTRY_SELECT, entry_of, id_chunks, placeholders
 
 
 @dataclass(frozen=True)
@@ -82,17 +82,17 @@ class EmbeddedSnapshot:
     def entries(self) -> Iterator[Entry]:
         """Every entry, in entry-id order, without codes or crops."""
         for row in self._db.execute(f"{ENTRY_SELECT} ORDER BY e.entry_id"):
-            yield _entry(row)
+            yield entry_of(row)
 
     def batches(self, size: int) -> Iterator[Batch]:
         """Every entry in entry-id order, `size` at a time, with its code and crop."""
         rows = self._db.execute(f"{ENTRY_SELECT} ORDER BY e.entry_id")
-        while page := [_entry(row) for row in rows.fetchmany(size)]:
+        while page := [entry_of(row) for row in rows.fetchmany(size)]:
             ids = [entry.entry_id for entry in page]
             codes: dict[int, bytes] = {}
             crops: dict[int, bytes] = {}
-            for chunk in _chunks(ids):
-                marks = _marks(len(chunk))
+            for chunk in id_chunks(ids):
+                marks = placeholders(len(chunk))
                 codes.update(self._db.execute(f"SELECT entry_id, code FROM entries WHERE entry_id IN ({marks})", chunk))
                 crops.update(self._db.execute(f"SELECT entry_id, image FROM crops WHERE entry_id IN ({marks})", chunk))
             blob = b"".join(codes[i] for i in ids)
