@@ -44,6 +44,7 @@ from service.settings import default_models
 from service.similarity import code_distances, unit_length
 from service.store import GalleryStore, NewEntry
 from service.store.embedded import EmbeddedStore
+from service.store.milvus_lite import SERVER_ARGS as MILVUS_LITE_SERVER_ARGS
 
 K = 10
 FILL_BATCH = 4096
@@ -67,7 +68,7 @@ def milvus_engine(workdir: Path) -> Iterator[tuple[str, int]]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(workdir / f"milvus-{port}"),
-               "--host", "127.0.0.1", "--port", str(port)]
+               "--host", "127.0.0.1", "--port", str(port), *MILVUS_LITE_SERVER_ARGS]
     with (workdir / f"milvus-{port}.log").open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.store.milvus_lite import SERVER_ARGS as MILVUS_LITE_SERVER_ARGS
+
 HAS_MILVUS = all(importlib.util.find_spec(name) for name in ("pymilvus", "milvus_lite"))
 NEEDS_MILVUS = pytest.mark.skipif(not HAS_MILVUS, reason="needs the milvus extra (pip install -e '.[milvus]')")
 
@@ -110,7 +112,7 @@ class MilvusLiteServer:
 
     def start(self, timeout: float = 60.0) -> None:
         command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir),
-                   "--host", "127.0.0.1", "--port", str(self.port)]
+                   "--host", "127.0.0.1", "--port", str(self.port), *MILVUS_LITE_SERVER_ARGS]
         with self.log.open("a") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

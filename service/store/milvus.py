@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +52,7 @@ from service.store.base import (
     to_micros,
     utc,
 )
+from service.store.milvus_lite import engine_lock, is_in_process
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +135,18 @@ class MilvusStore(GalleryStore):
         self._token = token or ""
         self._lock = threading.Lock()  # guards this process's id block
         self._connecting = threading.Lock()
+        # milvus-lite in this process loses concurrent writes after a restart: its calls go one at a time
+        self._serial: AbstractContextManager[Any] = engine_lock(uri) if is_in_process(uri) else nullcontext()
         self._broken = False
         self._block: int | None = None
         self._next = 0
         self._last_sweep = 0.0
         try:
-            if uri.endswith(".db"):  # milvus-lite in this process wants its directory's parent to exist
+            if is_in_process(uri):  # milvus-lite in this process wants its directory's parent to exist
                 Path(uri).parent.mkdir(parents=True, exist_ok=True)
-            self._client = self._connect()
-            self._open_collections()
+            with self._serial:
+                self._client = self._connect()
+                self._open_collections()
         except MilvusException as err:
             raise GalleryError(f"Milvus gallery {self._where()}: {err.message}") from None
         except Exception as err:  # noqa: BLE001 - connection failures come as several grpc/OS types
@@ -243,7 +248,8 @@ class MilvusStore(GalleryStore):
         """One engine call with the timeout; any failure becomes StoreUnavailable (a 503) and the next call starts
         on a fresh connection, so the store recovers by itself once the engine is back."""
         try:
-            return getattr(self._live_client(), method)(*args, timeout=self.timeout, **kwargs)
+            with self._serial:
+                return getattr(self._live_client(), method)(*args, timeout=self.timeout, **kwargs)
         except MilvusException as err:
             self._broken = True
             raise StoreUnavailable(f"Milvus gallery {self._where()}: {err.message}") from None
@@ -489,7 +495,7 @@ class MilvusStore(GalleryStore):
 
     def close(self) -> None:
         self._client.close()
-        if self.uri.endswith(".db"):  # milvus-lite in this process: stop its engine and free the data directory
+        if is_in_process(self.uri):  # milvus-lite in this process: stop its engine and free the data directory
             from milvus_lite.server_manager import server_manager_instance
 
             server_manager_instance.release_server(self.uri)
