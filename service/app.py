@@ -23,6 +23,7 @@ from service.errors import (
     unknown_entries,
     validation_error,
 )
+from service.imaging import stored_crop_size
 from service.metrics import Metrics
 from service.observability import RequestContext
 from service.retention import retention
@@ -41,7 +42,8 @@ def open_services(settings: Settings) -> Services:
     audit = AuditLog(settings.audit_path)
     log.info("models %s (%s) on %s; gallery %s holds %d entries", settings.models, encoders.metadata.model_id,
              ", ".join(encoders.providers), store.describe(), store.counts()[0])
-    reader = ImageReader(encoders.resolution, settings.max_pixels)
+    reader = ImageReader(encoders.input_sizes, stored_crop_size(encoders.resolution, encoders.identity_resolution),
+                         settings.max_pixels)
     return Services(settings, encoders, store, reader, audit)
 
 

@@ -60,7 +60,7 @@ def evaluate_command(data: Path, models: Path, device: str, *, rerank: bool, pre
 
     def embed(split: LabelledCrops) -> np.ndarray:
         logging.info("embedding %d crops", len(split.paths))
-        return encoders.identity(np.stack([preprocess(path, encoders.resolution) for path in split.paths]))
+        return encoders.identity(np.stack([preprocess(path, encoders.identity_resolution) for path in split.paths]))
 
     evaluator = Evaluator(embed, LabelledCrops.read(root, "query"), LabelledCrops.read(root, "gallery"))
     if not rerank:

@@ -4,7 +4,7 @@ writer of admin routes, and upload decoding."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated
@@ -15,7 +15,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import AwareDatetime
 
 from service.audit import AuditLog, AuditRecord
-from service.encoders import Encoders
+from service.encoders import Encoders, ImageNetwork
 from service.imaging import ImageError, decode_rgb, resized, stored_crop, to_chw_float
 from service.keys import ApiKey, Role, key_ring, match
 from service.observability import KEY_NAME, request_id, route_of
@@ -27,19 +27,22 @@ API_KEY_HEADER = "X-API-Key"
 
 
 class ImageReader:
-    """Uploads -> one (N, 3, H, W) float32 batch at the model's resolution, and the small crops a gallery keeps
-    (one decode serves both); one bad file refuses them all, naming it."""
+    """Uploads -> one (N, 3, H, W) float32 batch per network asked for, at that network's input size, and the small
+    crops a gallery keeps: each file is decoded once and resized once per distinct size (networks of one size share
+    the batch); one bad file refuses them all, naming it."""
 
-    def __init__(self, size: tuple[int, int], max_pixels: int):
-        self.size = size
+    def __init__(self, sizes: Mapping[str, tuple[int, int]], crop_size: tuple[int, int], max_pixels: int):
+        self.sizes = dict(sizes)
+        self.crop_size = crop_size
         self.max_pixels = max_pixels
 
-    def read(self, uploads: Sequence[UploadFile], field: str) -> np.ndarray:
-        return self.read_with_crops(uploads, field, crops=False)[0]
+    def read(self, uploads: Sequence[UploadFile], field: str, *networks: ImageNetwork) -> dict[str, np.ndarray]:
+        return self.read_with_crops(uploads, field, *networks, crops=False)[0]
 
-    def read_with_crops(self, uploads: Sequence[UploadFile], field: str, *, crops: bool
-                        ) -> tuple[np.ndarray, list[bytes] | None]:
-        batch = np.empty((len(uploads), 3, *self.size), np.float32)
+    def read_with_crops(self, uploads: Sequence[UploadFile], field: str, *networks: ImageNetwork, crops: bool
+                        ) -> tuple[dict[str, np.ndarray], list[bytes] | None]:
+        sizes = {network: self.sizes[network] for network in networks}
+        batches = {size: np.empty((len(uploads), 3, *size), np.float32) for size in set(sizes.values())}
         kept: list[bytes] = []
         for i, upload in enumerate(uploads):
             try:
@@ -47,10 +50,11 @@ class ImageReader:
             except ImageError as err:
                 where = f"{field}[{i}]" if len(uploads) > 1 else field
                 raise HTTPException(422, f"{where} ({upload.filename!r}): {err}") from None
-            batch[i] = to_chw_float(resized(image, self.size))
+            for size, batch in batches.items():
+                batch[i] = to_chw_float(resized(image, size))
             if crops:
-                kept.append(stored_crop(image, self.size))
-        return batch, kept if crops else None
+                kept.append(stored_crop(image, self.crop_size))
+        return {network: batches[size] for network, size in sizes.items()}, kept if crops else None
 
 
 @dataclass(frozen=True)

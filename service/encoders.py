@@ -1,8 +1,9 @@
 """The exported models at run time: model.json plus ONNX Runtime sessions for Inv-Id, Inv-Noise and the
 conditional denoiser. No torch.
 
-ONNX interface (written by training/export.py):
-  inv_id.onnx    image [N,3,H,W] in [0,1]            -> code [N,D]
+ONNX interface (written by training/export.py); (H, W) is model.json's `resolution` (the generator's) and
+(h, w) its `inv_id_resolution` (Inv-Id's own, the generator's when absent):
+  inv_id.onnx    image [N,3,h,w] in [0,1]            -> code [N,D]
   inv_noise.onnx image [N,3,H,W] in [0,1]            -> noise [N,3,H,W]
   denoiser.onnx  noisy [N,3,H,W], noise_variance [N,1], code [N,D] -> eps [N,3,H,W]  (normalised space)
 A network may also ship an INT8 variant (`int8_files` in model.json, written by training/quantize.py) with the
@@ -34,6 +35,14 @@ MODEL_ID_KEY = "genreid.model_id"
 MODEL_FILES = {"inv_id": "inv_id.onnx", "inv_noise": "inv_noise.onnx", "denoiser": "denoiser.onnx"}
 Precision = Literal["auto", "float", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+# The networks that read crops; each reads them at its own (H, W) (ModelMetadata.input_sizes).
+ImageNetwork = Literal["inv_id", "inv_noise"]
+
+
+def input_sizes(resolution: tuple[int, int], identity_resolution: tuple[int, int]) -> dict[str, tuple[int, int]]:
+    """network -> the (H, W) of the images it takes: Inv-Id its own, Inv-Noise and the denoiser (its noisy input)
+    the generator's `resolution`."""
+    return {"inv_id": identity_resolution, "inv_noise": resolution, "denoiser": resolution}
 
 
 class ModelError(RuntimeError):
@@ -73,7 +82,7 @@ def open_session(path: Path, providers: list[str], threads: int = 0) -> Any:
 class ModelMetadata:
     """What travels with the ONNX files: never re-derived at serve time."""
 
-    resolution: tuple[int, int]
+    resolution: tuple[int, int]  # the generator's (H, W): Inv-Noise reads it, the denoiser draws it
     code_dim: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -86,7 +95,19 @@ class ModelMetadata:
     # float model's accuracy); a network absent from either is served in float32.
     int8_files: dict[str, str] = field(default_factory=dict)
     cpu_precision: dict[str, str] = field(default_factory=dict)
+    # Inv-Id's input (H, W): it may read finer crops than the generator draws. None (a model.json without it, as
+    # older exports wrote) means `resolution`.
+    inv_id_resolution: tuple[int, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def identity_resolution(self) -> tuple[int, int]:
+        """Inv-Id's input (H, W)."""
+        return self.inv_id_resolution or self.resolution
+
+    @property
+    def input_sizes(self) -> dict[str, tuple[int, int]]:
+        return input_sizes(self.resolution, self.identity_resolution)
 
     @classmethod
     def load(cls, models_dir: str | Path) -> ModelMetadata:
@@ -106,13 +127,16 @@ class ModelMetadata:
             model_id=raw.get("model_id"),
             int8_files=dict(raw.get("int8_files", {})),
             cpu_precision=dict(raw.get("cpu_precision", {})),
+            inv_id_resolution=tuple(raw["inv_id_resolution"]) if "inv_id_resolution" in raw else None,
             extra={k: v for k, v in raw.items() if k not in cls.__dataclass_fields__},
         )
 
     def as_dict(self) -> dict[str, Any]:
+        sizes = {} if self.inv_id_resolution is None else {"inv_id_resolution": list(self.inv_id_resolution)}
         return {
             **self.extra,
             "resolution": list(self.resolution),
+            **sizes,
             "code_dim": self.code_dim,
             "mean": list(self.mean),
             "std": list(self.std),
@@ -182,6 +206,7 @@ class Encoders:
             if not path.is_file():
                 raise ModelError(f"{path}: missing model file")
             self.sessions[name] = open_session(path, providers, threads)
+            self._check_input(name, path)
             if kind == "int8":
                 self._check_variant(path, self.sessions[name])
         self.providers = self.sessions["inv_id"].get_providers()
@@ -190,7 +215,7 @@ class Encoders:
             raise ModelError(f"device 'cuda' requested but ONNX Runtime runs on {self.providers}")
         # Concurrent requests' crops share one run per network (service/batching.py).
         self._coalescers = {name: Coalescer(partial(self._run_session, name), batch_size)
-                            for name in ("inv_id", "inv_noise")}
+                            for name in get_args(ImageNetwork)}
         log.info("loaded models from %s on %s in %s", self.models_dir, self.providers, self.precision)
 
     def _check_variant(self, path: Path, session: Any) -> None:
@@ -200,6 +225,16 @@ class Encoders:
             raise ModelError(f"{path} was quantised from model {made_from}, but model.json's model_id is "
                              f"{self.metadata.model_id}: re-run `genreid export --to {self.models_dir} --data MARKET`")
 
+    def _check_input(self, name: str, path: Path) -> None:
+        """A model.json whose sizes disagree with a file (say an Inv-Id reading 128x64 under a model.json without
+        inv_id_resolution) is refused at load, not on the first request."""
+        declared = self.sessions[name].get_inputs()[0].shape[1:]
+        expected = (3, *self.metadata.input_sizes[name])
+        if len(declared) != len(expected) or any(isinstance(got, int) and got != want
+                                                 for got, want in zip(declared, expected, strict=True)):
+            raise ModelError(f"{path} takes images of shape [N, {', '.join(map(str, declared))}], but model.json "
+                             f"gives {name} [N, {', '.join(map(str, expected))}]")
+
     def observe_batches(self, observe: Callable[[str, int], None]) -> None:
         """Have `observe(network, images)` told the size of every coalesced inference run (metrics)."""
         for name, coalescer in self._coalescers.items():
@@ -207,14 +242,26 @@ class Encoders:
 
     @property
     def resolution(self) -> tuple[int, int]:
+        """The generator's (H, W): what Inv-Noise reads and `render` draws."""
         return self.metadata.resolution
 
-    def _run(self, name: str, images: np.ndarray) -> np.ndarray:
-        """Checked here, so one caller's bad shape never fails the others it would be batched with."""
+    @property
+    def identity_resolution(self) -> tuple[int, int]:
+        """Inv-Id's input (H, W): the generator's, or finer."""
+        return self.metadata.identity_resolution
+
+    @property
+    def input_sizes(self) -> dict[str, tuple[int, int]]:
+        """network -> the (H, W) its images must have."""
+        return self.metadata.input_sizes
+
+    def _run(self, name: ImageNetwork, images: np.ndarray) -> np.ndarray:
+        """Checked here against that network's own size, so a crop resized for another network never reaches it,
+        and one caller's bad shape never fails the others it would be batched with."""
         images = np.ascontiguousarray(images, dtype=np.float32)
-        expected = (3, *self.resolution)
+        expected = (3, *self.input_sizes[name])
         if images.ndim != 4 or images.shape[1:] != expected:
-            raise ValueError(f"expected images of shape (N, {expected}), got {images.shape}")
+            raise ValueError(f"{name} expects images of shape (N, {expected}), got {images.shape}")
         if len(images) == 0:
             return np.zeros((0,), np.float32)
         return self._coalescers[name](images)
@@ -228,11 +275,11 @@ class Encoders:
         ])
 
     def identity(self, images: np.ndarray) -> np.ndarray:
-        """(N, 3, H, W) in [0, 1] -> (N, code_dim) identity codes."""
+        """(N, 3, H, W) in [0, 1] at `identity_resolution` -> (N, code_dim) identity codes."""
         return self._run("inv_id", images).reshape(len(images), self.metadata.code_dim)
 
     def noise(self, images: np.ndarray) -> np.ndarray:
-        """(N, 3, H, W) in [0, 1] -> (N, 3, H, W) generator noise (pose, background, light)."""
+        """(N, 3, H, W) in [0, 1] at `resolution` -> (N, 3, H, W) generator noise (pose, background, light)."""
         return self._run("inv_noise", images).reshape(images.shape)
 
     def render(self, codes: np.ndarray, noises: np.ndarray) -> np.ndarray:

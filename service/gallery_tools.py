@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from service.audit import AuditLog, AuditRecord
 from service.encoders import Encoders, ModelMetadata
-from service.imaging import ImageError, decode_rgb, resized, to_chw_float
+from service.imaging import ImageError, preprocess
 from service.settings import Settings
 from service.store import Entry, GalleryError, GalleryStore, NewEntry, UnknownEntries, open_gallery
 from service.store.factory import backend_name
@@ -429,11 +429,11 @@ def _without_crops(source: Source, *, skip: bool) -> list[int]:
 
 
 def embed_crops(encoders: Encoders, crops: list[bytes], entry_ids: list[int], *, max_pixels: int) -> np.ndarray:
-    """Identity codes of stored crops, decoded and resized to the model's resolution as the service does."""
-    images = np.empty((len(crops), 3, *encoders.resolution), np.float32)
+    """Identity codes of stored crops, decoded and resized to Inv-Id's input as the service does an upload."""
+    images = np.empty((len(crops), 3, *encoders.identity_resolution), np.float32)
     for i, (crop, entry_id) in enumerate(zip(crops, entry_ids, strict=True)):
         try:
-            images[i] = to_chw_float(resized(decode_rgb(crop, max_pixels), encoders.resolution))
+            images[i] = preprocess(crop, encoders.identity_resolution, max_pixels)
         except ImageError as err:
             raise ImageError(f"entry {entry_id}'s stored crop: {err}") from None
     return encoders.identity(images)

@@ -1,7 +1,8 @@
-"""The one preprocessing path: bytes or file -> RGB -> model resolution -> [0,1] float32 CHW.
+"""The one preprocessing path: bytes or file -> RGB -> a network's input size -> [0,1] float32 CHW.
 
 Training (through its decoded cache) and the service both go through `decode_resized`, so the pixels a
-model was trained on are exactly the pixels it is served. No torch here.
+model was trained on are exactly the pixels it is served. Each network reads crops at its own size (model.json:
+Inv-Id's may be finer than the generator's): a crop is decoded once and resized once per size. No torch here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-# Model resolution (H, W), the paper's 64x32.
+# Input size (H, W) when none is given: the paper's 64x32.
 DEFAULT_SIZE: tuple[int, int] = (64, 32)
 # Refuse images with more pixels than this before decoding them (decompression bombs).
 DEFAULT_MAX_PIXELS = 4096 * 4096
@@ -95,11 +96,18 @@ def preprocess(
     return to_chw_float(decode_resized(source, size, max_pixels))
 
 
+def stored_crop_size(resolution: tuple[int, int], identity_resolution: tuple[int, int]) -> tuple[int, int]:
+    """The (H, W) a gallery keeps crops at: twice the generator's `resolution` (an operator recognises the person)
+    and, per side, at least Inv-Id's input, so re-embedding never reads fewer pixels than an upload gave."""
+    return max(2 * resolution[0], identity_resolution[0]), max(2 * resolution[1], identity_resolution[1])
+
+
 def stored_crop(image: Image.Image, size: tuple[int, int], quality: int = 80) -> bytes:
-    """The small image a gallery keeps of an enrolled crop: WebP at twice the model resolution `size` (H, W),
-    about 2-4 KB, enough for an operator to recognise the person and cheap to store beside the code."""
+    """The small image a gallery keeps of an enrolled crop: WebP at `size` (H, W, `stored_crop_size`), about 2-4 KB
+    at 128x64, cheap beside the code. Re-embedding it with the same model gives the code its upload gave, up to WebP
+    loss where `size` is Inv-Id's input, and up to one more bilinear resampling where it is larger."""
     buffer = io.BytesIO()
-    Image.fromarray(resized(image, (2 * size[0], 2 * size[1]))).save(buffer, format="WEBP", quality=quality)
+    Image.fromarray(resized(image, size)).save(buffer, format="WEBP", quality=quality)
     return buffer.getvalue()
 
 

@@ -12,7 +12,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.imaging import ImageError, decode_resized, noise_preview, preprocess, to_png, to_rgb
+from service.imaging import (
+    ImageError,
+    decode_resized,
+    decode_rgb,
+    noise_preview,
+    preprocess,
+    resized,
+    stored_crop,
+    stored_crop_size,
+    to_chw_float,
+    to_png,
+    to_rgb,
+)
 
 H, W = 64, 32
 RNG = np.random.default_rng(1234)
@@ -192,6 +204,35 @@ def test_other_sizes_and_custom_target_size() -> None:
     odd = Image.fromarray(RNG.integers(0, 256, (97, 41, 3), dtype=np.uint8))
     check_model_input(preprocess(encode(odd, "PNG")))
     assert preprocess(encode(odd, "PNG"), size=(32, 16)).shape == (3, 32, 16)
+
+
+def test_one_decode_resized_per_network_size_equals_preprocess_at_that_size() -> None:
+    """What the service does with an upload that feeds two networks of different input sizes."""
+    data = encode(Image.fromarray(RNG.integers(0, 256, (97, 41, 3), dtype=np.uint8)), "PNG")
+    image = decode_rgb(data)
+    for size in ((H, W), (2 * H, 2 * W)):
+        np.testing.assert_array_equal(to_chw_float(resized(image, size)), preprocess(data, size))
+
+
+# ------------------------------------------------------------------------------------------ stored crops
+
+
+@pytest.mark.parametrize(("resolution", "identity", "kept"), [
+    ((64, 32), (64, 32), (128, 64)),  # one size for all (the shipped model): twice it, for the operator
+    ((64, 32), (128, 64), (128, 64)),  # Inv-Id at twice the generator's: exactly Inv-Id's input
+    ((64, 32), (256, 96), (256, 96)),  # finer still, per side: never below Inv-Id's input
+])
+def test_stored_crop_size_is_twice_the_generators_and_at_least_inv_ids(resolution, identity, kept) -> None:
+    assert stored_crop_size(resolution, identity) == kept
+
+
+def test_stored_crop_is_webp_at_the_size_asked_and_re_reads_close_to_the_upload() -> None:
+    image = Image.fromarray(np.kron(SMOOTH_PIXELS, np.ones((2, 2, 1), np.uint8)))  # a smooth 128x64 picture
+    crop = stored_crop(image, (2 * H, 2 * W))
+    with Image.open(io.BytesIO(crop)) as stored:
+        assert stored.format == "WEBP" and stored.size == (2 * W, 2 * H)
+    # Re-read at that size: the upload's pixels up to WebP loss.
+    assert np.abs(preprocess(crop, (2 * H, 2 * W)) - preprocess(encode(image, "PNG"), (2 * H, 2 * W))).mean() < 4 / 255
 
 
 # ---------------------------------------------------------------------------------------------- errors

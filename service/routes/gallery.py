@@ -126,8 +126,8 @@ def add_images(
     cameras = _per_file(camera, len(files), "camera")
     tracks = _per_file(track_id, len(files), "track_id")
     moments = _moments(_per_file(seen_at, len(files), "seen_at"))
-    images, crops = reader.read_with_crops(files, "files", crops=services.settings.store_crops)
-    codes = encoders.identity(images)
+    images, crops = reader.read_with_crops(files, "files", "inv_id", crops=services.settings.store_crops)
+    codes = encoders.identity(images["inv_id"])
     new = [NewEntry(p, c, s, t, None if crops is None else crops[i])
            for i, (p, c, s, t) in enumerate(zip(person_id, cameras, moments, tracks, strict=True))]
     entries = gallery.add(new, codes)
@@ -164,7 +164,8 @@ def get_entry(entry_id: EntryId, gallery: GalleryDep) -> EntryOut:
 
 @router.get(
     "/entries/{entry_id}/crop", response_class=Response, responses={
-        200: {"description": "the stored crop, WebP at twice the model resolution", "content": {"image/webp": {}}},
+        200: {"description": "the stored crop, WebP at twice the generator's resolution (at least Inv-Id's input)",
+              "content": {"image/webp": {}}},
         **error_responses(404, 422)},
 )
 def get_crop(entry_id: EntryId, gallery: GalleryDep) -> Response:

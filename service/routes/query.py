@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from service import imaging
 from service.dependencies import EncodersDep, EntryFilterDep, GalleryDep, ReaderDep, ServicesDep
-from service.encoders import Encoders
+from service.encoders import Encoders, ImageNetwork
 from service.errors import error_responses
 from service.reranking import RankedMatch, RerankParams, rerank_search
 from service.routes.gallery import MAX_ENTRY_ID
@@ -123,11 +123,13 @@ def query(
         entry_filter = replace(entry_filter, exclude_ids=entry_filter.exclude_ids | {entry_id})
         return QueryResult(matches=ranked(gallery, code, k, entry_filter, threshold=threshold, rerank=params)[0],
                            identity=code.tolist())
-    image = reader.read([file], "file")
-    code = encoders.identity(image)[0]
+    with_noise = include_noise or noise_preview
+    networks: tuple[ImageNetwork, ...] = ("inv_id", "inv_noise") if with_noise else ("inv_id",)
+    images = reader.read([file], "file", *networks)  # one decode, a resize per network size
+    code = encoders.identity(images["inv_id"])[0]
     extra: dict[str, NoiseArray | str] = {}
-    if include_noise or noise_preview:
-        noise = encoders.noise(image)[0]
+    if with_noise:
+        noise = encoders.noise(images["inv_noise"])[0]
         if include_noise:
             data = base64.b64encode(noise.astype("<f4", copy=False).tobytes()).decode("ascii")
             extra["noise"] = NoiseArray(shape=list(noise.shape), dtype="float32", data=data)
@@ -153,7 +155,7 @@ def query_batch(
     """Rank the gallery for many crops in one request: one batched inversion and one batched search."""
     if len(files) > services.settings.max_files:
         raise HTTPException(413, f"{len(files)} files: at most {services.settings.max_files} per request")
-    codes = encoders.identity(reader.read(files, "files"))
+    codes = encoders.identity(reader.read(files, "files", "inv_id")["inv_id"])
     rows = ranked(gallery, codes, k, entry_filter, threshold=encoders.metadata.match_threshold,
                   rerank=rerank_params(encoders, services.settings, rerank))
     return BatchResult(results=[QueryResult(matches=row, identity=code.tolist())

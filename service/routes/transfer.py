@@ -37,8 +37,8 @@ def transfer(
     if identity_entry_id is not None:
         codes = gallery.codes([identity_entry_id])
     else:
-        codes = encoders.identity(reader.read([identity], "identity"))
-    noises = encoders.noise(reader.read([pose], "pose"))
+        codes = encoders.identity(reader.read([identity], "identity", "inv_id")["inv_id"])
+    noises = encoders.noise(reader.read([pose], "pose", "inv_noise")["inv_noise"])
     image = encoders.render(codes, noises)[0]
     if scale > 1:
         image = image.repeat(scale, axis=1).repeat(scale, axis=2)

@@ -25,7 +25,7 @@ from service.gallery_tools import (
     import_gallery,
     reembed_gallery,
 )
-from service.imaging import decode_rgb, resized, stored_crop, to_chw_float
+from service.imaging import decode_rgb, resized, stored_crop, stored_crop_size, to_chw_float
 from service.settings import Settings
 from service.store import Entry, GalleryError, GalleryStore, NewEntry, open_gallery
 from service.store.snapshot import Batch, EmbeddedSnapshot
@@ -73,13 +73,14 @@ def enrol(store: GalleryStore, models: Path, crop: Callable[..., bytes]) -> list
     """ENTRY_COUNT crops of four persons, embedded as the service does, with varied metadata (some entries without
     camera, time, track or crop)."""
     encoders = Encoders(models, device="cpu", threads=1)
+    crop_size = stored_crop_size(encoders.resolution, encoders.identity_resolution)
     images, new = [], []
     for i in range(ENTRY_COUNT):
         image = decode_rgb(crop(i // 3, i % 3 + 1))
-        images.append(to_chw_float(resized(image, encoders.resolution)))
+        images.append(to_chw_float(resized(image, encoders.identity_resolution)))
         seen = START + timedelta(minutes=i, microseconds=7 * i) if i % 4 else None
         new.append(NewEntry(f"p{i // 3}", ["c1", "c2", None][i % 3], seen, f"t{i}" if i % 2 else None,
-                            None if i in WITHOUT_CROP else stored_crop(image, encoders.resolution)))
+                            None if i in WITHOUT_CROP else stored_crop(image, crop_size)))
     return store.add(new, encoders.identity(np.stack(images)))
 
 
@@ -208,7 +209,7 @@ def check_reembedded(old: list[Entry], crops: list[bytes | None], copied: Copied
         assert [labels(e) for e in store.get(new_ids)] == [labels(e) for e, _ in kept]
         assert [store.crop(i) for i in new_ids] == [crop for _, crop in kept]
         encoders = Encoders(new.models, device="cpu", threads=1)
-        direct = encoders.identity(np.stack([to_chw_float(resized(decode_rgb(crop), encoders.resolution))
+        direct = encoders.identity(np.stack([to_chw_float(resized(decode_rgb(crop), encoders.identity_resolution))
                                              for _, crop in kept]))
         np.testing.assert_array_equal(store.codes(new_ids), direct)
         np.testing.assert_array_equal(
