@@ -1,6 +1,6 @@
 """Export a finished run to the service's model directory: three self-contained ONNX files with a dynamic
-batch dimension, model.json (resolution, schedule, normalisation, threshold, measurements), a parity
-check of ONNX Runtime against torch, then the model identity and INT8 Inv-Id (training/quantize.py)."""
+batch dimension, model.json (each network's input size, schedule, normalisation, threshold, measurements), a
+parity check of ONNX Runtime against torch, then the model identity and INT8 Inv-Id (training/quantize.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.encoders import MODEL_FILES, ModelMetadata, open_session
+from service.encoders import MODEL_FILES, ModelMetadata, input_sizes, open_session
 from training.networks.unet import UNet
 from training.quantize import quantize_models
 from training.stages.context import StageContext
@@ -83,6 +83,7 @@ def store_weights_as_half(path: Path, min_size: int = 1024) -> None:
 
 
 def _examples(batch: int, resolution: tuple[int, int], code_dim: int, seed: int) -> dict[str, np.ndarray]:
+    """Random inputs by ONNX input name, images at `resolution` (H, W)."""
     rng = np.random.default_rng(seed)
     return {
         "image": rng.random((batch, 3, *resolution), dtype=np.float32),
@@ -92,14 +93,15 @@ def _examples(batch: int, resolution: tuple[int, int], code_dim: int, seed: int)
     }
 
 
-def parity(modules: dict[str, nn.Module], models_dir: Path, resolution: tuple[int, int], code_dim: int,
+def parity(modules: dict[str, nn.Module], models_dir: Path, sizes: dict[str, tuple[int, int]], code_dim: int,
            batches: tuple[int, ...] = (1, 7)) -> dict[str, float]:
-    """Max |ONNX Runtime - torch| per network over the given batch sizes."""
+    """Max |ONNX Runtime - torch| per network over the given batch sizes, each fed images of its own input size
+    (`sizes`: ModelMetadata.input_sizes)."""
     worst: dict[str, float] = {}
     for name, module in modules.items():
         session = open_session(models_dir / MODEL_FILES[name], ["CPUExecutionProvider"])
         for batch in batches:
-            examples = _examples(batch, resolution, code_dim, seed=batch)
+            examples = _examples(batch, sizes[name], code_dim, seed=batch)
             feeds = {inp.name: examples[inp.name] for inp in session.get_inputs()}
             with torch.no_grad():
                 expected = module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
@@ -123,20 +125,26 @@ def export_run(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
                "denoiser": Denoiser(unet.cpu().float()).eval()}
     for module in modules.values():
         round_weights_to_half(module)
-    example = {k: torch.from_numpy(v) for k, v in _examples(2, preset.resolution, preset.code_dim, 0).items()}
-    _export(modules["inv_id"], (example["image"],), ["image"], "code", models_dir / MODEL_FILES["inv_id"])
-    _export(modules["inv_noise"], (example["image"],), ["image"], "noise", models_dir / MODEL_FILES["inv_noise"])
-    _export(modules["denoiser"], (example["noisy"], example["noise_variance"], example["code"]),
+    resolution, identity_resolution = tuple(preset.resolution), tuple(preset.inv_id_resolution)
+    sizes = input_sizes(resolution, identity_resolution)
+    example = {name: {k: torch.from_numpy(v) for k, v in _examples(2, size, preset.code_dim, 0).items()}
+               for name, size in sizes.items()}
+    _export(modules["inv_id"], (example["inv_id"]["image"],), ["image"], "code", models_dir / MODEL_FILES["inv_id"])
+    _export(modules["inv_noise"], (example["inv_noise"]["image"],), ["image"], "noise",
+            models_dir / MODEL_FILES["inv_noise"])
+    denoiser = example["denoiser"]
+    _export(modules["denoiser"], (denoiser["noisy"], denoiser["noise_variance"], denoiser["code"]),
             ["noisy", "noise_variance", "code"], "eps", models_dir / MODEL_FILES["denoiser"])
     for filename in MODEL_FILES.values():
         store_weights_as_half(models_dir / filename)
-    differences = parity(modules, models_dir, preset.resolution, preset.code_dim)
+    differences = parity(modules, models_dir, sizes, preset.code_dim)
     if max(differences.values()) > PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX Runtime disagrees with torch beyond {PARITY_TOLERANCE}: {differences}")
     _, val = ctx.splits
     reconstruction = reconstruction_error(ctx, modules["inv_id"], modules["inv_noise"], val.images[:256])
     metadata = ModelMetadata(
-        resolution=preset.resolution,
+        resolution=resolution,
+        inv_id_resolution=identity_resolution,
         code_dim=preset.code_dim,
         mean=tuple(float(v) for v in generator["mean"]),
         std=tuple(float(v) for v in generator["std"]),

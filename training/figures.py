@@ -89,17 +89,19 @@ def neighbours_figure(ctx: StageContext, anchors: int = 4, k: int = 5) -> Image.
     return grid(rows)
 
 
-def reconstruction_figure(encoders: Encoders, images: np.ndarray) -> Image.Image:
+def reconstruction_figure(encoders: Encoders, seen: np.ndarray, images: np.ndarray) -> Image.Image:
+    """`images` at the generator's resolution, and the same crops `seen` at Inv-Id's input size."""
     noises = encoders.noise(images)
-    rebuilt = encoders.render(encoders.identity(images), noises)
+    rebuilt = encoders.render(encoders.identity(seen), noises)
     return grid([[_tile(x), _tile(noise_preview(n)), _tile(r)] for x, n, r in zip(images, noises, rebuilt,
                                                                                  strict=True)])
 
 
 def retrieval_figure(encoders: Encoders, data_root: Path, ctx: StageContext, queries: int = 6,
                      k: int = 5) -> Image.Image:
-    query = load_split(data_root, "query", ctx.preset.resolution, ctx.cache_dir)
-    gallery = load_split(data_root, "gallery", ctx.preset.resolution, ctx.cache_dir)
+    """Crops shown as Inv-Id reads them (at its input size)."""
+    query = load_split(data_root, "query", encoders.identity_resolution, ctx.cache_dir)
+    gallery = load_split(data_root, "gallery", encoders.identity_resolution, ctx.cache_dir)
     picked = np.random.default_rng(4).choice(len(query), queries, replace=False)
     q_codes = encoders.identity(query.floats(picked))
     g_codes = encoders.identity(gallery.floats())
@@ -121,11 +123,11 @@ def make_figures(ctx: StageContext, out_dir: Path, models_dir: Path) -> list[Pat
     """Write every figure to `out_dir`; retrieval and reconstruction use the exported models in `models_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     encoders = Encoders(models_dir, device="cpu")
-    _, val = ctx.splits
-    sample = val.floats(np.random.default_rng(5).choice(len(val), 8, replace=False))
+    (_, val), (_, seen) = ctx.splits, ctx.inv_id_splits  # the same crops at the generator's and Inv-Id's sizes
+    sample = np.random.default_rng(5).choice(len(val), 8, replace=False)
     figures = {
         "generation.png": lambda: generation_figure(ctx),
-        "reconstruction.png": lambda: reconstruction_figure(encoders, sample),
+        "reconstruction.png": lambda: reconstruction_figure(encoders, seen.floats(sample), val.floats(sample)),
         "neighbours.png": lambda: neighbours_figure(ctx),
         "sweep.png": lambda: sweep_figure(ctx),
     }

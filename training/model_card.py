@@ -43,10 +43,9 @@ def hardware() -> dict[str, Any]:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def query_and_gallery(ctx: StageContext) -> tuple[ImageSet, ImageSet]:
-    """The data folder's test splits, decoded through the shared cache."""
-    return (load_split(ctx.data_root, "query", ctx.preset.resolution, ctx.cache_dir),
-            load_split(ctx.data_root, "gallery", ctx.preset.resolution, ctx.cache_dir))
+def split_at(ctx: StageContext, split: str, size: tuple[int, int]) -> ImageSet:
+    """One of the data folder's test splits at `size` (H, W), decoded through the shared cache."""
+    return load_split(ctx.data_root, split, size, ctx.cache_dir)
 
 
 def served_evaluator(encoders: Encoders, query: ImageSet, gallery: ImageSet) -> Evaluator[ImageSet]:
@@ -65,10 +64,11 @@ def rerank_facts(metadata: ModelMetadata, served: Evaluator[ImageSet]) -> dict[s
         "reranked_all_queries": served.metrics(rerank=params, all_queries=True).as_dict()}}
 
 
-def reconstruction_on_test(encoders: Encoders, query: ImageSet, count: int = 256) -> dict[str, float]:
-    """L1 and PSNR between real query crops and their regeneration from (Inv-Id, Inv-Noise), via ONNX."""
-    images = query.floats(slice(0, count))
-    rebuilt = encoders.render(encoders.identity(images), encoders.noise(images))
+def reconstruction_on_test(encoders: Encoders, seen: ImageSet, drawn: ImageSet, count: int = 256) -> dict[str, float]:
+    """L1 and PSNR between real query crops and their regeneration from (Inv-Id, Inv-Noise), via ONNX: the same
+    crops at Inv-Id's input size (`seen`) and at the generator's (`drawn`: Inv-Noise's input, and what is compared)."""
+    images = drawn.floats(slice(0, count))
+    rebuilt = encoders.render(encoders.identity(seen.floats(slice(0, count))), encoders.noise(images))
     mse = float(((rebuilt - images) ** 2).mean())
     return {"l1": float(np.abs(rebuilt - images).mean()), "psnr": 10.0 * np.log10(1.0 / max(mse, 1e-12)),
             "crops": len(images)}
@@ -117,7 +117,9 @@ def build_card(ctx: StageContext, models_dir: Path, *, from_run: bool) -> dict[s
     if quantization is None:
         raise ValueError(f"{models_dir}: no INT8 Inv-Id measured yet; run `genreid export --to {models_dir}` first")
     shipped = metadata.extra["inv_id_mode"]
-    query, gallery = query_and_gallery(ctx)
+    # Inv-Id's test crops decoded at its own input size, as the service reads an upload.
+    query, gallery = (split_at(ctx, split, metadata.identity_resolution) for split in ("query", "gallery"))
+    drawn = split_at(ctx, "query", metadata.resolution)
     facts = run_facts(ctx, shipped, query, gallery) if from_run else previous_card_facts(models_dir)
     floats = Encoders(models_dir, device="cpu", precision="float")
     int8 = Encoders(models_dir, device="cpu", precision="int8")
@@ -138,11 +140,12 @@ def build_card(ctx: StageContext, models_dir: Path, *, from_run: bool) -> dict[s
         "test": {mode: test["float32"] if mode == shipped else facts["test"][mode] for mode in facts["validation"]},
         "match_threshold": metadata.match_threshold,
         "reconstruction": {"validation": metadata.extra["reconstruction"],
-                           "test_queries": reconstruction_on_test(floats, query),
-                           "test_queries_int8_inv_id": reconstruction_on_test(int8, query)},
+                           "test_queries": reconstruction_on_test(floats, query, drawn),
+                           "test_queries_int8_inv_id": reconstruction_on_test(int8, query, drawn)},
         "code_stats": metadata.extra["code_stats"],
         "rerank": rerank_facts(metadata, served[cpu_kind]),
         "references": REFERENCES if ctx.data_root.name == SUBSET else {},
+        "input_sizes": {"inv_id": list(metadata.identity_resolution), "generator": list(metadata.resolution)},
         "facts_from_run": from_run,
         "model_id": metadata.model_id,
         "precision": {
@@ -156,6 +159,12 @@ def build_card(ctx: StageContext, models_dir: Path, *, from_run: bool) -> dict[s
 
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
+
+
+def render_inputs(sizes: dict[str, list[int]]) -> str:
+    """The networks' input size, or Inv-Id's and the generator's where they differ."""
+    identity, generator = ("x".join(map(str, sizes[name])) for name in ("inv_id", "generator"))
+    return generator if identity == generator else f"{identity} (Inv-Id), {generator} (Inv-Noise, generator)"
 
 
 def render_rerank(rerank: dict[str, Any] | None) -> str:
@@ -210,6 +219,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     device = f"GPU {hw['gpu']}" if hw["gpu"] else f"{hw['cpu']} ({hw['cores']} cores)"
     preset = card["preset"]
     widths = tuple(preset["widths"])  # a list when the preset was read back from JSON
+    inputs = render_inputs(card["input_sizes"])
     return f"""# genreid model card
 
 {source}
@@ -218,7 +228,7 @@ def render_markdown(card: dict[str, Any]) -> str:
 A conditional diffusion model (U-Net widths {widths}, {preset['blocks']} residual blocks per level) learned
 one {preset['code_dim']}-d identity code per training person as the condition it needs to draw that person from
 noise; Inv-Id maps a crop to its code (what retrieval compares), Inv-Noise to the generator noise (pose,
-background, light). Input {preset['resolution'][0]}x{preset['resolution'][1]} RGB. Preset `{preset['name']}`.
+background, light). Input {inputs} RGB. Preset `{preset['name']}`.
 
 ## Data
 - Trained on `{data['root']}/bounding_box_train`: {data['train_identities']} identities, {data['train_crops']} crops.
@@ -301,7 +311,7 @@ Without the run directory (its checkpoints gone), the identity, the INT8 Inv-Id 
 `genreid card --models models/ --data ../shared/data/market1501-subset`.
 
 ## Limits
-Low resolution (64x32); the subset is small (401 training identities); trained on CPU for hours, not days.
+Low resolution: {inputs}; the subset is small (401 training identities); trained on CPU for hours, not days.
 Market-1501 is for research use only.
 """
 

@@ -150,8 +150,9 @@ def validate_served(models_dir: Path, ctx: StageContext, precision: str) -> dict
 
 def quantize_models(ctx: StageContext, models_dir: Path) -> ModelMetadata:
     """Give an exported model directory its identity and its INT8 Inv-Id, from the float ONNX files alone:
-    calibrate on training crops, score float and INT8 on the validation identities, and let CPUs serve INT8
-    only if it keeps the validation mAP within MAX_MAP_LOSS. Rewrites model.json; returns what it wrote."""
+    calibrate on training crops decoded at Inv-Id's input size (as served), score float and INT8 on the validation
+    identities, and let CPUs serve INT8 only if it keeps the validation mAP within MAX_MAP_LOSS. Rewrites
+    model.json; returns what it wrote."""
     metadata = ModelMetadata.load(models_dir)
     identity = model_id(models_dir / MODEL_FILES["inv_id"])
     train, _ = ctx.inv_id_splits

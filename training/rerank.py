@@ -3,8 +3,8 @@
 Untuned k1 / k2 / lambda can make re-ranking worse, and the best ones depend on the model's codes, so every
 exported model carries its own in model.json (`rerank`), which the service reads. The validation identities and
 their query/gallery split are the ones the Inv-Id was picked on (validation_evaluator); the codes are the exported
-Inv-Id's through ONNX Runtime at the precision a CPU serves, and the ranking is the service's own
-(Evaluator.metrics: the per-query neighbourhood re-ranker over a gallery store).
+Inv-Id's, of crops decoded at its input size, through ONNX Runtime at the precision a CPU serves, and the ranking
+is the service's own (Evaluator.metrics: the per-query neighbourhood re-ranker over a gallery store).
 """
 
 from __future__ import annotations

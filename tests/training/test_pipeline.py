@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import torch
 
-from service.encoders import Encoders
+from service.encoders import Encoders, ModelMetadata
 from training.export import parity, round_weights_to_half
 from training.pipeline import stage_table
 from training.stages.codes import sample_codes
@@ -70,7 +70,8 @@ def test_onnx_matches_torch_on_batches_of_1_and_7(tiny_run):
     # What export ships: the trained weights rounded to float16 (stored as such), computing in float32.
     modules = {name: round_weights_to_half(module.eval()) for name, module in
                {"inv_id": inv_id, "inv_noise": inv_noise, "denoiser": Denoiser(unet)}.items()}
-    differences = parity(modules, tiny_run.models, ctx.preset.resolution, ctx.preset.code_dim, (1, 7))
+    sizes = ModelMetadata.load(tiny_run.models).input_sizes
+    differences = parity(modules, tiny_run.models, sizes, ctx.preset.code_dim, (1, 7))
     assert set(differences) == {"inv_id", "inv_noise", "denoiser"}
     assert max(differences.values()) <= 1e-4
 
