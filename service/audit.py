@@ -1,5 +1,9 @@
 """The audit log: one JSON object per line for every write and deletion the gallery acknowledged (who by key name,
-never its secret; when; which route; which entries and persons), appended and fsync'd before the answer leaves.
+never its secret; when; which route; which entries and persons), appended before the answer leaves.
+
+A record is as durable as the gallery write it records: flushed to the operating system always (it survives kill -9
+of the server), fsync'd only with `--power-safe`, which fsyncs the gallery's commits too (it survives power loss).
+An fsync on every record cost more than a fifth of a one-crop enrolment (docs/BENCHMARKS.md#post-gallery).
 
 Records are written after the store acknowledged, so the log never claims a change that did not happen. If the
 record itself cannot be written (its disk is full), the change stands and the record goes to the error log
@@ -36,10 +40,11 @@ class AuditLogError(RuntimeError):
 
 
 class AuditLog:
-    """An append-only file (opened once with O_APPEND; every record flushed and fsync'd)."""
+    """An append-only file (opened once with O_APPEND; every record flushed, and fsync'd when `power_safe`)."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], datetime] | None = None):
+    def __init__(self, path: Path, *, power_safe: bool = False, clock: Callable[[], datetime] | None = None):
         self.path = path
+        self.power_safe = power_safe
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +59,8 @@ class AuditLog:
             with self._lock:
                 self._file.write(line)
                 self._file.flush()
-                os.fsync(self._file.fileno())
+                if self.power_safe:
+                    os.fsync(self._file.fileno())
         except OSError as err:
             log.error("audit record not written to %s (%s): %s", self.path, err, line.rstrip())
 

@@ -73,7 +73,7 @@ def prune_gallery(gallery: Settings, *, older_than_days: int) -> list[int]:
     """`genreid gallery prune`: the gallery the settings name, opened for its model's code space (an embedded
     one only while no server holds it), audited as `cli:<user>`."""
     metadata = ModelMetadata.load(gallery.models)
-    audit = AuditLog(gallery.audit_path)
+    audit = AuditLog(gallery.audit_path, power_safe=gallery.power_safe)
     try:
         store = open_gallery(gallery, code_dim=metadata.code_dim, model_id=metadata.model_id)
         try:

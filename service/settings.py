@@ -87,7 +87,8 @@ class Settings(BaseSettings):
         1, ge=1, description="FAISS threads per search: 1 avoids OpenMP spinning against inference threads"
     )
     power_safe: bool = Field(
-        False, description="fsync every gallery write (survives power loss; kill -9 is survived either way)"
+        False,
+        description="fsync every gallery write and audit record (survives power loss; kill -9 is survived either way)",
     )
     store_crops: bool = Field(
         True, description="keep each enrolled crop as a small WebP beside its code (false: codes only)"
