@@ -39,7 +39,7 @@ def open_services(settings: Settings) -> Services:
     encoders = Encoders(settings.models, device=settings.device, threads=settings.threads,
                         precision=settings.precision)
     store = open_gallery(settings, code_dim=encoders.metadata.code_dim, model_id=encoders.metadata.model_id)
-    audit = AuditLog(settings.audit_path)
+    audit = AuditLog(settings.audit_path, power_safe=settings.power_safe)
     log.info("models %s (%s) on %s; gallery %s holds %d entries", settings.models, encoders.metadata.model_id,
              ", ".join(encoders.providers), store.describe(), store.counts()[0])
     reader = ImageReader(encoders.input_sizes, stored_crop_size(encoders.resolution, encoders.identity_resolution),

@@ -398,7 +398,7 @@ def import_gallery(*, source: Path, gallery: Settings, models: Path | None = Non
         if manifest.code_dim is None:  # an empty gallery: nothing to add, and no code size to open a store with
             return copied
         store = open_gallery(gallery, code_dim=manifest.code_dim, model_id=manifest.model_id)
-        audit = AuditLog(gallery.audit_path)
+        audit = AuditLog(gallery.audit_path, power_safe=gallery.power_safe)
         try:
             with tqdm(total=manifest.count, unit="entry", desc="import") as progress:
                 for batch in file.batches(batch_size):
