@@ -23,7 +23,8 @@ class Health(BaseModel):
     index_size: int
     persons: int
     code_dim: int
-    resolution: list[int]
+    resolution: list[int] = Field(description="the generator's (H, W): what /transfer renders")
+    input_sizes: dict[str, list[int]] = Field(description="(H, W) each network reads an upload at")
     match_threshold: float | None
     model_id: str | None = Field(description="the code space; a gallery holds codes of one model_id only")
     precision: dict[str, str] = Field(description="what each network runs in: int8 or float32")
@@ -47,6 +48,7 @@ def health(services: ServicesDep) -> Health:
         persons=persons,
         code_dim=encoders.metadata.code_dim,
         resolution=list(encoders.resolution),
+        input_sizes={network: list(size) for network, size in encoders.input_sizes.items()},
         match_threshold=encoders.metadata.match_threshold,
         model_id=encoders.metadata.model_id,
         precision=dict(encoders.precision),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,9 @@ def test_health_reports_runtime(client, enrol, models_dir: Path):
     assert health["faiss_device"] == "cpu"
     assert health["index_size"] == 3 and health["persons"] == 2
     assert health["match_threshold"] == MATCH_THRESHOLD
+    size = json.loads((models_dir / "model.json").read_text())["resolution"]
+    assert health["resolution"] == size
+    assert health["input_sizes"] == {"inv_id": size, "inv_noise": size, "denoiser": size}
 
 
 def test_openapi_docs_are_served(client):

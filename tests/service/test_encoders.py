@@ -112,6 +112,9 @@ def test_the_app_reads_each_upload_at_the_size_of_each_network(finer: Path, make
         body = client.post("/query", files={"file": ("q.png", upload, "image/png")}).json()
         stored = client.get(f"/gallery/entries/{entry_id}/crop").content
         rendered = client.post("/transfer", files={"identity": ("a.png", upload), "pose": ("b.png", crop(4))})
+        health = client.get("/health").json()
+    assert health["input_sizes"] == {"inv_id": list(FINER), "inv_noise": list(GENERATOR), "denoiser": list(GENERATOR)}
+    assert health["resolution"] == list(GENERATOR)
     np.testing.assert_allclose(body["identity"], expected, rtol=1e-5, atol=1e-6)
     assert body["matches"][0]["entry_id"] == entry_id and body["matches"][0]["distance"] < 1e-3
     noise = np.frombuffer(base64.b64decode(body["noise"]["data"]), "<f4").reshape(body["noise"]["shape"])
