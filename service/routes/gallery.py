@@ -186,9 +186,10 @@ def relabel(entry_id: EntryId, change: Relabel, gallery: GalleryDep, audit: Admi
     return EntryOut.of(entry)
 
 
-@router.post("/persons/{person_id}/merge", response_model=Moved, responses=error_responses(400, 404, 422, 507))
+@router.post("/persons/{person_id:path}/merge", response_model=Moved, responses=error_responses(400, 404, 422, 507))
 def merge(person_id: str, target: Annotated[Merge, Body()], gallery: GalleryDep, audit: AdminDep) -> Moved:
-    """Move every entry of `person_id` to the person `into` (two ids found to be one person)."""
+    """Move every entry of `person_id` to the person `into` (two ids found to be one person). The id may hold "/"
+    (e.g. `cam1/track42`), sent percent-encoded or not: the route reads the rest of the path."""
     if person_id == target.into:
         raise HTTPException(422, f"cannot merge person {person_id!r} into itself")
     moved = gallery.merge(person_id, into=target.into)
@@ -208,9 +209,9 @@ def remove_entry(entry_id: EntryId, gallery: GalleryDep, audit: AdminDep) -> Rem
     return Removed(removed=len(removed), entry_ids=removed)
 
 
-@router.delete("/persons/{person_id}", response_model=Removed, responses=error_responses(404, 507))
+@router.delete("/persons/{person_id:path}", response_model=Removed, responses=error_responses(404, 507))
 def remove_person(person_id: str, gallery: GalleryDep, audit: AdminDep) -> Removed:
-    """Remove every entry of a person."""
+    """Remove every entry of a person (an id with "/" in it is the rest of the path)."""
     removed = gallery.remove_person(person_id)
     if not removed:
         raise HTTPException(404, f"no gallery entries for person {person_id!r}")

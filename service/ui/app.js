@@ -445,10 +445,10 @@ async function remove(path, question, done) {
   }
 }
 
-/** Whether DELETE /gallery/persons/{person_id} can name this person: the server routes on the decoded path (so
- * no "/"), and URLs fold "." and ".." segments away. */
+/** Whether DELETE /gallery/persons/{person_id} can name this person: URLs fold a "." or ".." segment away, even
+ * percent-encoded (an encoded "/" is fine: it splits no segment, and the route takes the rest of the path). */
 function addressable(personId) {
-  return !personId.includes("/") && personId !== "." && personId !== "..";
+  return personId !== "." && personId !== "..";
 }
 
 /** "Delete every entry of person X (n entries)?": the listing's total for that person says how many go. */

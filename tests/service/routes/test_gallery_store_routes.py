@@ -179,3 +179,18 @@ def test_health_names_the_store_and_the_code_space(client: TestClient, models_di
     assert health["model_id"] == ModelMetadata.load(models_dir).model_id
     assert health["precision"]["inv_id"] in ("int8", "float32")
     assert set(health["rerank"]) == {"available", "default"} and health["rerank"]["default"] is False
+
+
+def test_a_person_id_holding_slashes_is_merged_and_removed_by_its_path(client, crop):
+    """Tracker ids such as `cam1/track 42` are one path parameter, percent-encoded or not."""
+    files = [("files", (f"{i}.png", crop(i, 1), "image/png")) for i in range(3)]
+    person_ids = ["cam1/track 42", "cam1/track 42", "cam2/track/7"]
+    enrolled = client.post("/gallery", files=files, data={"person_id": person_ids})
+    assert enrolled.status_code == 201, enrolled.text
+    ids = [e["entry_id"] for e in enrolled.json()["entries"]]
+    merged = client.post("/gallery/persons/cam2%2Ftrack%2F7/merge", json={"into": "cam1/track 42"})
+    assert merged.status_code == 200 and merged.json()["entry_ids"] == [ids[2]], merged.text
+    removed = client.delete("/gallery/persons/cam1/track%2042")
+    assert removed.status_code == 200 and removed.json()["entry_ids"] == ids, removed.text
+    assert client.get("/gallery").json() == {"entries": 0, "persons": 0}
+    assert client.delete("/gallery/persons/cam2/track/7").status_code == 404
