@@ -36,9 +36,10 @@ RequestObserver = Callable[[str, str, int, float], None]
 
 
 def route_of(scope: Scope) -> str:
-    """The template of the route that matched ("/gallery/entries/{entry_id}"), never the raw path."""
+    """The template of the route that matched ("/gallery/entries/{entry_id}"), never the raw path; without
+    converters ("{person_id}", not "{person_id:path}")."""
     route = scope.get("route")
-    return getattr(route, "path", UNMATCHED)
+    return getattr(route, "path_format", UNMATCHED)
 
 
 def _incoming_id(scope: Scope) -> str:
