@@ -64,6 +64,7 @@ from _common import (
 from service.encoders import METADATA_FILE, Encoders, ModelMetadata
 from service.imaging import preprocess
 from service.settings import default_models
+from service.similarity import unit_length
 from service.store import NewEntry
 from service.store.embedded import EmbeddedStore
 from service.store.faiss_index import VectorIndex
@@ -356,11 +357,12 @@ def raw_query(encoders: Encoders, crop: bytes, include_noise: bool, iterations: 
 
 
 def raw_search(dim: int, entries: int, k: int, iterations: int) -> dict:
-    """The service's exact index (VectorIndex) at the gallery's size, one query at a time."""
+    """The service's exact index (VectorIndex) at the gallery's size, one query at a time, over unit-length codes
+    as the store gives it."""
     rng = np.random.default_rng(0)
     index = VectorIndex(dim)
-    index.add(np.arange(1, entries + 1, dtype=np.int64), rng.standard_normal((entries, dim), dtype=np.float32))
-    queries = rng.standard_normal((iterations + 5, 1, dim), dtype=np.float32)
+    index.add(np.arange(1, entries + 1, dtype=np.int64), unit_length(rng.standard_normal((entries, dim), np.float32)))
+    queries = unit_length(rng.standard_normal((iterations + 5, dim), np.float32))[:, None, :]
     latencies = []
     for i, query in enumerate(queries):
         start = time.perf_counter()
