@@ -5,7 +5,9 @@ the mutable master and a GPU search copy, when there is one, gets the same addit
 removals; a GPU searches that float copy.
 
 On the CPU a float flat scan of 1M 32-d codes takes 14.6 ms per query on one core (it streams 128 MB), so
-the CPU answers in two steps instead, 4.9 ms at 1M (docs/BENCHMARKS.md, "FAISS search against gallery size"):
+from SCAN_FROM vectors on the CPU answers in two steps instead, 4.9 ms at 1M (docs/BENCHMARKS.md, "FAISS search
+against gallery size"). Below that the float scan is as fast for one query and about twice as fast for the batches
+re-ranking sends (100 candidates' neighbours at 20,000 entries: 15 against 27-43 ms), so it answers alone:
 
 1. scan: a compact copy of the vectors, one byte per component on a fixed grid (c = round(127.5 x + 127.5), so
    [-1, 1] maps onto 0..255: unit-length codes always fit; 32 MB at 1M x 32-d beside the master's 128 MB), is
@@ -39,6 +41,7 @@ GRID = 127.5  # byte codes per unit: [-1, 1] -> 0..255
 FLT_MAX = float(np.finfo(np.float32).max)  # FAISS's distance for a missing result (id -1)
 UNIT_ROUNDING = 2.0**-24  # float32's unit roundoff
 SLACK = 1e-9  # covers float64 rounding in the certificate's sums and square roots
+SCAN_FROM = 250_000  # vectors from which the byte scan answers (one query at 250,000: 1.13 ms against 1.14)
 
 
 def candidates(k: int) -> int:
@@ -69,9 +72,12 @@ class VectorIndex:
     """Exact squared-L2 search over the vectors it is given (the store gives it unit-length codes; others stay
     exact, but the further they leave [-1, 1], the more queries need the second scan)."""
 
-    def __init__(self, dim: int, search_copy: SearchCopy | None = None, threads: int = 1):
-        """`threads`: FAISS's OpenMP threads per search (1 keeps them from spinning against inference threads)."""
+    def __init__(self, dim: int, search_copy: SearchCopy | None = None, threads: int = 1, *,
+                 scan_from: int = SCAN_FROM):
+        """`threads`: FAISS's OpenMP threads per search (1 keeps them from spinning against inference threads);
+        `scan_from`: the size from which the byte scan answers (0: always)."""
         self.dim = dim
+        self.scan_from = scan_from
         self.master = faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
         self.codes = faiss.IndexIDMap(faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit_direct))
         self.threads = threads
@@ -114,7 +120,8 @@ class VectorIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q, k) squared distances and ids, nearest first; ids are -1 (distance FLT_MAX) past the index's size.
-        On the CPU equal distances come by id; a GPU copy answers as FAISS's flat search does."""
+        Through the byte scan equal distances come by id; the float scan (a GPU copy, or the CPU below
+        `scan_from`) orders them as FAISS's flat search does."""
         self._limit_threads()
         if self._searcher is not self.master:
             return self._searcher.search(queries, k)
@@ -140,8 +147,11 @@ class VectorIndex:
 
     def _exact(self, queries: np.ndarray, k: int, params: faiss.SearchParameters | None
                ) -> tuple[np.ndarray, np.ndarray]:
-        """The scan, the re-rank and the certificate of the module's docstring, for each query."""
+        """The scan, the re-rank and the certificate of the module's docstring, for each query (the float scan
+        alone below `scan_from`)."""
         queries = np.ascontiguousarray(queries, np.float32)
+        if self.size < self.scan_from:
+            return self.master.search(queries, k, params=params)
         grid = to_grid(queries)
         scanned, ids = self.codes.search(grid, candidates(k), params=params)
         distances, found = self._ranked(queries, ids, k)

@@ -26,7 +26,7 @@ def random_unit(n: int, seed: int) -> np.ndarray:
 def filled(vectors: np.ndarray, seed: int = 0) -> tuple[VectorIndex, np.ndarray]:
     """An index over `vectors` under shuffled, gappy ids (so that id order is not insertion order)."""
     ids = np.random.default_rng([seed, 1]).permutation(len(vectors)).astype(np.int64) * 3 + 7
-    index = VectorIndex(DIM)
+    index = VectorIndex(DIM, scan_from=0)  # the byte scan at every size
     index.add(ids, vectors)
     return index, ids
 
@@ -155,7 +155,7 @@ def test_k_beyond_the_size_pads_as_faiss_does():
     assert_exact(index, vectors, ids, queries, 9)
     _, found = index.search_among(queries, 9, allowed=ids[:2], refused=ids[2:])
     assert (found[:, 2:] == -1).all() and set(found[:, :2].ravel()) == set(ids[:2])
-    assert VectorIndex(DIM).search(queries, 2)[1].tolist() == [[-1, -1]] * 3
+    assert VectorIndex(DIM, scan_from=0).search(queries, 2)[1].tolist() == [[-1, -1]] * 3
 
 
 def test_vectors_off_the_grid_stay_exact():
@@ -182,3 +182,20 @@ def test_a_search_copy_answers_searches_and_the_master_restricted_ones():
     np.testing.assert_array_equal(found, brute_force(vectors[100:], ids[100:], queries, 10)[1])
     _, found = index.search_among(queries, 10, allowed=ids[100:300], refused=np.concatenate([ids[:100], ids[300:]]))
     np.testing.assert_array_equal(found, brute_force(vectors[100:300], ids[100:300], queries, 10)[1])
+
+
+def test_below_scan_from_the_float_scan_answers_exactly():
+    """A gallery of the usual size is searched by FAISS's float flat scan alone: the same neighbours and distances
+    as brute force (ties aside), and no byte scan runs."""
+    vectors, queries = random_unit(5000, seed=23), random_unit(40, seed=24)
+    ids = np.random.default_rng(25).permutation(len(vectors)).astype(np.int64) * 3 + 7
+    index = VectorIndex(DIM, scan_from=len(vectors) + 1)
+    index.add(ids, vectors)
+    distances, found = index.search(queries, 10)
+    want_d, want_i = brute_force(vectors, ids, queries, 10)
+    np.testing.assert_array_equal(found, want_i)
+    np.testing.assert_allclose(distances, want_d, rtol=1e-5, atol=1e-6)
+    _, among = index.search_among(queries, 10, allowed=ids[:500], refused=ids[500:])
+    np.testing.assert_array_equal(among, brute_force(vectors[:500], ids[:500], queries, 10)[1])
+    index.codes.reset()  # the byte copy is not consulted: emptying it changes nothing
+    np.testing.assert_array_equal(index.search(queries, 10)[1], want_i)
