@@ -9,10 +9,10 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -109,6 +109,13 @@ class EMA:
             else:
                 self.state[key].copy_(value)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged state itself (not a copy), as checkpoints have always stored it."""
+        return self.state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = state
+
 
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary name then rename: a kill mid-write never leaves a torn checkpoint."""
@@ -135,10 +142,44 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+class Stateful(Protocol):
+    """What a checkpoint holds: modules, optimisers, LR schedules and EMA all have this pair."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any], /) -> Any: ...
+
+
+class Checkpointed:
+    """Everything one stage checkpoints, registered once: `Checkpointed(model=model, optimizer=optimizer)`.
+
+    Each entry's `state_dict()` is written under its keyword and given back to its `load_state_dict()` on resume,
+    so the keywords are the checkpoint file's top-level keys next to "step" and "rng". They are part of the file
+    format: a run resumes with newer code only while a stage keeps registering the same keywords.
+    """
+
+    RESERVED = frozenset({"step", "rng"})  # StageLoop's own keys
+
+    def __init__(self, **entries: Stateful):
+        if clash := self.RESERVED & entries.keys():
+            raise ValueError(f"{sorted(clash)} are the loop's own checkpoint keys; register under other names")
+        self.entries: dict[str, Stateful] = entries
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint's entries, in registration order."""
+        return {key: entry.state_dict() for key, entry in self.entries.items()}
+
+    def load(self, saved: Mapping[str, Any]) -> None:
+        """Restore every entry from a checkpoint, in registration order (modules before their optimisers)."""
+        for key, entry in self.entries.items():
+            entry.load_state_dict(saved[key])
+
+
 class StageLoop:
     """Runs `step_fn(step) -> {metric: value}` for `total` steps with checkpoints and resume.
 
-    `state_fn()` returns everything to checkpoint (modules, optimisers, EMA); `load_fn(state)` restores it.
+    `state_fn()` returns everything to checkpoint (modules, optimisers, EMA); `load_fn(state)` restores it: a
+    stage passes its `Checkpointed` registration's `state` and `load`.
     Progress shows the metrics and images/s; every `log_every` steps a JSON line goes to `log_path`.
     """
 

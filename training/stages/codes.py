@@ -12,7 +12,7 @@ from training.diffusion import Diffusion
 from training.networks.code_mlp import CodeMLP
 from training.stages.context import StageContext
 from training.stages.generator import code_statistics
-from training.trainer import batch_indices, save_atomic, step_generator
+from training.trainer import Checkpointed, batch_indices, save_atomic, step_generator
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,8 @@ def train_codes(ctx: StageContext) -> None:
     mlp = CodeMLP(preset.code_dim, preset.codes_hidden).to(runtime.device)
     optimizer = torch.optim.Adam(mlp.parameters(), lr=preset.codes_lr)
 
-    def state() -> dict:
-        return {"mlp": mlp.state_dict(), "optimizer": optimizer.state_dict()}
-
-    def load(saved: dict) -> None:
-        mlp.load_state_dict(saved["mlp"])
-        optimizer.load_state_dict(saved["optimizer"])
+    # The .ckpt's keys (see Checkpointed): runs resume across code versions only while they stay.
+    checkpointed = Checkpointed(mlp=mlp, optimizer=optimizer)
 
     def step(index: int) -> dict[str, float]:
         _, gen = step_generator(preset.seed, index, runtime.rank, salt=2)
@@ -60,7 +56,7 @@ def train_codes(ctx: StageContext) -> None:
         optimizer.step()
         return {"loss": loss.item()}
 
-    if not ctx.loop("codes", preset.codes_steps, preset.codes_batch, state, load).run(step):
+    if not ctx.loop("codes", preset.codes_steps, preset.codes_batch, checkpointed.state, checkpointed.load).run(step):
         return
     mlp.eval()
     saved = {"mlp": mlp.state_dict(), "mean": mean, "std": std}

@@ -14,7 +14,7 @@ from torch import nn
 
 from training.networks.unet import UNet
 from training.stages.context import StageContext, normalise, random_flip, to_device_floats
-from training.trainer import EMA, batch_indices, save_atomic, step_generator, unwrap
+from training.trainer import EMA, Checkpointed, batch_indices, save_atomic, step_generator, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,8 @@ def train_generator(ctx: StageContext) -> ConditionalGenerator:
     log.info("generator: %d identities, %d crops, %.2fM parameters", len(person_ids), len(train),
              sum(p.numel() for p in model.unet.parameters()) / 1e6)
 
-    def state() -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.state}
-
-    def load(saved: dict) -> None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        ema.state = saved["ema"]
+    # The .ckpt's keys (see Checkpointed): runs resume across code versions only while they stay.
+    checkpointed = Checkpointed(model=model, optimizer=optimizer, ema=ema)
 
     def step(index: int) -> dict[str, float]:
         _, gen = step_generator(preset.seed, index, runtime.rank)
@@ -94,7 +89,9 @@ def train_generator(ctx: StageContext) -> ConditionalGenerator:
         ema.update(unwrap(wrapped).unet)
         return {"loss": loss.item(), "noise_l1": noise_loss.item()}
 
-    finished = ctx.loop("generator", preset.generator_steps, preset.generator_batch, state, load).run(step)
+    loop = ctx.loop("generator", preset.generator_steps, preset.generator_batch, checkpointed.state,
+                    checkpointed.load)
+    finished = loop.run(step)
     runtime.sync_buffers(model)
     if not finished:
         return model

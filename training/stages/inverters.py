@@ -29,7 +29,7 @@ from training.networks.classifiers import CLASSIFIERS, CodeTableHead, new_classi
 from training.presets import Preset
 from training.stages.context import StageContext, random_flip, to_device_floats
 from training.stages.samples import Triples, generate, load_triples
-from training.trainer import batch_indices, save_atomic, step_generator
+from training.trainer import Checkpointed, batch_indices, save_atomic, step_generator
 
 log = logging.getLogger(__name__)
 MODES = ("hybrid", "paper", "discriminative")
@@ -228,15 +228,8 @@ def train_inv_id(ctx: StageContext, mode: str) -> None:
     logits_fn = runtime.wrap(head) if any(p.requires_grad for p in head.parameters()) else head
     optimizer, schedule = inv_id_optimiser(preset, [model, head])
 
-    def state() -> dict:
-        return {"model": model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict()}
-
-    def load(saved: dict) -> None:
-        model.load_state_dict(saved["model"])
-        head.load_state_dict(saved["head"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
+    # The .ckpt's keys (see Checkpointed): runs resume across code versions only while they stay.
+    checkpointed = Checkpointed(model=model, head=head, optimizer=optimizer, schedule=schedule)
 
     def step(index: int) -> dict[str, float]:
         wrapped.train()
@@ -267,7 +260,8 @@ def train_inv_id(ctx: StageContext, mode: str) -> None:
         schedule.step()
         return metrics
 
-    finished = ctx.loop(name, preset.inv_id_steps, plan.generated + plan.real, state, load).run(step)
+    loop = ctx.loop(name, preset.inv_id_steps, plan.generated + plan.real, checkpointed.state, checkpointed.load)
+    finished = loop.run(step)
     runtime.sync_buffers(model)
     if not finished:
         return
@@ -303,12 +297,8 @@ def train_inv_noise(ctx: StageContext) -> None:
     wrapped = runtime.wrap(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=preset.inv_noise_lr)
 
-    def state() -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-
-    def load(saved: dict) -> None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+    # The .ckpt's keys (see Checkpointed): runs resume across code versions only while they stay.
+    checkpointed = Checkpointed(model=model, optimizer=optimizer)
 
     def step(index: int) -> dict[str, float]:
         wrapped.train()
@@ -325,7 +315,9 @@ def train_inv_noise(ctx: StageContext) -> None:
         optimizer.step()
         return {"l1": loss.item()}
 
-    finished = ctx.loop("inv_noise", preset.inv_noise_steps, preset.inv_noise_batch, state, load).run(step)
+    loop = ctx.loop("inv_noise", preset.inv_noise_steps, preset.inv_noise_batch, checkpointed.state,
+                    checkpointed.load)
+    finished = loop.run(step)
     runtime.sync_buffers(model)
     if finished and runtime.is_main:
         # Reconstructions need an Inv-Id too, so export measures them with the pair it ships.
