@@ -16,6 +16,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from service.evaluation import Evaluator
 from service.similarity import code_distances
 from training.data.cache import ImageSet, query_gallery_split
 from training.networks.classifiers import CLASSIFIERS, CodeTableHead, new_classifier
+from training.networks.inverters import InvId
 from training.presets import Preset
 from training.stages.context import StageContext, random_flip, to_device_floats
 from training.stages.samples import Triples, generate, load_triples
@@ -210,66 +212,122 @@ def inv_id_loss(
     return loss, metrics
 
 
-def train_inv_id(ctx: StageContext, mode: str) -> None:
-    """Train (or resume) the Inv-Id of `mode`; once finished, save its weights with their validation metrics."""
+@dataclass(frozen=True)
+class InvIdTraining:
+    """One Inv-Id stage's fixed parts, built once by `inv_id_setup` and read by every step."""
+
+    name: str  # the stage: inv_id_<mode>
+    plan: InvIdPlan
+    triples: Triples | None  # the generated samples; None when the plan draws none
+    train: ImageSet  # real crops at Inv-Id's resolution
+    val: ImageSet
+    model: InvId
+    wrapped: nn.Module  # the model, under DDP when distributed
+    identity: IdentityTargets
+    logits_fn: Callable[[torch.Tensor], torch.Tensor]  # the identity head, under DDP when it learns
+    labels: np.ndarray  # each real crop's row of the identity head
+    groups: list[np.ndarray]  # real crop indices per label, for identity-balanced batches
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    checkpointed: Checkpointed
+
+
+def inv_id_setup(ctx: StageContext, mode: str) -> InvIdTraining:
+    """Check the preset for `mode` and build what its steps share. The order is part of the result: the seed is
+    set after the data is read and before the Inv-Id is built, then a learned head, so the Inv-Id's initial
+    weights depend on the preset's seed alone and not on the mode."""
     preset, runtime = ctx.preset, ctx.runtime
     plan = inv_id_plan(preset, mode)
-    name = f"inv_id_{mode}"
-    triples: Triples | None = load_triples(ctx) if plan.generated else None
+    triples = load_triples(ctx) if plan.generated else None
     train, val = ctx.inv_id_splits
-    torch.manual_seed(preset.seed)  # initial weights depend on the preset's seed alone
+    torch.manual_seed(preset.seed)
     model = ctx.new_inv_id()
     identity = identity_targets(ctx, mode, train)
     head = identity.head
-    labels_np = np.searchsorted(identity.person_ids, train.person_ids)
-    groups = group_by_label(labels_np)
+    labels = np.searchsorted(identity.person_ids, train.person_ids)
+    groups = group_by_label(labels)
     wrapped = runtime.wrap(model)
     # Only a learned head has gradients to share between ranks (DDP refuses a module without any).
     logits_fn = runtime.wrap(head) if any(p.requires_grad for p in head.parameters()) else head
     optimizer, schedule = inv_id_optimiser(preset, [model, head])
-
     # The .ckpt's keys (see Checkpointed): runs resume across code versions only while they stay.
     checkpointed = Checkpointed(model=model, head=head, optimizer=optimizer, schedule=schedule)
+    return InvIdTraining(f"inv_id_{mode}", plan, triples, train, val, model, wrapped, identity, logits_fn, labels,
+                         groups, optimizer, schedule, checkpointed)
 
-    def step(index: int) -> dict[str, float]:
-        wrapped.train()
-        rng, gen = step_generator(preset.seed, index, runtime.rank, salt=4)
-        images, targets, labels = [], [], None
-        if triples is not None:
-            picked = batch_indices(len(triples), plan.generated, index, preset.seed + 1, runtime.rank, runtime.world)
-            generated = resize_images(to_device_floats(triples.images[picked], runtime.device),
-                                      preset.inv_id_resolution)
-            images += random_flip(generated, gen)
-            targets.append(torch.from_numpy(triples.codes[picked]).to(runtime.device))
-        if plan.real:
-            if plan.identities:
-                real = identity_batch(groups, plan.identities, plan.real // plan.identities, rng)
-            else:
-                real = batch_indices(len(train), plan.real, index, preset.seed + 2, runtime.rank, runtime.world)
-            images.append(augment_real(to_device_floats(train.images[real], runtime.device), gen))
-            labels = torch.from_numpy(labels_np[real]).to(runtime.device)
-            if isinstance(head, CodeTableHead):  # the hybrid also regresses real crops onto their learned code
-                targets.append(head.targets(labels))
-        with runtime.autocast():
-            predicted = wrapped(torch.cat(images).contiguous(memory_format=torch.channels_last)).float()
-        loss, metrics = inv_id_loss(predicted, torch.cat(targets) if targets else None, labels, plan.generated,
-                                    logits_fn, identity.margin, preset)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        return metrics
 
-    loop = ctx.loop(name, preset.inv_id_steps, plan.generated + plan.real, checkpointed.state, checkpointed.load)
-    finished = loop.run(step)
-    runtime.sync_buffers(model)
-    if not finished:
-        return
-    metrics = validate_inv_id(model, val, runtime.device, preset.split_seed)
-    log.info("%s done; validation %s", name, metrics)
-    if runtime.is_main:
-        save_atomic({"model": model.state_dict(), "validation": metrics, "steps": preset.inv_id_steps},
-                    ctx.path(f"{name}.pt"))
+@dataclass(frozen=True)
+class InvIdBatch:
+    """One step's images (generated rows first), the codes they regress onto and the real rows' labels."""
+
+    images: list[torch.Tensor]  # concatenated only under autocast, as the model reads them
+    targets: torch.Tensor | None  # None when no row regresses a code (the discriminative mode)
+    labels: torch.Tensor | None  # None when the batch holds no real crops (the paper mode)
+
+
+def inv_id_batch(
+    ctx: StageContext, run: InvIdTraining, index: int, rng: np.random.Generator, gen: torch.Generator
+) -> InvIdBatch:
+    """Step `index`'s batch: generated samples (upsampled to Inv-Id's resolution, flipped), then augmented real
+    crops. Every draw comes from the step's own RNGs in a fixed order, so a resumed run sees the same batches."""
+    preset, runtime, plan = ctx.preset, ctx.runtime, run.plan
+    images: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    labels: torch.Tensor | None = None
+    if run.triples is not None:
+        picked = batch_indices(len(run.triples), plan.generated, index, preset.seed + 1, runtime.rank, runtime.world)
+        generated = resize_images(to_device_floats(run.triples.images[picked], runtime.device),
+                                  preset.inv_id_resolution)
+        images += random_flip(generated, gen)
+        targets.append(torch.from_numpy(run.triples.codes[picked]).to(runtime.device))
+    if plan.real:
+        if plan.identities:
+            real = identity_batch(run.groups, plan.identities, plan.real // plan.identities, rng)
+        else:
+            real = batch_indices(len(run.train), plan.real, index, preset.seed + 2, runtime.rank, runtime.world)
+        images.append(augment_real(to_device_floats(run.train.images[real], runtime.device), gen))
+        labels = torch.from_numpy(run.labels[real]).to(runtime.device)
+        head = run.identity.head
+        if isinstance(head, CodeTableHead):  # the hybrid also regresses real crops onto their learned code
+            targets.append(head.targets(labels))
+    return InvIdBatch(images, torch.cat(targets) if targets else None, labels)
+
+
+def inv_id_step(ctx: StageContext, run: InvIdTraining, index: int) -> dict[str, float]:
+    """Train on step `index`'s batch (forward under autocast, the loss in float32); returns the loss terms."""
+    run.wrapped.train()
+    rng, gen = step_generator(ctx.preset.seed, index, ctx.runtime.rank, salt=4)
+    batch = inv_id_batch(ctx, run, index, rng, gen)
+    with ctx.runtime.autocast():
+        predicted = run.wrapped(torch.cat(batch.images).contiguous(memory_format=torch.channels_last)).float()
+    loss, metrics = inv_id_loss(predicted, batch.targets, batch.labels, run.plan.generated, run.logits_fn,
+                                run.identity.margin, ctx.preset)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.schedule.step()
+    return metrics
+
+
+def finish_inv_id(ctx: StageContext, run: InvIdTraining) -> None:
+    """Measure the trained Inv-Id on the held-out identities (what picks the shipped variant) and save its weights
+    with those metrics: the file that marks the stage finished."""
+    metrics = validate_inv_id(run.model, run.val, ctx.runtime.device, ctx.preset.split_seed)
+    log.info("%s done; validation %s", run.name, metrics)
+    if ctx.runtime.is_main:
+        save_atomic({"model": run.model.state_dict(), "validation": metrics, "steps": ctx.preset.inv_id_steps},
+                    ctx.path(f"{run.name}.pt"))
+
+
+def train_inv_id(ctx: StageContext, mode: str) -> None:
+    """Train (or resume) the Inv-Id of `mode`; once finished, save its weights with their validation metrics."""
+    run = inv_id_setup(ctx, mode)
+    loop = ctx.loop(run.name, ctx.preset.inv_id_steps, run.plan.generated + run.plan.real, run.checkpointed.state,
+                    run.checkpointed.load)
+    finished = loop.run(partial(inv_id_step, ctx, run))
+    ctx.runtime.sync_buffers(run.model)
+    if finished:
+        finish_inv_id(ctx, run)
 
 
 def reconstruction_error(ctx: StageContext, inv_id: torch.nn.Module, inv_noise: torch.nn.Module,
