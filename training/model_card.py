@@ -12,7 +12,9 @@ import json
 import os
 import platform
 from functools import partial
+from importlib import resources
 from pathlib import Path
+from string import Template
 from typing import Any
 
 import numpy as np
@@ -167,6 +169,11 @@ def render_inputs(sizes: dict[str, list[int]]) -> str:
     return generator if identity == generator else f"{identity} (Inv-Id), {generator} (Inv-Noise, generator)"
 
 
+def template(name: str) -> Template:
+    """One of the card's prose templates (training/templates/, shipped in the wheel as package data)."""
+    return Template(resources.files("training").joinpath("templates", name).read_text(encoding="utf-8"))
+
+
 def render_rerank(rerank: dict[str, Any] | None) -> str:
     """The re-ranking section (empty for a model without parameters), ending in a blank line."""
     if rerank is None:
@@ -176,19 +183,14 @@ def render_rerank(rerank: dict[str, Any] | None) -> str:
     rows = "\n".join(
         f"| {split} | {name} | {_pct(m['mAP'])} | {_pct(m['rank1'])} | {_pct(m['rank5'])} | {_pct(m['mINP'])} |"
         for split in ("validation", "test") for key, name in names.items() for m in (rerank[split][key],))
-    return f"""## Re-ranking
-k-reciprocal re-ranking (Zhong et al. 2017) over each query's neighbourhood, with k1 {rerank['k1']}, k2
-{rerank['k2']}, lambda {rerank['lambda']} and K {rerank['candidates']} nearest re-ranked, chosen on the validation
-identities ({rerank['chosen_on']}); Inv-Id in {rerank['precision']}, as a CPU serves it.
-
-| split | ranking | mAP | rank-1 | rank-5 | mINP |
-| --- | --- | --- | --- | --- | --- |
-{rows}
-
-"""
+    return template("model_card_rerank.md").substitute(
+        k1=rerank["k1"], k2=rerank["k2"], lambda_=rerank["lambda"], candidates=rerank["candidates"],
+        chosen_on=rerank["chosen_on"], precision=rerank["precision"], rows=rows,
+    )
 
 
 def render_markdown(card: dict[str, Any]) -> str:
+    """MODEL_CARD.md from the card's JSON: the values formatted here, the prose in templates/model_card.md."""
     data, test = card["data"], card["test"]
     rows = "\n".join(
         f"| Inv-Id `{mode}`{' (shipped)' if mode == card['shipped_inv_id'] else ''}, "
@@ -219,101 +221,34 @@ def render_markdown(card: dict[str, Any]) -> str:
     device = f"GPU {hw['gpu']}" if hw["gpu"] else f"{hw['cpu']} ({hw['cores']} cores)"
     preset = card["preset"]
     widths = tuple(preset["widths"])  # a list when the preset was read back from JSON
-    inputs = render_inputs(card["input_sizes"])
-    return f"""# genreid model card
-
-{source}
-
-## What it is
-A conditional diffusion model (U-Net widths {widths}, {preset['blocks']} residual blocks per level) learned
-one {preset['code_dim']}-d identity code per training person as the condition it needs to draw that person from
-noise; Inv-Id maps a crop to its code (what retrieval compares), Inv-Noise to the generator noise (pose,
-background, light). Input {inputs} RGB. Preset `{preset['name']}`.
-
-## Data
-- Trained on `{data['root']}/bounding_box_train`: {data['train_identities']} identities, {data['train_crops']} crops.
-- Validation: {data['validation_identities']} further identities ({data['validation_crops']} crops) held out of
-  bounding_box_train, used to pick the Inv-Id variant and calibrate the match threshold.
-- Test: the subset's query/ and bounding_box_test/. {data['note']}
-
-## Retrieval on the subset's test split (standard protocol, %)
-Gallery ranked by the distance between unit-length identity codes, as the service ranks it. Same-person
-same-camera gallery crops are dropped per query; queries without a true match are skipped.
-
-| model | mAP | rank-1 | rank-5 | rank-10 | mINP |
-| --- | --- | --- | --- | --- | --- |
-{rows}
-{refs}
-
-The paper reports 73 mAP on the official split with a lenient evaluation (same-camera matches kept).
-`paper` = Inv-Id trained on generated images only, as in the paper; `hybrid` = also on real training crops
-targeting their identity's learned code ({_pct(preset['real_fraction'])}% of each batch, {preset['real_identities']}
-identities at a time, triplet weight {preset['triplet_weight']}, label smoothing {preset['label_smoothing']}, weight
-decay {preset['inv_id_weight_decay']}; Inv-Id head over {preset['inv_id_stripes'] or 'no'} stripes). The recipe and
-how it was chosen on the validation identities: docs/METHOD.md in the repository.
-
-## Precision: float32 and INT8 Inv-Id
-Model id `{card['model_id']}`
-(a hash of the float32 Inv-Id's weights): the INT8 Inv-Id computes codes in the same code space, so CPU and GPU
-replicas can serve one gallery. It is ONNX Runtime static quantisation (QDQ, per-channel int8 weights, uint8
-activations calibrated on {precision['calibration_crops']} training crops). It changes validation mAP by
-{change:+.1f} points (at most -{_pct(precision['max_validation_mAP_loss'])} allowed), {verdict}; CUDA hosts serve
-float32. The service picks the precision per device unless told otherwise (`Encoders(precision=...)`; `genreid evaluate
---precision float|int8` reproduces either row).
-
-| Inv-Id | validation mAP | validation rank-1 | test mAP | test rank-1 |
-| --- | --- | --- | --- | --- |
-{precision_rows}
-
-The 1% false-match distance on validation is {parity['validation']['int8']['threshold_fmr1']:.4f} with INT8 codes
-and {parity['validation']['float32']['threshold_fmr1']:.4f} with float32 ones; the match threshold below is float32's.
-Reconstruction of the test queries with the INT8 Inv-Id (Inv-Noise and the denoiser in float32): PSNR
-{recon['test_queries_int8_inv_id']['psnr']:.1f} dB (float32: {recon['test_queries']['psnr']:.1f} dB).
-
-## Match threshold
-Distance {card['match_threshold']:.4f} between unit-length codes: 1% of different-person pairs of the validation
-identities fall under it (true-match rate there:
-{_pct(card['validation'][card['shipped_inv_id']]['tpr_at_fmr1'])}%). `/query` marks matches under it
-`same_person: true`.
-
-{render_rerank(card["rerank"])}## Reconstruction (regenerated from Inv-Id + Inv-Noise, pixel values in [0, 1])
-- Real validation crops: L1 {recon['validation']['l1']:.3f}, PSNR {recon['validation']['psnr']:.1f} dB
-- Real test query crops ({recon['test_queries']['crops']}): L1 {recon['test_queries']['l1']:.3f},
-  PSNR {recon['test_queries']['psnr']:.1f} dB
-
-## Identity codes
-Nearest-neighbour distance mean {card['code_stats']['nn_mean']:.3f} (min {card['code_stats']['nn_min']:.3f}),
-mean pairwise {card['code_stats']['pair_mean']:.3f}, max {card['code_stats']['pair_max']:.3f}
-(the paper: closest 0.14, mean about 0.6, farthest 0.99).
-
-## Networks
-| network | parameters |
-| --- | --- |
-{params}
-
-## Training wall time
-On {device}, torch {hw['torch']}, bf16 autocast + channels_last. As the run recorded it (timings.json): a stage that
-shared the machine with other work took longer than it would alone.
-
-| stage | minutes |
-| --- | --- |
-{times}
-
-## Reproduce
-```
-genreid train --data ../shared/data/market1501-subset --preset {preset['name']} --out runs/{preset['name']}
-genreid export runs/{preset['name']} --to models/
-genreid card runs/{preset['name']} --models models/
-genreid evaluate --data ../shared/data/market1501-subset --models models/
-```
-Without the run directory (its checkpoints gone), the identity, the INT8 Inv-Id and this card are rebuilt from
-`models/` and the data: `genreid export --to models/ --data ../shared/data/market1501-subset`, then
-`genreid card --models models/ --data ../shared/data/market1501-subset`.
-
-## Limits
-Low resolution: {inputs}; the subset is small (401 training identities); trained on CPU for hours, not days.
-Market-1501 is for research use only.
-"""
+    codes = card["code_stats"]
+    return template("model_card.md").substitute(
+        source=source,
+        widths=widths, blocks=preset["blocks"], code_dim=preset["code_dim"], inputs=render_inputs(card["input_sizes"]),
+        preset=preset["name"],
+        data_root=data["root"], train_identities=data["train_identities"], train_crops=data["train_crops"],
+        validation_identities=data["validation_identities"], validation_crops=data["validation_crops"],
+        data_note=data["note"],
+        test_rows=rows, reference_rows=refs,
+        real_fraction=_pct(preset["real_fraction"]), real_identities=preset["real_identities"],
+        triplet_weight=preset["triplet_weight"], label_smoothing=preset["label_smoothing"],
+        weight_decay=preset["inv_id_weight_decay"], stripes=preset["inv_id_stripes"] or "no",
+        model_id=card["model_id"], calibration_crops=precision["calibration_crops"], int8_change=f"{change:+.1f}",
+        max_mAP_loss=_pct(precision["max_validation_mAP_loss"]), verdict=verdict, precision_rows=precision_rows,
+        threshold_int8=f"{parity['validation']['int8']['threshold_fmr1']:.4f}",
+        threshold_float32=f"{parity['validation']['float32']['threshold_fmr1']:.4f}",
+        psnr_int8=f"{recon['test_queries_int8_inv_id']['psnr']:.1f}",
+        psnr_float32=f"{recon['test_queries']['psnr']:.1f}",
+        match_threshold=f"{card['match_threshold']:.4f}",
+        tpr_at_fmr1=_pct(card["validation"][card["shipped_inv_id"]]["tpr_at_fmr1"]),
+        rerank_section=render_rerank(card["rerank"]),
+        validation_l1=f"{recon['validation']['l1']:.3f}", validation_psnr=f"{recon['validation']['psnr']:.1f}",
+        test_crops=recon["test_queries"]["crops"], test_l1=f"{recon['test_queries']['l1']:.3f}",
+        test_psnr=f"{recon['test_queries']['psnr']:.1f}",
+        nn_mean=f"{codes['nn_mean']:.3f}", nn_min=f"{codes['nn_min']:.3f}", pair_mean=f"{codes['pair_mean']:.3f}",
+        pair_max=f"{codes['pair_max']:.3f}",
+        parameter_rows=params, device=device, torch=hw["torch"], time_rows=times,
+    )
 
 
 def write_card(ctx: StageContext, models_dir: Path, *, from_run: bool = True) -> Path:
