@@ -3,6 +3,10 @@
 Everything here works from the float ONNX files alone (no torch checkpoint), so an already-exported model
 directory can be quantised and identified after its training run is gone. ONNX Runtime's static quantisation:
 QDQ format, per-channel int8 weights, uint8 activations calibrated (min/max) on training crops.
+
+Weights use 7 bits (reduce_range): on x86 CPUs without VNNI (AVX2 only) ONNX Runtime adds pairs of uint8 x int8
+products in int16, which 8-bit weights overflow; the shipped Inv-Id then lost 3.6 validation mAP points there
+(docs/BENCHMARKS.md, "INT8 on a CPU without VNNI"), with 7 bits none.
 """
 
 from __future__ import annotations
@@ -121,6 +125,7 @@ def _quantize_here(float_path: Path, out_path: Path, calibration: np.ndarray, id
                 str(prepared), str(out_path), _Batches(model.graph.input[0].name, calibration),
                 quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                reduce_range=True,
             )
         finally:
             root.setLevel(level)
