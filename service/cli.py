@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from service.encoders import Precision
+    from service.evaluation import EvalProtocol
     from service.settings import Settings
 
 TRAINING_COMMANDS = ("train", "export", "figures", "card", "tune-rerank")
@@ -42,11 +43,11 @@ class LabelledCrops:
                    np.array([crop.camera for crop in crops]))
 
 
-def evaluate_command(data: Path, models: Path, device: str, *, rerank: bool, precision: Precision = "auto"
-                     ) -> dict[str, Any]:
-    """Embed the query and gallery splits with Inv-Id and score them with the standard protocol; with `rerank`,
-    also as /query?rerank=true ranks (the model's parameters, the service's code) and with all queries re-ranked
-    together (the evaluation tools' variant, for reference)."""
+def evaluate_command(data: Path, models: Path, device: str, *, rerank: bool, precision: Precision = "auto",
+                     protocol: EvalProtocol = "standard") -> dict[str, Any]:
+    """Embed the query and gallery splits with Inv-Id and score them under `protocol` (standard, or the paper's
+    lenient one to compare with it); with `rerank`, also as /query?rerank=true ranks (the model's parameters, the
+    service's code) and with all queries re-ranked together (the evaluation tools' variant, for reference)."""
     import numpy as np
 
     from service.encoders import Encoders, ModelError
@@ -64,13 +65,13 @@ def evaluate_command(data: Path, models: Path, device: str, *, rerank: bool, pre
 
     evaluator = Evaluator(embed, LabelledCrops.read(root, "query"), LabelledCrops.read(root, "gallery"))
     if not rerank:
-        return evaluator.metrics().as_dict()
+        return evaluator.metrics(protocol=protocol).as_dict()
     params = RerankParams.from_model(encoders.metadata)
     if params is None:
         raise ModelError(f"{models}: model.json carries no re-ranking parameters (run `genreid tune-rerank`)")
-    return {"rerank": params.as_dict(), "code_distance": evaluator.metrics().as_dict(),
-            "reranked": evaluator.metrics(rerank=params).as_dict(),
-            "reranked_all_queries": evaluator.metrics(rerank=params, all_queries=True).as_dict()}
+    return {"rerank": params.as_dict(), "code_distance": evaluator.metrics(protocol=protocol).as_dict(),
+            "reranked": evaluator.metrics(rerank=params, protocol=protocol).as_dict(),
+            "reranked_all_queries": evaluator.metrics(rerank=params, all_queries=True, protocol=protocol).as_dict()}
 
 
 def _add_location(parser: argparse.ArgumentParser, *, data: str, uri: str, collection: str, required: bool,
@@ -131,11 +132,12 @@ def add_gallery_parser(commands: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from service.encoders import PRECISIONS
+    from service.evaluation import PROTOCOLS
 
     parser = argparse.ArgumentParser(prog="genreid", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the retrieval service (see `genreid serve --help`)", add_help=False)
-    evaluate = commands.add_parser("evaluate", help="standard Market-1501 metrics of a model, as JSON")
+    evaluate = commands.add_parser("evaluate", help="Market-1501 metrics of a model, as JSON")
     evaluate.add_argument("--data", type=Path, required=True, help="Market-1501 folder (query/, bounding_box_test/)")
     evaluate.add_argument("--models", type=Path, default=None, help="exported model directory (default: shipped)")
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -143,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Inv-Id's precision (auto: as the service picks it, INT8 on CPUs if model.json says)")
     evaluate.add_argument("--rerank", action="store_true", help="also rank as /query?rerank=true does (the same "
                           "code, the model's parameters) and with all queries re-ranked together (a reference)")
+    evaluate.add_argument("--protocol", choices=PROTOCOLS, default="standard",
+                          help="standard: same-person same-camera gallery crops dropped per query (torchreid); "
+                          "lenient: every crop kept, as the paper scored its 73 mAP (only to compare with it)")
     add_gallery_parser(commands)
     for name in TRAINING_COMMANDS:
         commands.add_parser(name, help=f"{name} (needs the train extra; see `genreid {name} --help`)",
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = evaluate_command(args.data, args.models or default_models(), args.device, rerank=args.rerank,
-                                  precision=args.precision)
+                                  precision=args.precision, protocol=args.protocol)
     except (MarketLayoutError, ModelError) as err:
         print(f"genreid evaluate: {err}", file=sys.stderr)
         return 2

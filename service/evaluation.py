@@ -1,10 +1,15 @@
-"""Standard Market-1501 retrieval metrics (CMC, mAP, mINP), vectorised in numpy, and the one evaluation path
+"""Market-1501 retrieval metrics (CMC, mAP, mINP), vectorised in numpy, and the one evaluation path
 (`Evaluator`: embed a query and a gallery split, then rank and score them) that `genreid evaluate`, the training
 pipeline's validation and the model card share.
 
-Same protocol as torchreid's eval_market1501: per query, gallery crops with the same person AND the same
-camera are removed; queries left with no true match are skipped; CMC rank-k counts a hit when any true
-match is among the first k; AP is non-interpolated; INP is matches / rank of the hardest match.
+Two protocols. `standard` is torchreid's eval_market1501, the one genreid's numbers use unless labelled
+otherwise: per query, gallery crops with the same person AND the same camera are removed (finding a person
+again in the camera that just saw them is not re-identification). `lenient` keeps every gallery crop, so a
+same-camera crop of the same person counts as a true match: the paper's reference code
+(asperti/GenerativePersonReID, main.py) scored its 73 mAP that way, and this protocol exists only to compare
+with it. In both, queries left with no true match are skipped; CMC rank-k counts a hit when any true match is
+among the first k; AP is non-interpolated; INP is matches / rank of the hardest match. (The paper's code
+reported recall@k as its "rank-k"; here rank-k is CMC under either protocol.)
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar, get_args
 
 import numpy as np
 
@@ -23,6 +28,9 @@ if TYPE_CHECKING:
     from service.reranking import RerankParams
 
 _CHUNK = 512  # queries per block: bounds memory at the official size (3,368 x 15,913)
+
+EvalProtocol = Literal["standard", "lenient"]
+PROTOCOLS: tuple[EvalProtocol, ...] = get_args(EvalProtocol)
 
 
 @dataclass(frozen=True)
@@ -40,16 +48,22 @@ class RetrievalMetrics:
 
 
 def _block_stats(
-    dist: np.ndarray, q_pids: np.ndarray, q_cams: np.ndarray, g_pids: np.ndarray, g_cams: np.ndarray
+    dist: np.ndarray,
+    q_pids: np.ndarray,
+    q_cams: np.ndarray,
+    g_pids: np.ndarray,
+    g_cams: np.ndarray,
+    *,
+    protocol: EvalProtocol,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per query of one block: first-hit rank, AP, INP and whether it has any valid match."""
     order = np.argsort(dist, axis=1, kind="stable")
-    same_pid = g_pids[order] == q_pids[:, None]
-    same_cam = g_cams[order] == q_cams[:, None]
-    keep = ~(same_pid & same_cam)
-    # Drop removed gallery items by moving kept ones to the front, preserving their order.
-    compact = np.argsort(~keep, axis=1, kind="stable")
-    matches = np.take_along_axis(same_pid & keep, compact, axis=1)
+    matches = g_pids[order] == q_pids[:, None]
+    if protocol == "standard":
+        keep = ~(matches & (g_cams[order] == q_cams[:, None]))
+        # Drop removed gallery items by moving kept ones to the front, preserving their order.
+        compact = np.argsort(~keep, axis=1, kind="stable")
+        matches = np.take_along_axis(matches & keep, compact, axis=1)
     num_matches = matches.sum(1)
     valid = num_matches > 0
     first_hit = np.where(valid, matches.argmax(1), -1)
@@ -68,8 +82,12 @@ def evaluate_ranking(
     g_pids: np.ndarray,
     q_cams: np.ndarray,
     g_cams: np.ndarray,
+    *,
+    protocol: EvalProtocol = "standard",
 ) -> RetrievalMetrics:
-    """Metrics from a (Q, G) distance matrix and the person/camera labels of both sides."""
+    """Metrics from a (Q, G) distance matrix and the person/camera labels of both sides, under `protocol`."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
     q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
     q_cams, g_cams = np.asarray(q_cams), np.asarray(g_cams)
     if dist.shape != (len(q_pids), len(g_pids)):
@@ -77,7 +95,7 @@ def evaluate_ranking(
     first_hits, aps, inps, valids = [], [], [], []
     for start in range(0, len(q_pids), _CHUNK):
         block = slice(start, start + _CHUNK)
-        stats = _block_stats(dist[block], q_pids[block], q_cams[block], g_pids, g_cams)
+        stats = _block_stats(dist[block], q_pids[block], q_cams[block], g_pids, g_cams, protocol=protocol)
         for bucket, value in zip((first_hits, aps, inps, valids), stats, strict=True):
             bucket.append(value)
     valid = np.concatenate(valids)
@@ -106,9 +124,11 @@ def evaluate_codes(
     g_pids: np.ndarray,
     q_cams: np.ndarray,
     g_cams: np.ndarray,
+    *,
+    protocol: EvalProtocol = "standard",
 ) -> RetrievalMetrics:
     """Rank the gallery as the service does (service.similarity) and score it."""
-    return evaluate_ranking(code_distances(q_codes, g_codes), q_pids, g_pids, q_cams, g_cams)
+    return evaluate_ranking(code_distances(q_codes, g_codes), q_pids, g_pids, q_cams, g_cams, protocol=protocol)
 
 
 class Labelled(Protocol):
@@ -125,7 +145,7 @@ Split = TypeVar("Split", bound=Labelled)
 
 
 class Evaluator(Generic[Split]):
-    """A query and a gallery split, embedded once, scored under the standard protocol by any ranking: by code
+    """A query and a gallery split, embedded once, scored under either protocol by any ranking: by code
     distance, re-ranked per query exactly as /query?rerank=true ranks (service.reranking.rerank_search over a
     gallery store holding the gallery codes), or re-ranked with all queries together (the evaluation tools'
     variant, a reference)."""
@@ -134,7 +154,8 @@ class Evaluator(Generic[Split]):
         self.q_codes, self.g_codes = embed(query), embed(gallery)
         self.query, self.gallery = query, gallery
 
-    def metrics(self, *, rerank: RerankParams | None = None, all_queries: bool = False) -> RetrievalMetrics:
+    def metrics(self, *, rerank: RerankParams | None = None, all_queries: bool = False,
+                protocol: EvalProtocol = "standard") -> RetrievalMetrics:
         if all_queries:
             if rerank is None:
                 raise ValueError("all_queries re-ranks: give the re-ranking parameters")
@@ -148,7 +169,7 @@ class Evaluator(Generic[Split]):
             np.put_along_axis(dist, self.served_orders(rerank), np.arange(len(self.g_codes), dtype=float)[None, :],
                               axis=1)
         return evaluate_ranking(dist, self.query.person_ids, self.gallery.person_ids, self.query.cameras,
-                                self.gallery.cameras)
+                                self.gallery.cameras, protocol=protocol)
 
     def served_orders(self, rerank: RerankParams) -> np.ndarray:
         """(Q, G) gallery indices, best first, as /query?rerank=true returns them with k = G: the gallery codes in

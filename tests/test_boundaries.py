@@ -58,3 +58,22 @@ def test_shipped_model_evaluates_on_the_subset():
     )
     assert json.loads(forced.stdout)["mAP"] == pytest.approx(card["precision"]["inv_id"]["test"]["float32"]["mAP"],
                                                              abs=1e-4)
+
+
+@pytest.mark.skipif(not (SHIPPED / "model.json").is_file(), reason="no shipped model in models/")
+@pytest.mark.skipif(not SUBSET.is_dir(), reason="../shared/data/market1501-subset is absent")
+def test_shipped_model_evaluates_under_the_papers_lenient_protocol():
+    """`genreid evaluate --protocol lenient` (every gallery crop kept) reproduces the card's lenient numbers, which
+    differ from its standard ones: the subset's gallery holds same-camera crops of the query people."""
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "evaluate", "--data", str(SUBSET), "--models", str(SHIPPED),
+         "--device", "cpu", "--precision", "float", "--protocol", "lenient"],
+        capture_output=True, text=True, check=True,
+    )
+    metrics = json.loads(result.stdout)
+    card = json.loads((SHIPPED / "MODEL_CARD.json").read_text())
+    lenient, standard = card["test_lenient_protocol"]["float32"], card["precision"]["inv_id"]["test"]["float32"]
+    assert metrics["gallery"] == 1988
+    for name in ("mAP", "rank1", "mINP"):
+        assert metrics[name] == pytest.approx(lenient[name], abs=1e-4), name
+    assert abs(lenient["mAP"] - standard["mAP"]) > 1e-3

@@ -1,12 +1,12 @@
 """Market-1501 retrieval metrics (service.evaluation) against hand-computed cases and a straight port of
-torchreid's eval_market1501 loop."""
+torchreid's eval_market1501 loop, under the standard protocol and the paper's lenient one."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from service.evaluation import RetrievalMetrics, evaluate_codes, evaluate_ranking
+from service.evaluation import PROTOCOLS, EvalProtocol, RetrievalMetrics, evaluate_codes, evaluate_ranking
 from service.similarity import code_distances, euclidean_distances, unit_length
 
 
@@ -17,8 +17,11 @@ def reference_market1501(
     q_camids: np.ndarray,
     g_camids: np.ndarray,
     max_rank: int = 10,
+    *,
+    lenient: bool = False,
 ) -> tuple[np.ndarray, float, float, int]:
-    """torchreid.metrics.rank.eval_market1501, one query at a time: (cmc[:max_rank], mAP, mINP, valid)."""
+    """torchreid.metrics.rank.eval_market1501, one query at a time: (cmc[:max_rank], mAP, mINP, valid); `lenient`
+    skips the same-camera removal, as the paper's main.py does (`new_row = row`)."""
     num_q, num_g = distmat.shape
     indices = np.argsort(distmat, axis=1)
     matches = (g_pids[indices] == q_pids[:, np.newaxis]).astype(np.int32)
@@ -27,7 +30,7 @@ def reference_market1501(
     for q_idx in range(num_q):
         q_pid, q_camid = q_pids[q_idx], q_camids[q_idx]
         order = indices[q_idx]
-        remove = (g_pids[order] == q_pid) & (g_camids[order] == q_camid)
+        remove = (g_pids[order] == q_pid) & (g_camids[order] == q_camid) & (not lenient)
         keep = np.invert(remove)
         raw_cmc = matches[q_idx][keep]
         if not np.any(raw_cmc):
@@ -81,6 +84,41 @@ def test_hand_computed_case() -> None:
     assert metrics.rank1 == 0.5  # only q1 hits first
     assert metrics.rank5 == 1.0
     assert metrics.rank10 == 1.0
+
+
+def test_hand_computed_case_lenient() -> None:
+    # The case above under the paper's lenient protocol: every gallery crop stays.
+    g_pids = np.array([1, 1, 2, 0, 1, 3])
+    g_cams = np.array([1, 2, 2, 3, 3, 2])
+    q_pids, q_cams = np.array([1, 2, 3]), np.array([1, 1, 2])
+    dist = np.array([[0.1, 0.3, 0.4, 0.2, 0.6, 0.5], [0.2, 0.3, 0.1, 0.4, 0.5, 0.6], [0.6, 0.5, 0.4, 0.3, 0.2, 0.1]])
+    metrics = evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams, protocol="lenient")
+    # q0: g0 (same camera, now kept) HIT, g3, g1 HIT, g2, g5, g4 HIT -> hits at ranks 1, 3, 6.
+    #   AP = (1/1 + 2/3 + 3/6) / 3 = 13/18; INP = 3 / 6 = 0.5; first hit rank 1.
+    # q1: unchanged, AP = INP = 1. q2: its same-camera crop g5 is kept and ranked first: valid, AP = INP = 1.
+    assert metrics.queries == 3
+    assert metrics.gallery == 6
+    assert metrics.mAP == pytest.approx((13 / 18 + 1.0 + 1.0) / 3, abs=1e-12)  # 49/54
+    assert metrics.mINP == pytest.approx((0.5 + 1.0 + 1.0) / 3, abs=1e-12)
+    assert (metrics.rank1, metrics.rank5, metrics.rank10) == (1.0, 1.0, 1.0)
+    standard = evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams)
+    assert standard == evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams, protocol="standard")
+    assert (standard.queries, standard.mAP, standard.rank1) == (2, pytest.approx(0.725, abs=1e-12), 0.5)
+
+
+def test_lenient_can_score_lower_than_standard() -> None:
+    # One query (person 1, camera 1): its other-camera crop g0 ranks first, its same-camera crop g3 last.
+    # Standard drops g3: AP = INP = 1. Lenient keeps it: hits at ranks 1 and 4, AP = (1 + 2/4) / 2 = 0.75,
+    # INP = 2 / 4 = 0.5. Rank-1 is a hit under both.
+    g_pids, g_cams = np.array([1, 0, 4, 1]), np.array([2, 1, 1, 1])
+    dist = np.array([[0.1, 0.2, 0.3, 0.4]])
+    q_pids, q_cams = np.array([1]), np.array([1])
+    standard = evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams, protocol="standard")
+    lenient = evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams, protocol="lenient")
+    assert (standard.mAP, standard.mINP, standard.rank1) == (1.0, 1.0, 1.0)
+    assert lenient.mAP == pytest.approx(0.75, abs=1e-12)
+    assert lenient.mINP == pytest.approx(0.5, abs=1e-12)
+    assert lenient.rank1 == 1.0
 
 
 def test_hand_computed_late_hit() -> None:
@@ -143,13 +181,15 @@ def random_problem(seed: int, num_q: int, num_g: int, people: int, cameras: int)
         (4, 700, 200, 400, 6),  # many people without a valid gallery crop
     ],
 )
-def test_agrees_with_torchreid_loop(seed: int, num_q: int, num_g: int, people: int, cameras: int) -> None:
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_agrees_with_torchreid_loop(seed: int, num_q: int, num_g: int, people: int, cameras: int,
+                                    protocol: EvalProtocol) -> None:
     problem = random_problem(seed, num_q, num_g, people, cameras)
-    cmc, m_ap, m_inp, valid = reference_market1501(*problem)
+    cmc, m_ap, m_inp, valid = reference_market1501(*problem, lenient=protocol == "lenient")
     assert 0 < valid  # the test must exercise skipped queries on at least the sparse problems
     if people >= num_g // 2:
         assert valid < num_q
-    metrics = evaluate_ranking(*problem)
+    metrics = evaluate_ranking(*problem, protocol=protocol)
     assert metrics.queries == valid
     assert metrics.gallery == num_g
     assert abs(metrics.mAP - m_ap) < 1e-9
@@ -244,6 +284,9 @@ def test_evaluate_codes_ranks_by_direction() -> None:
     assert from_codes.rank1 > 0.5  # clustered codes retrieve well: the ranking is not reversed
     by_length = evaluate_ranking(euclidean_distances(q_codes, g_codes), q_pids, g_pids, q_cams, g_cams)
     assert from_codes.mAP > by_length.mAP  # raw Euclidean distance is misled by the lengths
+    lenient = evaluate_codes(q_codes, g_codes, q_pids, g_pids, q_cams, g_cams, protocol="lenient")
+    _, lenient_ap, _, _ = reference_market1501(direct, q_pids, g_pids, q_cams, g_cams, lenient=True)
+    assert lenient.mAP == pytest.approx(lenient_ap, abs=1e-6) and lenient.mAP != pytest.approx(from_codes.mAP)
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -257,6 +300,12 @@ def test_shape_mismatch_raises() -> None:
         evaluate_ranking(dist.T, q_pids, g_pids, q_cams, g_cams)
     with pytest.raises(ValueError):
         evaluate_codes(np.zeros((5, 4)), np.zeros((6, 4)), q_pids, g_pids, q_cams, g_cams)
+
+
+def test_unknown_protocol_raises() -> None:
+    dist, q_pids, g_pids, q_cams, g_cams = random_problem(7, 5, 7, 3, 2)
+    with pytest.raises(ValueError, match="unknown protocol 'paper'"):
+        evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams, protocol="paper")  # type: ignore[arg-type]
 
 
 def test_no_valid_query_raises() -> None:
