@@ -6,7 +6,7 @@ QDQ format, per-channel int8 weights, uint8 activations calibrated (min/max) on 
 
 Weights use 7 bits (reduce_range): on x86 CPUs without VNNI (AVX2 only) ONNX Runtime adds pairs of uint8 x int8
 products in int16, which 8-bit weights overflow; the shipped Inv-Id then lost 3.6 validation mAP points there
-(docs/BENCHMARKS.md, "INT8 on a CPU without VNNI"), with 7 bits none.
+(docs/BENCHMARKS.md, "A second machine"), with 7 bits none.
 """
 
 from __future__ import annotations

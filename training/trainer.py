@@ -62,7 +62,7 @@ class Runtime:
 def bf16_pays(device: torch.device) -> bool:
     """bf16 autocast on CUDA, and on CPUs with AVX-512 (the cpu preset's generator step ran 1.9x faster than
     float32 on an AVX-512 Xeon); an AVX2-only CPU emulates bf16 and ran the same step 9x slower than float32
-    (docs/BENCHMARKS.md, "Training precision")."""
+    (docs/BENCHMARKS.md, "A second machine")."""
     return device.type == "cuda" or torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
