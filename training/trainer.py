@@ -191,8 +191,7 @@ class Checkpointed:
 class StageLoop:
     """Runs `step_fn(step) -> {metric: value}` for `total` steps with checkpoints and resume.
 
-    `state_fn()` returns everything to checkpoint (modules, optimisers, EMA); `load_fn(state)` restores it: a
-    stage passes its `Checkpointed` registration's `state` and `load`.
+    `checkpointed` is the stage's registration of what its checkpoints hold (modules, optimisers, EMA).
     Progress shows the metrics and images/s; every `log_every` steps a JSON line goes to `log_path`.
     """
 
@@ -202,8 +201,7 @@ class StageLoop:
         total: int,
         checkpoint: Path,
         runtime: Runtime,
-        state_fn: Callable[[], dict[str, Any]],
-        load_fn: Callable[[dict[str, Any]], None],
+        checkpointed: Checkpointed,
         log_path: Path,
         items_per_step: int,
         checkpoint_seconds: float = 300.0,
@@ -211,19 +209,19 @@ class StageLoop:
         stop_after: int | None = None,
     ):
         self.name, self.total, self.checkpoint, self.runtime = name, total, checkpoint, runtime
-        self.state_fn, self.load_fn, self.log_path = state_fn, load_fn, log_path
+        self.checkpointed, self.log_path = checkpointed, log_path
         self.items_per_step, self.checkpoint_seconds, self.log_every = items_per_step, checkpoint_seconds, log_every
         self.stop_after = stop_after
 
     def _save(self, step: int) -> None:
         if self.runtime.is_main:
-            save_atomic({"step": step, "rng": _rng_state(), **self.state_fn()}, self.checkpoint)
+            save_atomic({"step": step, "rng": _rng_state(), **self.checkpointed.state()}, self.checkpoint)
 
     def _resume(self) -> int:
         if not self.checkpoint.is_file():
             return 0
         state = torch.load(self.checkpoint, map_location=self.runtime.device, weights_only=False)
-        self.load_fn(state)
+        self.checkpointed.load(state)
         _set_rng_state(state["rng"])
         log.info("%s: resumed from %s at step %d", self.name, self.checkpoint, state["step"])
         return int(state["step"])

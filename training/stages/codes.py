@@ -56,7 +56,7 @@ def train_codes(ctx: StageContext) -> None:
         optimizer.step()
         return {"loss": loss.item()}
 
-    if not ctx.loop("codes", preset.codes_steps, preset.codes_batch, checkpointed.state, checkpointed.load).run(step):
+    if not ctx.loop("codes", preset.codes_steps, preset.codes_batch, checkpointed).run(step):
         return
     mlp.eval()
     saved = {"mlp": mlp.state_dict(), "mean": mean, "std": std}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,7 +18,7 @@ from training.networks.code_mlp import CodeMLP
 from training.networks.inverters import InvId, InvNoise
 from training.networks.unet import UNet
 from training.presets import Preset
-from training.trainer import Runtime, StageLoop
+from training.trainer import Checkpointed, Runtime, StageLoop
 
 
 @dataclass
@@ -60,11 +59,10 @@ class StageContext:
         name: str,
         total: int,
         items_per_step: int,
-        state_fn: Callable[[], dict[str, Any]],
-        load_fn: Callable[[dict[str, Any]], None],
+        checkpointed: Checkpointed,
     ) -> StageLoop:
         return StageLoop(
-            name, total, self.path(f"{name}.ckpt"), self.runtime, state_fn, load_fn,
+            name, total, self.path(f"{name}.ckpt"), self.runtime, checkpointed,
             log_path=self.path("log.jsonl"), items_per_step=items_per_step,
             checkpoint_seconds=self.preset.checkpoint_seconds, log_every=self.preset.log_every,
             stop_after=self.stop_after,

@@ -89,8 +89,7 @@ def train_generator(ctx: StageContext) -> ConditionalGenerator:
         ema.update(unwrap(wrapped).unet)
         return {"loss": loss.item(), "noise_l1": noise_loss.item()}
 
-    loop = ctx.loop("generator", preset.generator_steps, preset.generator_batch, checkpointed.state,
-                    checkpointed.load)
+    loop = ctx.loop("generator", preset.generator_steps, preset.generator_batch, checkpointed)
     finished = loop.run(step)
     runtime.sync_buffers(model)
     if not finished:

@@ -322,8 +322,7 @@ def finish_inv_id(ctx: StageContext, run: InvIdTraining) -> None:
 def train_inv_id(ctx: StageContext, mode: str) -> None:
     """Train (or resume) the Inv-Id of `mode`; once finished, save its weights with their validation metrics."""
     run = inv_id_setup(ctx, mode)
-    loop = ctx.loop(run.name, ctx.preset.inv_id_steps, run.plan.generated + run.plan.real, run.checkpointed.state,
-                    run.checkpointed.load)
+    loop = ctx.loop(run.name, ctx.preset.inv_id_steps, run.plan.generated + run.plan.real, run.checkpointed)
     finished = loop.run(partial(inv_id_step, ctx, run))
     ctx.runtime.sync_buffers(run.model)
     if finished:
@@ -373,8 +372,7 @@ def train_inv_noise(ctx: StageContext) -> None:
         optimizer.step()
         return {"l1": loss.item()}
 
-    loop = ctx.loop("inv_noise", preset.inv_noise_steps, preset.inv_noise_batch, checkpointed.state,
-                    checkpointed.load)
+    loop = ctx.loop("inv_noise", preset.inv_noise_steps, preset.inv_noise_batch, checkpointed)
     finished = loop.run(step)
     runtime.sync_buffers(model)
     if finished and runtime.is_main:
