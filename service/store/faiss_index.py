@@ -42,11 +42,6 @@ FLT_MAX = float(np.finfo(np.float32).max)  # FAISS's distance for a missing resu
 UNIT_ROUNDING = 2.0**-24  # float32's unit roundoff
 SLACK = 1e-9  # covers float64 rounding in the certificate's sums and square roots
 SCAN_FROM = 250_000  # vectors from which the byte scan answers (one query at 250,000: 1.13 ms against 1.14)
-# Batches of this many queries take FAISS's BLAS path in the float scan (faiss 1.15 waits for 128,000 / dim, i.e.
-# 4,000 at 32-d). Re-ranking's one search of 100 candidates' neighbours at 20,000 entries: 3.3 ms against 8.5 ms
-# (12-15 ms with the other core busy). The BLAS is OpenBLAS built on OpenMP, so the one-thread limit holds.
-BLAS_FROM_QUERIES = 20
-faiss.cvar.distance_compute_blas_threshold = BLAS_FROM_QUERIES
 
 
 def candidates(k: int) -> int:
