@@ -177,9 +177,9 @@ def rerank_search(store: GalleryStore, queries: np.ndarray, k: int, entry_filter
     candidates = list(dict.fromkeys(m.entry.entry_id for head in heads for m in head))
     codes = _codes_of(store, candidates)
     searched = [i for i in candidates if i in codes]
-    neighbour_rows = store.search(np.stack([codes[i] for i in searched]), max(params.k1, params.k2) + 1,
-                                  entry_filter) if searched else []
-    neighbours = {i: [m.entry.entry_id for m in row] for i, row in zip(searched, neighbour_rows, strict=True)}
+    neighbour_rows = store.nearest_ids(np.stack([codes[i] for i in searched]), max(params.k1, params.k2) + 1,
+                                       entry_filter) if searched else []
+    neighbours = {i: [entry_id for entry_id, _ in row] for i, row in zip(searched, neighbour_rows, strict=True)}
     codes |= _codes_of(store, list({i for row in neighbours.values() for i in row} - codes.keys()))
     return [_reranked_row(query, head, row[len(head):], codes, neighbours, params)[:k]
             for query, head, row in zip(queries, heads, found, strict=True)]

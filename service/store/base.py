@@ -265,10 +265,27 @@ class GalleryStore(ABC):
         found = self._nearest(unit_length(queries), k, entry_filter)
         return [[Match(entry, math.sqrt(max(squared, 0.0))) for entry, squared in row] for row in found]
 
+    def nearest_ids(self, queries: np.ndarray, k: int, entry_filter: EntryFilter = NO_FILTER
+                    ) -> list[list[tuple[int, float]]]:
+        """`search` without the entries: per query, (entry id, distance) of the k nearest admitted entries, best
+        first. For callers that need only a neighbourhood (re-ranking searches about a thousand neighbours per
+        query, and reading their entries was a third of its time: docs/BENCHMARKS.md, "Re-ranking")."""
+        queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.code_dim)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, not {k}")
+        found = self._nearest_ids(unit_length(queries), k, entry_filter)
+        return [[(entry_id, math.sqrt(max(squared, 0.0))) for entry_id, squared in row] for row in found]
+
     @abstractmethod
     def _nearest(self, unit_queries: np.ndarray, k: int, entry_filter: EntryFilter
                  ) -> list[list[tuple[Entry, float]]]:
         """Per query, up to k (entry, squared Euclidean distance between unit-length codes), nearest first."""
+
+    def _nearest_ids(self, unit_queries: np.ndarray, k: int, entry_filter: EntryFilter
+                     ) -> list[list[tuple[int, float]]]:
+        """`_nearest` with entry ids for entries; a backend that finds ids before it reads entries overrides it."""
+        return [[(entry.entry_id, squared) for entry, squared in row]
+                for row in self._nearest(unit_queries, k, entry_filter)]
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:

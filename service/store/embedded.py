@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from service.store.columns import FilterColumns
 from service.store.faiss_index import SearchCopy, VectorIndex
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DATABASE_FILE = "gallery.sqlite3"
 LOCK_FILE = "gallery.lock"
@@ -319,22 +320,30 @@ class EmbeddedStore(GalleryStore):
 
     def _nearest(self, unit_queries: np.ndarray, k: int, entry_filter: EntryFilter
                  ) -> list[list[tuple[Entry, float]]]:
+        with self._lock:  # entries read under the same lock as the search: none can go in between
+            squared, ids = self._search_index(unit_queries, k, entry_filter)
+            entries = {e.entry_id: e for e in self._get(np.unique(ids[ids >= 0]).tolist())}
+        return _rows(squared, ids, entries.__getitem__)
+
+    def _nearest_ids(self, unit_queries: np.ndarray, k: int, entry_filter: EntryFilter
+                     ) -> list[list[tuple[int, float]]]:
+        with self._lock:
+            squared, ids = self._search_index(unit_queries, k, entry_filter)
+        return _rows(squared, ids, int)
+
+    def _search_index(self, unit_queries: np.ndarray, k: int, entry_filter: EntryFilter
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, k') squared distances and ids (-1: none) from the FAISS index, k' = k or fewer when fewer are
+        admitted; the caller holds the lock."""
         if entry_filter.person_id is not None:
             raise ValueError("a search cannot filter by person id")
-        with self._lock:
-            if entry_filter.is_empty:
-                k = min(k, self.index.size)
-                squared, ids = self.index.search(unit_queries, k) if k else (None, None)
-            else:
-                allowed, refused = self._columns.split(entry_filter)
-                k = min(k, len(allowed))
-                squared, ids = (self.index.search_among(unit_queries, k, allowed=allowed, refused=refused)
-                                if k else (None, None))
-            if not k:
-                return [[] for _ in unit_queries]
-            entries = {e.entry_id: e for e in self._get(np.unique(ids[ids >= 0]).tolist())}
-        return [[(entries[int(i)], float(d)) for d, i in zip(row_d, row_i, strict=True) if i >= 0]
-                for row_d, row_i in zip(squared, ids, strict=True)]
+        if entry_filter.is_empty:
+            k = min(k, self.index.size)
+            return self.index.search(unit_queries, k) if k else _no_results(len(unit_queries))
+        allowed, refused = self._columns.split(entry_filter)
+        k = min(k, len(allowed))
+        return (self.index.search_among(unit_queries, k, allowed=allowed, refused=refused) if k
+                else _no_results(len(unit_queries)))
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "location": str(self.path.parent), "faiss_device": self.index.device}
@@ -343,3 +352,13 @@ class EmbeddedStore(GalleryStore):
         with self._lock:
             self._db.close()
             self._lock_file.close()
+
+
+def _no_results(queries: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((queries, 0), np.float32), np.zeros((queries, 0), np.int64)
+
+
+def _rows(squared: np.ndarray, ids: np.ndarray, resolve: Callable[[int], T]) -> list[list[tuple[T, float]]]:
+    """Per query, (resolve(id), squared distance) for the ids found, nearest first."""
+    return [[(resolve(int(i)), float(d)) for d, i in zip(row_d, row_i, strict=True) if i >= 0]
+            for row_d, row_i in zip(squared, ids, strict=True)]

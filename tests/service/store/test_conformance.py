@@ -163,6 +163,18 @@ def test_search_is_exact_top_k_against_brute_force(store: GalleryStore, name: st
             assert all(m.entry == entries[[e.entry_id for e in entries].index(m.entry.entry_id)] for m in row)
 
 
+@pytest.mark.parametrize("name", FILTERS)
+def test_nearest_ids_are_the_search_without_its_entries(store: GalleryStore, name: str):
+    filled(store, 120)
+    queries = codes(4, seed=13)
+    for k in (1, 9, 500):
+        found = store.search(queries, k, FILTERS[name])
+        assert store.nearest_ids(queries, k, FILTERS[name]) == [
+            [(m.entry.entry_id, m.distance) for m in row] for row in found]
+    with pytest.raises(ValueError):
+        store.nearest_ids(queries, 0, FILTERS[name])
+
+
 def test_batched_search_equals_one_query_at_a_time(store: GalleryStore):
     filled(store, 50)
     queries = codes(4, seed=12)
@@ -173,6 +185,8 @@ def test_batched_search_equals_one_query_at_a_time(store: GalleryStore):
 def test_search_of_an_empty_gallery_finds_nothing(store: GalleryStore):
     assert store.search(codes(2), 5) == [[], []]
     assert store.search(codes(1), 5, FILTERS["cameras"]) == [[]]
+    assert store.nearest_ids(codes(2), 5) == [[], []]
+    assert store.nearest_ids(codes(1), 5, FILTERS["cameras"]) == [[]]
 
 
 @pytest.mark.parametrize("name", [*FILTERS, "person"])
