@@ -268,8 +268,8 @@ class GalleryStore(ABC):
     def nearest_ids(self, queries: np.ndarray, k: int, entry_filter: EntryFilter = NO_FILTER
                     ) -> list[list[tuple[int, float]]]:
         """`search` without the entries: per query, (entry id, distance) of the k nearest admitted entries, best
-        first. For callers that need only a neighbourhood (re-ranking searches about a thousand neighbours per
-        query, and reading their entries was a third of its time: docs/BENCHMARKS.md, "Re-ranking")."""
+        first. For callers that need only a neighbourhood: re-ranking searches about a thousand neighbours per
+        query, and reading their entries took a sixth of its time (docs/BENCHMARKS.md, "Re-ranking")."""
         queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.code_dim)
         if k < 1:
             raise ValueError(f"k must be at least 1, not {k}")
