@@ -259,10 +259,7 @@ class GalleryStore(ABC):
     def search(self, queries: np.ndarray, k: int, entry_filter: EntryFilter = NO_FILTER) -> list[list[Match]]:
         """For each of the (Q, code_dim) query codes, the k nearest admitted entries, best first (fewer only when
         fewer are admitted), with their distances between unit-length codes."""
-        queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.code_dim)
-        if k < 1:
-            raise ValueError(f"k must be at least 1, not {k}")
-        found = self._nearest(unit_length(queries), k, entry_filter)
+        found = self._nearest(self._unit_queries(queries, k), k, entry_filter)
         return [[Match(entry, math.sqrt(max(squared, 0.0))) for entry, squared in row] for row in found]
 
     def nearest_ids(self, queries: np.ndarray, k: int, entry_filter: EntryFilter = NO_FILTER
@@ -270,11 +267,14 @@ class GalleryStore(ABC):
         """`search` without the entries: per query, (entry id, distance) of the k nearest admitted entries, best
         first. For callers that need only a neighbourhood: re-ranking searches about a thousand neighbours per
         query, and reading their entries took a sixth of its time (docs/BENCHMARKS.md, "Re-ranking")."""
-        queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.code_dim)
+        found = self._nearest_ids(self._unit_queries(queries, k), k, entry_filter)
+        return [[(entry_id, math.sqrt(max(squared, 0.0))) for entry_id, squared in row] for row in found]
+
+    def _unit_queries(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """The searches' shared checks: (Q, code_dim) float32 queries at unit length, and k at least 1."""
         if k < 1:
             raise ValueError(f"k must be at least 1, not {k}")
-        found = self._nearest_ids(unit_length(queries), k, entry_filter)
-        return [[(entry_id, math.sqrt(max(squared, 0.0))) for entry_id, squared in row] for row in found]
+        return unit_length(np.asarray(queries, dtype=np.float32).reshape(-1, self.code_dim))
 
     @abstractmethod
     def _nearest(self, unit_queries: np.ndarray, k: int, entry_filter: EntryFilter
