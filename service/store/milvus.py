@@ -64,6 +64,10 @@ MAX_CROP_CHARS = 65_535  # Milvus VARCHAR limit; stored crops are ~2 KB (base64 
 MODEL_PROPERTY = "genreid.model_id"
 ENTRY_FIELDS = ["entry_id", "person_id", "camera", "seen_at", "track_id", "has_crop", "enrolled_at"]
 PAGE = 16_384  # rows per query when a read needs every matching id
+# pymilvus pings every 10 s even on an idle channel. A gRPC server with default settings (milvus-lite's) answers a
+# third ping without calls with GOAWAY "too_many_pings", about 30 s into any idle spell; a call racing that GOAWAY
+# failed (a 503, or a store that would not open). Pings only during calls; every call has a timeout instead.
+GRPC_OPTIONS: dict[str, Any] = {"grpc.keepalive_permit_without_calls": False}
 
 
 def literal(text: str) -> str:
@@ -227,8 +231,9 @@ class MilvusStore(GalleryStore):
     # --- engine calls ---------------------------------------------------------------------------------------
     def _connect(self) -> MilvusClient:
         """A connection of this store's own: pymilvus shares one per URI otherwise, and a shared channel that
-        failed to recover while the engine was down stays closed."""
-        return MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout, dedicated=True)
+        failed to recover while the engine was down stays closed. No keepalive pings while idle (GRPC_OPTIONS)."""
+        return MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout, dedicated=True,
+                            grpc_options=GRPC_OPTIONS)
 
     def _live_client(self) -> MilvusClient:
         """The client, reconnected first when the last call failed (the engine may have restarted)."""
