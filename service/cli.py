@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from service.evaluation import EvalProtocol
     from service.settings import Settings
 
-TRAINING_COMMANDS = ("train", "export", "figures", "card", "tune-rerank")
+TRAINING_COMMANDS = ("train", "export", "figures", "card", "tune-rerank", "record-run")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`genreid train`, `export`, `figures` and `card` (reached lazily from service/cli.py)."""
+"""`genreid train`, `export`, `figures`, `card`, `tune-rerank` and `record-run` (reached lazily from service/cli.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from training.presets import Preset, get_preset
+
+DEFAULT_LEDGER = Path("docs/results/inv_id_runs.jsonl")  # in the repository; run from its root
 
 CONFIG_FILE = "config.json"
 
@@ -133,7 +135,20 @@ def figures(args: argparse.Namespace) -> int:
 def card(args: argparse.Namespace) -> int:
     from training.model_card import write_card
 
-    print(write_card(_run_or_models_context(args, args.models), args.models, from_run=args.run_dir is not None))
+    print(write_card(_run_or_models_context(args, args.models), args.models, from_run=args.run_dir is not None,
+                     ledger=args.ledger))
+    return 0
+
+
+def record_run_command(args: argparse.Namespace) -> int:
+    from training.run_ledger import append_records, record_run
+
+    preset, data = load_run(args.run_dir)
+    records = record_run(_context(preset, data, args.run_dir, args.cache_dir, None), note=args.note)
+    if not records:
+        raise FileNotFoundError(f"{args.run_dir}: no Inv-Id has finished in this run")
+    for record in append_records(args.ledger, records):
+        print(record.to_json())
     return 0
 
 
@@ -169,9 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("run_dir", type=Path, nargs="?")
     rerank.add_argument("--models", type=Path, default=Path("models"), help="the exported model directory")
     rerank.set_defaults(handler=rerank_command)
+    ledger = commands.add_parser("record-run", help="append each finished Inv-Id of a run (validation, test, cost) "
+                                 "to the run ledger that the model card's variant table is computed from")
+    ledger.add_argument("run_dir", type=Path)
+    ledger.add_argument("--note", default="", help="what the run was for, kept with its record")
+    ledger.set_defaults(handler=record_run_command)
+    for sub in (model_card, ledger):
+        sub.add_argument("--ledger", type=Path, default=DEFAULT_LEDGER, help="the run ledger (default %(default)s)")
     for sub in (out, model_card, rerank):
         sub.add_argument("--data", type=Path, help="without RUN_DIR: the Market-1501 folder the model was trained on")
-    for sub in (run, out, fig, model_card, rerank):
+    for sub in (run, out, fig, model_card, rerank, ledger):
         sub.add_argument("--cache-dir", type=Path, help="decoded-image cache (default $XDG_CACHE_HOME/genreid)")
     return parser
 

@@ -10,23 +10,22 @@ directory, the card is rebuilt from the model directory, the data and the previo
 from __future__ import annotations
 
 import json
-import os
-import platform
-from functools import partial
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any
 
 import numpy as np
-import torch
 
 from service.encoders import Encoders, ModelMetadata
 from service.evaluation import Evaluator
 from service.reranking import RerankParams
-from training.data.cache import ImageSet, load_split
+from training.data.cache import ImageSet
+from training.run_ledger import RunRecord, Spread, read_ledger, summarise
 from training.stages.context import StageContext
-from training.stages.inverters import embed, finished_inv_ids
+from training.stages.inverters import finished_inv_ids, inv_id_evaluator
+from training.trainer import hardware
 
 CARD_FILE, CARD_JSON = "MODEL_CARD.md", "MODEL_CARD.json"
 SUBSET = "market1501-subset"
@@ -37,18 +36,6 @@ REFERENCES = {
     "OSNet-x0.25 from scratch, 64x32, 35 epochs (13 CPU-min)": {"mAP": 0.501, "rank1": 0.650},
     "OSNet-x0.25 from scratch, 64x32, 100 epochs (37 CPU-min)": {"mAP": 0.565, "rank1": 0.699},
 }
-
-
-def hardware() -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def split_at(ctx: StageContext, split: str, size: tuple[int, int]) -> ImageSet:
-    """One of the data folder's test splits at `size` (H, W), decoded through the shared cache."""
-    return load_split(ctx.data_root, split, size, ctx.cache_dir)
 
 
 def served_evaluator(encoders: Encoders, query: ImageSet, gallery: ImageSet) -> Evaluator[ImageSet]:
@@ -85,13 +72,8 @@ def run_facts(ctx: StageContext, shipped: str, query: ImageSet, gallery: ImageSe
     """The run's own record: preset, timings, every finished Inv-Id's validation, and test metrics of the Inv-Ids
     that were not shipped (from their torch checkpoints; the shipped one is measured through ONNX)."""
     finished = finished_inv_ids(ctx)
-    test = {}
-    for mode, saved in finished.items():
-        if mode != shipped:
-            model = ctx.new_inv_id().to(ctx.runtime.device)
-            model.load_state_dict(saved["model"])
-            evaluator = Evaluator(partial(embed, model, device=ctx.runtime.device), query, gallery)
-            test[mode] = evaluator.metrics().as_dict()
+    test = {mode: inv_id_evaluator(ctx, saved, query, gallery).metrics().as_dict()
+            for mode, saved in finished.items() if mode != shipped}
     return {
         "preset": ctx.preset.as_dict(),
         "training_wall_seconds": json.loads(ctx.path("timings.json").read_text()),
@@ -121,8 +103,8 @@ def build_card(ctx: StageContext, models_dir: Path, *, from_run: bool) -> dict[s
         raise ValueError(f"{models_dir}: no INT8 Inv-Id measured yet; run `genreid export --to {models_dir}` first")
     shipped = metadata.extra["inv_id_mode"]
     # Inv-Id's test crops decoded at its own input size, as the service reads an upload.
-    query, gallery = (split_at(ctx, split, metadata.identity_resolution) for split in ("query", "gallery"))
-    drawn = split_at(ctx, "query", metadata.resolution)
+    query, gallery = (ctx.split(split, metadata.identity_resolution) for split in ("query", "gallery"))
+    drawn = ctx.split("query", metadata.resolution)
     facts = run_facts(ctx, shipped, query, gallery) if from_run else previous_card_facts(models_dir)
     floats = Encoders(models_dir, device="cpu", precision="float")
     int8 = Encoders(models_dir, device="cpu", precision="int8")
@@ -206,6 +188,28 @@ def render_rerank(rerank: dict[str, Any] | None) -> str:
     )
 
 
+def _spread(spread: Spread) -> str:
+    if spread.sd is None:
+        return _pct(spread.mean)
+    return f"{_pct(spread.mean)} ± {_pct(spread.sd)} ({', '.join(_pct(v) for v in spread.values)})"
+
+
+def render_runs(card: dict[str, Any]) -> str:
+    """The variant table over the run ledger's records (empty for a card built without a ledger), ending in a blank
+    line."""
+    records = [RunRecord.from_json(json.dumps(record)) for record in card.get("inv_id_runs", [])]
+    if not records:
+        return ""
+    rows = []
+    for (variant, (height, width)), spreads in summarise(records).items():
+        seeds = len(spreads["validation_mAP"].values)
+        tested = (f"{_pct(spreads['test_mAP'].mean)} ({len(spreads['test_mAP'].values)}) | "
+                  f"{_pct(spreads['test_rank1'].mean)}" if "test_mAP" in spreads else "not measured | not measured")
+        rows.append(f"| {variant} | {height}x{width} | {seeds} | {_spread(spreads['validation_mAP'])} | "
+                    f"{_spread(spreads['validation_rank1'])} | {_spread(spreads['validation_mINP'])} | {tested} |")
+    return template("model_card_runs.md").substitute(ledger=card["inv_id_runs_ledger"], rows="\n".join(rows))
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     """MODEL_CARD.md from the card's JSON: the values formatted here, the prose in templates/model_card.md."""
     data, test = card["data"], card["test"]
@@ -258,7 +262,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         psnr_float32=f"{recon['test_queries']['psnr']:.1f}",
         match_threshold=f"{card['match_threshold']:.4f}",
         tpr_at_fmr1=_pct(card["validation"][card["shipped_inv_id"]]["tpr_at_fmr1"]),
-        rerank_section=render_rerank(card["rerank"]),
+        rerank_section=render_rerank(card["rerank"]), runs_section=render_runs(card),
         validation_l1=f"{recon['validation']['l1']:.3f}", validation_psnr=f"{recon['validation']['psnr']:.1f}",
         test_crops=recon["test_queries"]["crops"], test_l1=f"{recon['test_queries']['l1']:.3f}",
         test_psnr=f"{recon['test_queries']['psnr']:.1f}",
@@ -268,8 +272,12 @@ def render_markdown(card: dict[str, Any]) -> str:
     )
 
 
-def write_card(ctx: StageContext, models_dir: Path, *, from_run: bool = True) -> Path:
+def write_card(ctx: StageContext, models_dir: Path, *, from_run: bool = True, ledger: Path | None = None) -> Path:
+    """MODEL_CARD.json and .md in `models_dir`; with a `ledger`, its records too (the variant table)."""
     card = build_card(ctx, models_dir, from_run=from_run)
+    records = read_ledger(ledger) if ledger is not None else []
+    if records:
+        card.update(inv_id_runs_ledger=str(ledger), inv_id_runs=[asdict(record) for record in records])
     (models_dir / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
     path = models_dir / CARD_FILE
     path.write_text(render_markdown(card))

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import platform
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +22,15 @@ from torch import nn
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
+
+
+def hardware() -> dict[str, Any]:
+    """The machine this process runs on, as the model card and the run ledger name it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if cpuinfo.exists() else ""
+    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 @dataclass(frozen=True)

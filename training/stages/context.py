@@ -48,8 +48,11 @@ class StageContext:
 
     def _splits_at(self, size: tuple[int, int]) -> tuple[ImageSet, ImageSet]:
         # The held-out identities depend on the split seed and the identity list alone: every size splits alike.
-        data = load_split(self.data_root, "train", size, self.cache_dir)
-        return hold_out_identities(data, self.preset.val_identities, self.preset.split_seed)
+        return hold_out_identities(self.split("train", size), self.preset.val_identities, self.preset.split_seed)
+
+    def split(self, split: str, size: tuple[int, int]) -> ImageSet:
+        """One of the data folder's splits (query, gallery, ...) at `size` (H, W), through the shared cache."""
+        return load_split(self.data_root, split, size, self.cache_dir)
 
     def path(self, name: str) -> Path:
         return self.run_dir / name

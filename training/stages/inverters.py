@@ -102,6 +102,13 @@ def embed(model: torch.nn.Module, data: ImageSet, device: torch.device, batch: i
     return np.concatenate(codes)
 
 
+def inv_id_evaluator(ctx: StageContext, saved: dict, query: ImageSet, gallery: ImageSet) -> Evaluator[ImageSet]:
+    """A finished Inv-Id (its saved result) scoring `query` against `gallery` from its torch weights."""
+    model = ctx.new_inv_id().to(ctx.runtime.device)
+    model.load_state_dict(saved["model"])
+    return Evaluator(partial(embed, model, device=ctx.runtime.device), query, gallery)
+
+
 def validation_evaluator(val: ImageSet, seed: int, embed: Callable[[ImageSet], np.ndarray]) -> Evaluator[ImageSet]:
     """The held-out identities as a retrieval split (one query per person and camera, the rest gallery): what
     the Inv-Id variant, the match threshold and the re-ranking parameters are chosen on."""

@@ -1,0 +1,142 @@
+"""The Inv-Id experiment ledger: one JSON line per finished Inv-Id of a training run.
+
+Run directories do not outlive a session on the machines these runs use, and one run rarely trains every variant,
+so the results that compare variants (the ablation of the generator, the input resolution, seeds) are kept here, in
+git (docs/results/inv_id_runs.jsonl), written by `genreid record-run RUN_DIR`. The model card's variant table and
+its seed spreads are computed from it: a new model's gain is read against the spread of its own variant's seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from training.presets import get_preset
+from training.stages.context import StageContext
+from training.stages.inverters import finished_inv_ids, inv_id_evaluator, inv_id_plan
+from training.trainer import hardware
+
+METRICS = ("mAP", "rank1", "mINP")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One finished Inv-Id: what it is, what it scored, and what it cost."""
+
+    variant: str  # the Inv-Id mode (hybrid, paper, discriminative), with the classifier for discriminative
+    inv_id_resolution: tuple[int, int]
+    seed: int
+    steps: int
+    images_per_step: int
+    validation: dict[str, float]  # METRICS on the validation identities, standard protocol
+    test: dict[str, float] | None  # METRICS on the data's test split, standard protocol; None: not measured
+    minutes: float | None  # the stage's wall time as the run recorded it
+    machine: str  # CPU or GPU, and the precision it trained in
+    run: str  # the run directory's name
+    recorded: str  # the date it was recorded (ISO), and from what when not from the run directory itself
+    note: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)  # preset fields that differ from the named preset
+
+    @property
+    def group(self) -> tuple[str, tuple[int, int]]:
+        """Runs that differ only in their seed."""
+        return self.variant, tuple(self.inv_id_resolution)
+
+    @property
+    def key(self) -> tuple[str, str, int, tuple[int, int]]:
+        return self.run, self.variant, self.seed, tuple(self.inv_id_resolution)
+
+    @classmethod
+    def from_json(cls, line: str) -> RunRecord:
+        values = json.loads(line)
+        values["inv_id_resolution"] = tuple(values["inv_id_resolution"])
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def variant_name(mode: str, classifier: str) -> str:
+    return f"{mode}, {classifier} classifier" if mode == "discriminative" else mode
+
+
+def record_run(ctx: StageContext, *, note: str = "") -> list[RunRecord]:
+    """A record for each finished Inv-Id of the run in `ctx`, its test metrics measured now from its weights. Run it
+    on the machine that trained: the record names this machine and the precision it trains in."""
+    preset = ctx.preset
+    timings = json.loads(ctx.path("timings.json").read_text()) if ctx.path("timings.json").is_file() else {}
+    named = get_preset(preset.name).as_dict()
+    overrides = {key: value for key, value in preset.as_dict().items()
+                 if value != named[key] and key not in ("seed", "inv_id_modes", "inv_id_resolution")}
+    hw = hardware()
+    machine = (f"GPU {hw['gpu']}" if hw["gpu"] else f"{hw['cpu']} ({hw['cores']} cores)") + \
+        (", bf16 autocast" if ctx.runtime.uses_bf16 else ", float32")
+    query, gallery = (ctx.split(split, preset.inv_id_resolution) for split in ("query", "gallery"))
+    records = []
+    for mode, saved in finished_inv_ids(ctx).items():
+        plan = inv_id_plan(preset, mode)
+        test = inv_id_evaluator(ctx, saved, query, gallery).metrics().as_dict()
+        seconds = timings.get(f"inv_id_{mode}")
+        records.append(RunRecord(
+            variant=variant_name(mode, preset.classifier), inv_id_resolution=tuple(preset.inv_id_resolution),
+            seed=preset.seed, steps=saved.get("steps", preset.inv_id_steps),
+            images_per_step=plan.real + plan.generated,
+            validation={m: float(saved["validation"][m]) for m in METRICS}, test={m: float(test[m]) for m in METRICS},
+            minutes=None if seconds is None else round(seconds / 60, 1), machine=machine, run=ctx.run_dir.name,
+            recorded=date.today().isoformat(), note=note,
+            overrides=overrides,
+        ))
+    return records
+
+
+def read_ledger(path: Path) -> list[RunRecord]:
+    """Every record, in the order written; none when the file does not exist (a wheel install has no docs/)."""
+    if not path.is_file():
+        return []
+    return [RunRecord.from_json(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_records(path: Path, records: list[RunRecord]) -> list[RunRecord]:
+    """Append the records not in the ledger yet (same run, variant, seed and size); returns those appended."""
+    known = {record.key for record in read_ledger(path)}
+    new = [record for record in records if record.key not in known]
+    if new:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as ledger:
+            ledger.writelines(record.to_json() + "\n" for record in new)
+    return new
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One metric over the seeds of one group: mean, sample standard deviation (None for one seed) and values."""
+
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def sd(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+
+def summarise(records: list[RunRecord]) -> dict[tuple[str, tuple[int, int]], dict[str, Spread]]:
+    """Group -> metric -> its spread over the group's seeds: validation, and test over the seeds that measured it;
+    groups in the order they first appear."""
+    groups: dict[tuple[str, tuple[int, int]], list[RunRecord]] = {}
+    for record in records:
+        groups.setdefault(record.group, []).append(record)
+    summary = {}
+    for group, runs in groups.items():
+        spreads = {f"validation_{m}": Spread(tuple(run.validation[m] for run in runs)) for m in METRICS}
+        tested = [run.test for run in runs if run.test is not None]
+        if tested:
+            spreads.update({f"test_{m}": Spread(tuple(test[m] for test in tested)) for m in METRICS})
+        summary[group] = spreads
+    return summary
