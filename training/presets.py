@@ -37,6 +37,9 @@ class Preset:
     inv_id_modes: tuple[str, ...] = ("hybrid", "paper")
     inv_id_resolution: tuple[int, int] = (64, 32)  # Inv-Id's input (H, W); generated samples are upsampled to it
     inv_id_stripes: int = 0  # 0: flatten the trunk's whole feature map; n: average it into n horizontal stripes
+    # A finished Inv-Id (its inv_id_<mode>.pt, of any input size) whose weights start this one: a 128x64 Inv-Id
+    # fine-tuned from a 64x32 one costs a fraction of one trained from scratch (progressive resizing). "": none.
+    inv_id_init: str = ""
     # Share of each hybrid batch that is real crops targeting their learned code; the discriminative mode trains
     # on these real crops alone (real_fraction x inv_id_batch a step).
     real_fraction: float = 0.5

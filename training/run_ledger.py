@@ -15,7 +15,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from training.presets import get_preset
+from training.presets import Preset, get_preset
 from training.stages.context import StageContext
 from training.stages.inverters import finished_inv_ids, inv_id_evaluator, inv_id_plan
 from training.trainer import hardware
@@ -60,8 +60,10 @@ class RunRecord:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def variant_name(mode: str, classifier: str) -> str:
-    return f"{mode}, {classifier} classifier" if mode == "discriminative" else mode
+def variant_name(preset: Preset, mode: str) -> str:
+    """The mode, the classifier of a discriminative one, and whether it started from another finished Inv-Id."""
+    name = f"{mode}, {preset.classifier} classifier" if mode == "discriminative" else mode
+    return f"{name}, fine-tuned from a finished Inv-Id" if preset.inv_id_init else name
 
 
 def record_run(ctx: StageContext, *, note: str = "") -> list[RunRecord]:
@@ -82,7 +84,7 @@ def record_run(ctx: StageContext, *, note: str = "") -> list[RunRecord]:
         test = inv_id_evaluator(ctx, saved, query, gallery).metrics().as_dict()
         seconds = timings.get(f"inv_id_{mode}")
         records.append(RunRecord(
-            variant=variant_name(mode, preset.classifier), inv_id_resolution=tuple(preset.inv_id_resolution),
+            variant=variant_name(preset, mode), inv_id_resolution=tuple(preset.inv_id_resolution),
             seed=preset.seed, steps=saved.get("steps", preset.inv_id_steps),
             images_per_step=plan.real + plan.generated,
             validation={m: float(saved["validation"][m]) for m in METRICS}, test={m: float(test[m]) for m in METRICS},

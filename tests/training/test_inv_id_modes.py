@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -15,6 +16,7 @@ from training.stages.inverters import (
     InvIdPlan,
     augment_real,
     inv_id_plan,
+    inv_id_setup,
     reconstruction_error,
     resize_images,
     train_inv_id,
@@ -118,3 +120,28 @@ def test_hybrid_inv_id_reads_128x64_beside_a_64x32_generator(tiny_stages, tmp_pa
     _, val = ctx.splits
     error = reconstruction_error(ctx, inv_id, inv_noise, val.images[:4])
     assert 0.0 < error["l1"] < 1.0
+
+
+
+def _beside(tiny_stages, run_dir, preset):
+    """A run of `preset` on the tiny run's generator, codes and samples."""
+    ctx = make_context(preset, tiny_stages.data_root, run_dir, tiny_stages.cache_dir)
+    for name in ("generator.pt", "codes.pt", "samples.npz"):
+        shutil.copy(tiny_stages.path(name), ctx.path(name))
+    return ctx
+
+
+def test_a_128x64_inv_id_starts_from_a_finished_64x32_one(tiny_stages, tmp_path):
+    """Progressive resizing: `inv_id_init` loads a finished Inv-Id of another input size (the stripes make every
+    weight size-independent) before the first step; a flattened head, whose size does depend on it, is refused."""
+    preset = get_preset("tiny", inv_id_resolution=(128, 64), inv_id_init=str(tiny_stages.path("inv_id_hybrid.pt")))
+    saved = tiny_stages.load("inv_id_hybrid")["model"]
+    started = inv_id_setup(_beside(tiny_stages, tmp_path / "run", preset), "hybrid").model.state_dict()
+    assert started.keys() == saved.keys()
+    assert all(torch.equal(started[key], saved[key].cpu()) for key in saved)
+    fresh = inv_id_setup(_beside(tiny_stages, tmp_path / "fresh", dataclasses.replace(preset, inv_id_init="")),
+                         "hybrid")
+    assert not torch.equal(fresh.model.state_dict()["head.3.weight"], saved["head.3.weight"].cpu())
+    flattened = _beside(tiny_stages, tmp_path / "flat", dataclasses.replace(preset, inv_id_stripes=0))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        inv_id_setup(flattened, "hybrid")

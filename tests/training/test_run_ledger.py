@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from training.model_card import CARD_JSON, render_markdown, write_card
-from training.run_ledger import RunRecord, append_records, read_ledger, record_run, summarise
+from training.presets import get_preset
+from training.run_ledger import RunRecord, append_records, read_ledger, record_run, summarise, variant_name
 
 ROOT = Path(__file__).resolve().parents[2]
 CARDS = Path(__file__).parent / "cards"
@@ -37,6 +38,13 @@ def test_a_finished_run_gives_one_record_per_inv_id_with_its_own_scores(tiny_run
         assert record.minutes is not None and record.minutes >= 0
         assert "seed" not in record.overrides and record.note == "tiny"
     assert {r.images_per_step for r in records if r.variant == "paper"} == {ctx.preset.inv_id_batch}
+
+
+def test_variant_names_tell_recipes_apart_that_seeds_must_not_mix():
+    assert variant_name(get_preset("cpu"), "hybrid") == "hybrid"
+    assert variant_name(get_preset("cpu", classifier="linear"), "discriminative") == "discriminative, linear classifier"
+    warm = get_preset("cpu", inv_id_init="/runs/a/inv_id_hybrid.pt")
+    assert variant_name(warm, "hybrid") == "hybrid, fine-tuned from a finished Inv-Id"
 
 
 def test_the_ledger_keeps_each_run_once_and_reads_back_what_was_written(tmp_path):
