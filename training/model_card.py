@@ -197,7 +197,7 @@ def _spread(spread: Spread) -> str:
 def render_runs(card: dict[str, Any]) -> str:
     """The variant table over the run ledger's records (empty for a card built without a ledger), ending in a blank
     line."""
-    records = [RunRecord.from_json(json.dumps(record)) for record in card.get("inv_id_runs", [])]
+    records = [RunRecord.from_dict(record) for record in card.get("inv_id_runs", [])]
     if not records:
         return ""
     rows = []

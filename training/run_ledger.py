@@ -1,7 +1,7 @@
 """The Inv-Id experiment ledger: one JSON line per finished Inv-Id of a training run.
 
-Run directories do not outlive a session on the machines these runs use, and one run rarely trains every variant,
-so the results that compare variants (the ablation of the generator, the input resolution, seeds) are kept here, in
+Run directories are not in git and have not always outlived a session, and one run rarely trains every variant, so
+the results that compare variants (the ablation of the generator, the input resolution, seeds) are kept here, in
 git (docs/results/inv_id_runs.jsonl), written by `genreid record-run RUN_DIR`. The model card's variant table and
 its seed spreads are computed from it: a new model's gain is read against the spread of its own variant's seeds.
 """
@@ -51,10 +51,9 @@ class RunRecord:
         return self.run, self.variant, self.seed, tuple(self.inv_id_resolution)
 
     @classmethod
-    def from_json(cls, line: str) -> RunRecord:
-        values = json.loads(line)
-        values["inv_id_resolution"] = tuple(values["inv_id_resolution"])
-        return cls(**values)
+    def from_dict(cls, values: dict[str, Any]) -> RunRecord:
+        """A record from its JSON object (a ledger line, or the card's copy of it)."""
+        return cls(**{**values, "inv_id_resolution": tuple(values["inv_id_resolution"])})
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -99,7 +98,7 @@ def read_ledger(path: Path) -> list[RunRecord]:
     """Every record, in the order written; none when the file does not exist (a wheel install has no docs/)."""
     if not path.is_file():
         return []
-    return [RunRecord.from_json(line) for line in path.read_text().splitlines() if line.strip()]
+    return [RunRecord.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
 def append_records(path: Path, records: list[RunRecord]) -> list[RunRecord]:

@@ -87,8 +87,7 @@ def test_the_card_renders_the_ledger_as_a_variant_table():
 
 def test_the_shipped_card_carries_the_repository_ledger():
     card = json.loads((ROOT / "models" / CARD_JSON).read_text())
-    assert [RunRecord(**{**r, "inv_id_resolution": tuple(r["inv_id_resolution"])}) for r in card["inv_id_runs"]] \
-        == read_ledger(ROOT / card["inv_id_runs_ledger"])
+    assert [RunRecord.from_dict(r) for r in card["inv_id_runs"]] == read_ledger(ROOT / card["inv_id_runs_ledger"])
 
 
 def test_record_run_refuses_a_directory_that_is_not_a_run_in_one_line(tmp_path):
