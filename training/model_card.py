@@ -25,7 +25,7 @@ from training.data.cache import ImageSet
 from training.run_ledger import RunRecord, Spread, read_ledger, summarise
 from training.stages.context import StageContext
 from training.stages.inverters import finished_inv_ids, inv_id_evaluator
-from training.trainer import hardware
+from training.trainer import hardware, machine_name
 
 CARD_FILE, CARD_JSON = "MODEL_CARD.md", "MODEL_CARD.json"
 SUBSET = "market1501-subset"
@@ -239,7 +239,7 @@ def render_markdown(card: dict[str, Any]) -> str:
               "metrics,\nreconstructions and precisions are measured; training facts (preset, wall time, validation, "
               "the other\nInv-Id variants' test rows) are kept from the card written with the run.")
     hw = card["hardware"]
-    device = f"GPU {hw['gpu']}" if hw["gpu"] else f"{hw['cpu']} ({hw['cores']} cores)"
+    device = machine_name(hw)
     preset = card["preset"]
     widths = tuple(preset["widths"])  # a list when the preset was read back from JSON
     codes = card["code_stats"]

@@ -18,7 +18,7 @@ from typing import Any
 from training.presets import Preset, get_preset
 from training.stages.context import StageContext
 from training.stages.inverters import finished_inv_ids, inv_id_evaluator, inv_id_plan
-from training.trainer import hardware
+from training.trainer import hardware, machine_name
 
 METRICS = ("mAP", "rank1", "mINP")
 
@@ -73,9 +73,7 @@ def record_run(ctx: StageContext, *, note: str = "") -> list[RunRecord]:
     named = get_preset(preset.name).as_dict()
     overrides = {key: value for key, value in preset.as_dict().items()
                  if value != named[key] and key not in ("seed", "inv_id_modes", "inv_id_resolution")}
-    hw = hardware()
-    machine = (f"GPU {hw['gpu']}" if hw["gpu"] else f"{hw['cpu']} ({hw['cores']} cores)") + \
-        (", bf16 autocast" if ctx.runtime.uses_bf16 else ", float32")
+    machine = machine_name(hardware()) + (", bf16 autocast" if ctx.runtime.uses_bf16 else ", float32")
     query, gallery = (ctx.split(split, preset.inv_id_resolution) for split in ("query", "gallery"))
     records = []
     for mode, saved in finished_inv_ids(ctx).items():

@@ -33,6 +33,11 @@ def hardware() -> dict[str, Any]:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def machine_name(hw: Mapping[str, Any]) -> str:
+    """A `hardware()` record (or the card's copy of one) in words: the GPU, else the CPU and its cores."""
+    return f"GPU {hw['gpu']}" if hw["gpu"] else f"{hw['cpu']} ({hw['cores']} cores)"
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Where and how this process computes: device, autocast dtype, and its rank under torchrun."""

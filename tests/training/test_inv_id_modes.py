@@ -107,12 +107,18 @@ def test_discriminative_run_needs_no_generator(synthetic_root, cache_dir, tmp_pa
     assert saved["validation"]["mAP"] > 2.0 / len(np.unique(val.person_ids))  # random ranking: about 1/identities
 
 
+def _beside(tiny_stages, run_dir, preset, names=("generator.pt", "codes.pt", "samples.npz")):
+    """A run of `preset` on the tiny run's finished stages `names` (by default the generator, codes and samples)."""
+    ctx = make_context(preset, tiny_stages.data_root, run_dir, tiny_stages.cache_dir)
+    for name in names:
+        shutil.copy(tiny_stages.path(name), ctx.path(name))
+    return ctx
+
+
 def test_hybrid_inv_id_reads_128x64_beside_a_64x32_generator(tiny_stages, tmp_path):
     """Generated 64x32 samples are upsampled, real crops decoded at 128x64; reconstructions still work."""
     preset = get_preset("tiny", inv_id_resolution=(128, 64), inv_id_steps=8)
-    ctx = make_context(preset, tiny_stages.data_root, tmp_path / "run", tiny_stages.cache_dir)
-    for name in ("generator.pt", "codes.pt", "samples.npz", "inv_noise.pt"):
-        shutil.copy(tiny_stages.path(name), ctx.path(name))
+    ctx = _beside(tiny_stages, tmp_path / "run", preset, ("generator.pt", "codes.pt", "samples.npz", "inv_noise.pt"))
     train_inv_id(ctx, "hybrid")
     inv_id, inv_noise = ctx.new_inv_id(), ctx.new_inv_noise()
     inv_id.load_state_dict(ctx.load("inv_id_hybrid")["model"])
@@ -120,15 +126,6 @@ def test_hybrid_inv_id_reads_128x64_beside_a_64x32_generator(tiny_stages, tmp_pa
     _, val = ctx.splits
     error = reconstruction_error(ctx, inv_id, inv_noise, val.images[:4])
     assert 0.0 < error["l1"] < 1.0
-
-
-
-def _beside(tiny_stages, run_dir, preset):
-    """A run of `preset` on the tiny run's generator, codes and samples."""
-    ctx = make_context(preset, tiny_stages.data_root, run_dir, tiny_stages.cache_dir)
-    for name in ("generator.pt", "codes.pt", "samples.npz"):
-        shutil.copy(tiny_stages.path(name), ctx.path(name))
-    return ctx
 
 
 def test_a_128x64_inv_id_starts_from_a_finished_64x32_one(tiny_stages, tmp_path):

@@ -46,7 +46,6 @@ def test_a_milvus_lite_file_in_a_new_directory_is_created(tmp_path):
         store.close()
 
 
-
 IDLE_CLIENT = """
 import sys, time
 import numpy as np
