@@ -50,12 +50,25 @@ def train(args: argparse.Namespace) -> int:
     from service.market import check_layout
 
     run_dir: Path = args.out
+    reused: list[str] = []
     if (run_dir / CONFIG_FILE).is_file():
+        if args.source:
+            raise ValueError(f"{run_dir} has started already; --from only starts a new run")
         preset, data = load_run(run_dir)
         if args.preset and args.preset != preset.name:
             raise ValueError(f"{run_dir} was started with preset {preset.name!r}, not {args.preset!r}")
         if args.set:
             preset = dataclasses.replace(preset, **dict(args.set))
+    elif args.source:
+        from training.pipeline import link_stages, reusable_stages
+
+        if args.data is not None or args.preset:
+            raise ValueError("--from takes the data and preset of the run it starts from; change fields with --set")
+        source_preset, data = load_run(args.source)
+        preset = dataclasses.replace(source_preset, **dict(args.set or []))
+        reused = reusable_stages(args.source, source_preset, preset)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        link_stages(args.source, run_dir, reused)
     else:
         if args.data is None:
             raise ValueError("--data is required to start a new run")
@@ -67,6 +80,8 @@ def train(args: argparse.Namespace) -> int:
 
     # Stages of one run may start in parallel processes that read it.
     write_text_atomic(run_dir / CONFIG_FILE, json.dumps({"preset": preset.as_dict(), "data": str(data)}, indent=2))
+    if reused:
+        print(f"genreid train: reusing {', '.join(reused)} of {args.source}", file=sys.stderr)
 
     run_stages(_context(preset, data, run_dir, args.cache_dir, args.stop_after), args.stage)
     return 0
@@ -162,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stage", help="run only this stage (generator, codes, samples, inv_id_*, inv_noise)")
     run.add_argument("--set", type=_override, action="append", metavar="FIELD=VALUE",
                      help="override a preset field, e.g. --set generator_steps=2000")
+    run.add_argument("--from", dest="source", type=Path, metavar="RUN_DIR",
+                     help="start a new run on RUN_DIR's finished generator, codes, samples and Inv-Noise (linked, "
+                     "while --set changes nothing they depend on): for Inv-Id experiments on one generator")
     run.add_argument("--stop-after", type=int, help="checkpoint and stop after this many steps of a stage")
     run.set_defaults(handler=train)
     out = commands.add_parser("export", help="export a finished run to ONNX + model.json, with the model identity "

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from training.presets import Preset
 from training.stages.codes import train_codes
 from training.stages.context import StageContext
 from training.stages.generator import train_generator
@@ -38,6 +41,48 @@ def stage_table(ctx: StageContext) -> dict[str, tuple[str, Callable[[], None]]]:
     for mode in others:
         table[f"inv_id_{mode}"] = (f"inv_id_{mode}.pt", lambda mode=mode: train_inv_id(ctx, mode))
     return table
+
+
+# Stage -> (the file that marks it finished, the preset fields its result depends on beyond those of the stages
+# above it). No Inv-Id field is among them, so Inv-Id experiments can share one generator (`genreid train --from`).
+REUSABLE: dict[str, tuple[str, tuple[str, ...]]] = {
+    "generator": ("generator.pt", ("resolution", "code_dim", "widths", "blocks", "generator_steps",
+                                   "generator_batch", "generator_lr", "code_lr", "code_l2", "ema", "val_identities",
+                                   "seed", "split_seed")),
+    "codes": ("codes.pt", ("codes_steps", "codes_batch", "codes_hidden", "codes_lr")),
+    "samples": ("samples.npz", ("samples", "sample_steps")),
+    "inv_noise": ("inv_noise.pt", ("inv_widths", "inv_noise_steps", "inv_noise_batch", "inv_noise_lr")),
+}
+
+
+def reusable_stages(source: Path, source_preset: Preset, preset: Preset) -> list[str]:
+    """`source`'s finished generator, codes, samples and Inv-Noise, in that order, as far as `preset` agrees with
+    `source_preset` on everything each depends on. Raises ValueError, saying why, when not even the generator is."""
+    stages: list[str] = []
+    for stage, (marker, fields) in REUSABLE.items():
+        changed = [name for name in fields if getattr(preset, name) != getattr(source_preset, name)]
+        if changed or not (source / marker).is_file():
+            if not stages:
+                why = f"{', '.join(changed)} differ" if changed else f"its {stage} stage has not finished"
+                raise ValueError(f"{source}: nothing to reuse, {why}")
+            break
+        stages.append(stage)
+    return stages
+
+
+def link_stages(source: Path, target: Path, stages: list[str]) -> None:
+    """Give `target` the results of `source`'s `stages` (hard links where the file system allows) and their wall
+    times, so a run started on them (an Inv-Id experiment on a finished generator) skips their hours."""
+    timings_path = source / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    for stage in stages:
+        marker = REUSABLE[stage][0]
+        try:
+            os.link(source / marker, target / marker)  # results are replaced atomically, never written in place
+        except OSError:
+            shutil.copy2(source / marker, target / marker)
+        if stage in timings:
+            record_time(target / "timings.json", stage, timings[stage])
 
 
 def record_time(path: Path, stage: str, seconds: float) -> None:

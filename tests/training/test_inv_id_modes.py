@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from training.networks.classifiers import CodeTableHead, cosine_logits, mean_nearest_distance, new_classifier
-from training.pipeline import run_stages, stage_table
+from training.pipeline import link_stages, reusable_stages, run_stages, stage_table
 from training.presets import get_preset
 from training.stages.inverters import (
     InvIdPlan,
@@ -107,18 +106,17 @@ def test_discriminative_run_needs_no_generator(synthetic_root, cache_dir, tmp_pa
     assert saved["validation"]["mAP"] > 2.0 / len(np.unique(val.person_ids))  # random ranking: about 1/identities
 
 
-def _beside(tiny_stages, run_dir, preset, names=("generator.pt", "codes.pt", "samples.npz")):
-    """A run of `preset` on the tiny run's finished stages `names` (by default the generator, codes and samples)."""
+def _beside(tiny_stages, run_dir, preset):
+    """A run of `preset` on the tiny run's finished generator, codes, samples and Inv-Noise, as `--from` starts one."""
     ctx = make_context(preset, tiny_stages.data_root, run_dir, tiny_stages.cache_dir)
-    for name in names:
-        shutil.copy(tiny_stages.path(name), ctx.path(name))
+    link_stages(tiny_stages.run_dir, run_dir, reusable_stages(tiny_stages.run_dir, tiny_stages.preset, preset))
     return ctx
 
 
 def test_hybrid_inv_id_reads_128x64_beside_a_64x32_generator(tiny_stages, tmp_path):
     """Generated 64x32 samples are upsampled, real crops decoded at 128x64; reconstructions still work."""
     preset = get_preset("tiny", inv_id_resolution=(128, 64), inv_id_steps=8)
-    ctx = _beside(tiny_stages, tmp_path / "run", preset, ("generator.pt", "codes.pt", "samples.npz", "inv_noise.pt"))
+    ctx = _beside(tiny_stages, tmp_path / "run", preset)
     train_inv_id(ctx, "hybrid")
     inv_id, inv_noise = ctx.new_inv_id(), ctx.new_inv_noise()
     inv_id.load_state_dict(ctx.load("inv_id_hybrid")["model"])

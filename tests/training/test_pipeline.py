@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from service.encoders import Encoders, ModelMetadata
+from training.cli import CONFIG_FILE
 from training.export import parity, round_weights_to_half
-from training.pipeline import stage_table
+from training.pipeline import reusable_stages, stage_table
 from training.stages.codes import sample_codes
 from training.stages.inverters import embed
 from training.stages.samples import generate
@@ -131,3 +135,48 @@ def test_model_card_reports_both_inv_id_variants(tiny_run):
     text = path.read_text()
     assert "Inv-Id `hybrid`" in text and "Inv-Id `paper`" in text
     assert f"{card['match_threshold']:.4f}" in text
+
+
+
+def test_reusable_stages_stop_at_the_first_whose_inputs_change(tiny_stages):
+    run, preset = tiny_stages.run_dir, tiny_stages.preset
+    new_inv_id = dataclasses.replace(preset, inv_id_resolution=(128, 64), triplet_weight=3.0)
+    assert reusable_stages(run, preset, new_inv_id) == ["generator", "codes", "samples", "inv_noise"]
+    assert reusable_stages(run, preset, dataclasses.replace(preset, samples=7)) == ["generator", "codes"]
+    assert reusable_stages(run, preset, dataclasses.replace(preset, inv_noise_lr=1.0)) == [
+        "generator", "codes", "samples"]
+    with pytest.raises(ValueError, match="seed, split_seed differ"):
+        reusable_stages(run, preset, dataclasses.replace(preset, seed=9, split_seed=9))
+
+
+def test_train_from_a_finished_run_links_its_generator_and_trains_only_the_inv_id(tiny_stages, tmp_path):
+    """`genreid train --from`: an Inv-Id experiment on another run's generator, codes, samples and Inv-Noise."""
+    source = tmp_path / "source"
+    shutil.copytree(tiny_stages.run_dir, source)
+    (source / CONFIG_FILE).write_text(json.dumps({"preset": tiny_stages.preset.as_dict(),
+                                                  "data": str(tiny_stages.data_root)}))
+
+    def train_from(out, *overrides):
+        sets = [arg for field in ("inv_id_steps=3", 'inv_id_modes=["hybrid"]', *overrides) for arg in ("--set", field)]
+        return subprocess.run([sys.executable, "-m", "training.cli", "train", "--out", str(out), "--from", str(source),
+                               "--cache-dir", str(tiny_stages.cache_dir), *sets],
+                              capture_output=True, text=True, timeout=600)
+
+    new = tmp_path / "finetune"
+    done = train_from(new, f"inv_id_init={source / 'inv_id_hybrid.pt'}")
+    assert done.returncode == 0, done.stderr
+    assert f"reusing generator, codes, samples, inv_noise of {source}" in done.stderr
+    for name in ("generator.pt", "codes.pt", "samples.npz", "inv_noise.pt"):
+        assert (new / name).read_bytes() == (source / name).read_bytes()
+    assert torch.load(new / "inv_id_hybrid.pt", weights_only=False)["steps"] == 3
+    config = json.loads((new / CONFIG_FILE).read_text())["preset"]
+    assert config["inv_id_steps"] == 3 and config["generator_steps"] == tiny_stages.preset.generator_steps
+    assert set(json.loads((new / "timings.json").read_text())) == {
+        "generator", "codes", "samples", "inv_noise", "inv_id_hybrid"}
+
+    # --from into a started run, or with a change the generator depends on, is refused and writes nothing.
+    again = train_from(new)
+    assert again.returncode == 2 and "has started already" in again.stderr
+    refused = train_from(tmp_path / "other", "code_dim=8")
+    assert refused.returncode == 2 and "code_dim differ" in refused.stderr
+    assert not (tmp_path / "other").exists()
