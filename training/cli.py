@@ -87,7 +87,7 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _models_context(models_dir: Path, data: Path | None, cache_dir: Path | None):
+def models_context(models_dir: Path, data: Path | None, cache_dir: Path | None):
     """A context for a model directory whose training run is gone: the run's preset as the model card recorded
     it (so the same validation identities), and the data folder given."""
     from service.market import check_layout
@@ -105,7 +105,7 @@ def _models_context(models_dir: Path, data: Path | None, cache_dir: Path | None)
 
 def _run_or_models_context(args: argparse.Namespace, models_dir: Path):
     if args.run_dir is None:
-        return _models_context(models_dir, args.data, args.cache_dir)
+        return models_context(models_dir, args.data, args.cache_dir)
     if args.data is not None:
         raise ValueError("--data is for a model directory without its run; a run knows its data")
     preset, data = load_run(args.run_dir)
