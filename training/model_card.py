@@ -269,6 +269,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         nn_mean=f"{codes['nn_mean']:.3f}", nn_min=f"{codes['nn_min']:.3f}", pair_mean=f"{codes['pair_mean']:.3f}",
         pair_max=f"{codes['pair_max']:.3f}",
         parameter_rows=params, device=device, torch=hw["torch"], time_rows=times,
+        # Cards from before the precision was recorded were all trained on an AVX-512 Xeon, in bf16.
+        precision=hw.get("precision", "bf16 autocast"),
     )
 
 

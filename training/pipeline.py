@@ -86,15 +86,16 @@ def link_stages(source: Path, target: Path, stages: list[str]) -> None:
 
 
 def record_time(path: Path, stage: str, seconds: float) -> None:
-    """Add `seconds` to the stage's wall time; read just before writing, since stages of one run may train
-    in parallel processes."""
+    """Set the stage's wall time; read just before writing, since stages of one run may train in parallel
+    processes."""
     timings = json.loads(path.read_text()) if path.is_file() else {}
-    timings[stage] = timings.get(stage, 0.0) + seconds
+    timings[stage] = seconds
     write_text_atomic(path, json.dumps(timings, indent=2) + "\n")
 
 
 def run_stages(ctx: StageContext, only: str | None = None) -> None:
-    """Run every unfinished stage (or just `only`), recording wall time per stage in timings.json."""
+    """Run every unfinished stage (or just `only`), recording each one's wall time over all its sittings in
+    timings.json (a stage that stops unfinished is recorded when a later sitting finishes it)."""
     table = stage_table(ctx)
     if only is not None and only not in table:
         raise KeyError(f"unknown stage {only!r}; stages are {list(table)}")
@@ -106,8 +107,9 @@ def run_stages(ctx: StageContext, only: str | None = None) -> None:
         run()
         if ctx.runtime.world > 1:
             torch.distributed.barrier()  # later stages read what rank 0 wrote
-        if ctx.runtime.is_main:
-            record_time(ctx.path("timings.json"), name, time.monotonic() - start)
         if not ctx.path(marker).exists():
             log.info("stage %s: stopped before the end; run the same command again to resume", name)
             return
+        if ctx.runtime.is_main:
+            seconds = time.monotonic() - start + ctx.earlier_seconds.get(name, 0.0)
+            record_time(ctx.path("timings.json"), name, seconds)

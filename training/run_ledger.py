@@ -73,7 +73,8 @@ def record_run(ctx: StageContext, *, note: str = "") -> list[RunRecord]:
     named = get_preset(preset.name).as_dict()
     overrides = {key: value for key, value in preset.as_dict().items()
                  if value != named[key] and key not in ("seed", "inv_id_modes", "inv_id_resolution")}
-    machine = machine_name(hardware()) + (", bf16 autocast" if ctx.runtime.uses_bf16 else ", float32")
+    hw = hardware()
+    machine = f"{machine_name(hw)}, {hw['precision']}"
     query, gallery = (ctx.split(split, preset.inv_id_resolution) for split in ("query", "gallery"))
     records = []
     for mode, saved in finished_inv_ids(ctx).items():

@@ -29,8 +29,10 @@ def hardware() -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo")
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                   if line.startswith("model name")), platform.processor()) if cpuinfo.exists() else ""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as setup_runtime picks it
     return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "precision": "bf16 autocast" if bf16_pays(device) else "float32"}
 
 
 def machine_name(hw: Mapping[str, Any]) -> str:
@@ -182,11 +184,11 @@ class Checkpointed:
     """Everything one stage checkpoints, registered once: `Checkpointed(model=model, optimizer=optimizer)`.
 
     Each entry's `state_dict()` is written under its keyword and given back to its `load_state_dict()` on resume,
-    so the keywords are the checkpoint file's top-level keys next to "step" and "rng". They are part of the file
-    format: a run resumes with newer code only while a stage keeps registering the same keywords.
+    so the keywords are the checkpoint file's top-level keys next to "step", "rng" and "seconds". They are part of
+    the file format: a run resumes with newer code only while a stage keeps registering the same keywords.
     """
 
-    RESERVED = frozenset({"step", "rng"})  # StageLoop's own keys
+    RESERVED = frozenset({"step", "rng", "seconds"})  # StageLoop's own keys
 
     def __init__(self, **entries: Stateful):
         if clash := self.RESERVED & entries.keys():
@@ -208,6 +210,8 @@ class StageLoop:
 
     `checkpointed` is the stage's registration of what its checkpoints hold (modules, optimisers, EMA).
     Progress shows the metrics and images/s; every `log_every` steps a JSON line goes to `log_path`.
+    Checkpoints also keep the loop's wall time over every sitting so far ("seconds"): a stage killed with its
+    session and resumed in the next is timed whole: on resume `earlier[name]` gets what the earlier sittings spent.
     """
 
     def __init__(
@@ -222,15 +226,21 @@ class StageLoop:
         checkpoint_seconds: float = 300.0,
         log_every: int = 50,
         stop_after: int | None = None,
+        earlier: dict[str, float] | None = None,
     ):
         self.name, self.total, self.checkpoint, self.runtime = name, total, checkpoint, runtime
         self.checkpointed, self.log_path = checkpointed, log_path
         self.items_per_step, self.checkpoint_seconds, self.log_every = items_per_step, checkpoint_seconds, log_every
         self.stop_after = stop_after
+        self.earlier = {} if earlier is None else earlier
+        self.earlier[name] = 0.0
+        self._started = time.monotonic()
 
     def _save(self, step: int) -> None:
         if self.runtime.is_main:
-            save_atomic({"step": step, "rng": _rng_state(), **self.checkpointed.state()}, self.checkpoint)
+            seconds = self.earlier[self.name] + time.monotonic() - self._started
+            save_atomic({"step": step, "rng": _rng_state(), "seconds": seconds, **self.checkpointed.state()},
+                        self.checkpoint)
 
     def _resume(self) -> int:
         if not self.checkpoint.is_file():
@@ -238,11 +248,13 @@ class StageLoop:
         state = torch.load(self.checkpoint, map_location=self.runtime.device, weights_only=False)
         self.checkpointed.load(state)
         _set_rng_state(state["rng"])
+        self.earlier[self.name] = float(state.get("seconds", 0.0))  # older checkpoints did not keep it: 0
         log.info("%s: resumed from %s at step %d", self.name, self.checkpoint, state["step"])
         return int(state["step"])
 
     def run(self, step_fn: Callable[[int], dict[str, float]]) -> bool:
         """Run the remaining steps (at most `stop_after` of them); True when the stage reached `total`."""
+        self._started = time.monotonic()
         start = self._resume()
         end = self.total if self.stop_after is None else min(self.total, start + self.stop_after)
         last_save = time.monotonic()

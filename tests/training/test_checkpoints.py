@@ -45,7 +45,7 @@ def test_checkpointed_writes_each_entry_under_its_key_in_order_and_loads_it_back
     assert torch.equal(other.weight, model.weight) and other_ema.state is ema.state
 
 
-@pytest.mark.parametrize("key", ["step", "rng"])
+@pytest.mark.parametrize("key", ["step", "rng", "seconds"])
 def test_checkpointed_refuses_the_loops_own_keys(key):
     with pytest.raises(ValueError, match="loop's own"):
         Checkpointed(**{key: nn.Linear(1, 1)})
@@ -144,5 +144,5 @@ def test_stage_resumes_from_an_old_layout_checkpoint_and_writes_the_same_layout(
 
     written = torch.load(ctx.path(f"{stage}.ckpt"), weights_only=False)
     assert written["step"] == 3
-    assert list(written) == ["step", "rng", *old_keys]
+    assert list(written) == ["step", "rng", "seconds", *old_keys]
     assert _structure({key: written[key] for key in old_keys}) == _structure(old)

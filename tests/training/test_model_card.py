@@ -59,3 +59,11 @@ def test_templates_are_package_data():
     for path in templates:
         relative = path.relative_to(ROOT / "training").as_posix()
         assert any(fnmatch(relative, pattern) for pattern in package_data["training"]), relative
+
+
+def test_card_names_the_precision_the_run_trained_in():
+    card = json.loads((CARDS / "lenient.json").read_text())
+    assert "precision" not in card["hardware"]  # written before it was recorded, on the AVX-512 Xeon
+    assert ", bf16 autocast + channels_last." in render_markdown(card)
+    card["hardware"]["precision"] = "float32"  # an AVX2-only CPU
+    assert ", float32 + channels_last." in render_markdown(card)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from training.trainer import Runtime
+from training.trainer import Runtime, hardware
 
 
 @pytest.mark.parametrize(("capability", "dtype"), [("AVX512", torch.bfloat16), ("AVX2", torch.float32),
@@ -15,3 +15,5 @@ def test_cpu_autocast_follows_the_cpu_capability(monkeypatch: pytest.MonkeyPatch
     with Runtime(torch.device("cpu")).autocast():
         out = layer(torch.randn(2, 8))
     assert out.dtype == dtype
+    # What the card and the run ledger say the run trained in.
+    assert hardware()["precision"] == ("bf16 autocast" if dtype == torch.bfloat16 else "float32")

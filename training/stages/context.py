@@ -32,6 +32,9 @@ class StageContext:
     cache_dir: Path | None = None
     stop_after: int | None = None  # run at most this many steps per stage, then checkpoint (for tests/slices)
     diffusion: Diffusion = field(default_factory=lambda: Diffusion(Schedule()))
+    # Stage -> wall seconds it spent in this run's earlier sittings (as its checkpoints or parts kept them), filled
+    # as stages resume; run_stages adds it to the sitting's own time in timings.json.
+    earlier_seconds: dict[str, float] = field(default_factory=dict)
 
     @cached_property
     def splits(self) -> tuple[ImageSet, ImageSet]:
@@ -68,7 +71,7 @@ class StageContext:
             name, total, self.path(f"{name}.ckpt"), self.runtime, checkpointed,
             log_path=self.path("log.jsonl"), items_per_step=items_per_step,
             checkpoint_seconds=self.preset.checkpoint_seconds, log_every=self.preset.log_every,
-            stop_after=self.stop_after,
+            stop_after=self.stop_after, earlier=self.earlier_seconds,
         )
 
     def finished(self, name: str) -> bool:

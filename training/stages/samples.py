@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,17 +66,22 @@ def make_samples(ctx: StageContext) -> None:
     parts = ctx.path("samples.parts")
     parts.mkdir(exist_ok=True)
     chunks = -(-preset.samples // CHUNK)
+    ctx.earlier_seconds["samples"] = 0.0
     for chunk in tqdm(range(chunks), desc="samples"):
         part = parts / f"{chunk:05d}.npz"
-        if part.is_file():
-            continue  # made before an interruption; chunks are seeded by index, so nothing changes
+        if part.is_file():  # made before an interruption; chunks are seeded by index, so nothing changes
+            with np.load(part) as made:
+                ctx.earlier_seconds["samples"] += float(made["seconds"]) if "seconds" in made else 0.0
+            continue
+        started = time.monotonic()
         gen = torch.Generator().manual_seed(preset.seed * 1_000_003 + chunk)
         count = min(CHUNK, preset.samples - chunk * CHUNK)
         code = sample_codes(mlp, code_saved, count, ctx.diffusion, gen)
         noise = torch.randn((count, 3, height, width), generator=gen).to(device)
         image = generate(unet, saved, code, noise, ctx)
         _savez(part, images=(image.permute(0, 2, 3, 1) * 255.0 + 0.5).clamp(0, 255).byte().cpu().numpy(),
-               codes=code.float().cpu().numpy(), noises=noise.cpu().numpy())
+               codes=code.float().cpu().numpy(), noises=noise.cpu().numpy(),
+               seconds=np.float64(time.monotonic() - started))  # so a resumed stage is timed whole
     loaded = [np.load(parts / f"{chunk:05d}.npz") for chunk in range(chunks)]
     _savez(ctx.path("samples.npz"), **{key: np.concatenate([part[key] for part in loaded])
                                       for key in ("images", "codes", "noises")})
