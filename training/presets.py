@@ -37,6 +37,9 @@ class Preset:
     inv_id_modes: tuple[str, ...] = ("hybrid", "paper")
     inv_id_resolution: tuple[int, int] = (64, 32)  # Inv-Id's input (H, W); generated samples are upsampled to it
     inv_id_stripes: int = 0  # 0: flatten the trunk's whole feature map; n: average it into n horizontal stripes
+    # Inv-Id's input conv reads s x s patches: at 2, a 128x64 crop costs about what a 64x32 one does (its trunk
+    # runs at 64x32), where a 1x1 input conv runs the whole trunk at 128x64, four times the work.
+    inv_id_stem_stride: int = 1
     # A finished Inv-Id (its inv_id_<mode>.pt, of any input size) whose weights start this one: a 128x64 Inv-Id
     # fine-tuned from a 64x32 one costs a fraction of one trained from scratch (progressive resizing). "": none.
     inv_id_init: str = ""

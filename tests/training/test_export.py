@@ -35,8 +35,10 @@ GENERATOR, FINER = (64, 32), (128, 64)
 
 @pytest.fixture(scope="module")
 def finer_run(tiny_stages, tmp_path_factory) -> TinyRun:
-    """The tiny run's generator and Inv-Noise beside a barely trained (8 steps) hybrid Inv-Id reading 128x64."""
-    preset = get_preset("tiny", inv_id_resolution=FINER, inv_id_modes=("hybrid",), inv_id_steps=8)
+    """The tiny run's generator and Inv-Noise beside a barely trained (8 steps) hybrid Inv-Id reading 128x64
+    through a 2x2 patch input conv (a strided first layer, which the ONNX, INT8 and served graphs must keep)."""
+    preset = get_preset("tiny", inv_id_resolution=FINER, inv_id_modes=("hybrid",), inv_id_steps=8,
+                        inv_id_stem_stride=2)
     ctx = make_context(preset, tiny_stages.data_root, tmp_path_factory.mktemp("finer-run"), tiny_stages.cache_dir)
     for name in ("generator.pt", "codes.pt", "samples.npz", "inv_noise.pt", "timings.json"):
         shutil.copy(tiny_stages.path(name), ctx.path(name))

@@ -140,3 +140,19 @@ def test_a_128x64_inv_id_starts_from_a_finished_64x32_one(tiny_stages, tmp_path)
     flattened = _beside(tiny_stages, tmp_path / "flat", dataclasses.replace(preset, inv_id_stripes=0))
     with pytest.raises(RuntimeError, match="size mismatch"):
         inv_id_setup(flattened, "hybrid")
+
+
+def test_a_patch_input_conv_starts_as_the_finished_inv_id_on_the_downsampled_crop(tiny_stages, tmp_path):
+    """Started from a 64x32 Inv-Id, one reading 128x64 through a 2x2 patch input conv computes on a crop what the
+    finished one computes on that crop box-downsampled to 64x32 (so fine-tuning starts where the 64x32 one ended),
+    with the trunk's last map, and so its compute per level, the size it was at 64x32."""
+    preset = get_preset("tiny", inv_id_resolution=(128, 64), inv_id_stem_stride=2,
+                        inv_id_init=str(tiny_stages.path("inv_id_hybrid.pt")))
+    started = inv_id_setup(_beside(tiny_stages, tmp_path / "run", preset), "hybrid").model.cpu().eval()
+    finished = tiny_stages.new_inv_id()
+    finished.load_state_dict(tiny_stages.load("inv_id_hybrid")["model"])
+    crops = torch.rand((3, 3, 128, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(started(crops), finished.eval()(torch.nn.functional.avg_pool2d(crops, 2)), atol=1e-5)
+        assert started.trunk(crops)[0].shape == finished.trunk(crops[..., ::2, ::2])[0].shape
+    assert started.trunk.stem.weight.shape[-2:] == (2, 2)

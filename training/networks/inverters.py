@@ -13,15 +13,17 @@ class InvId(nn.Module):
 
     Flattening (rather than global pooling) keeps where on the body a colour sits, as the reference does.
     `stripes` > 0 first averages the feature map into that many horizontal stripes (head, torso, legs...):
-    the vertical layout survives with a fraction of the dense weights, which overfit less.
+    the vertical layout survives with a fraction of the dense weights, which overfit less. `stem_stride` 2 reads
+    2x2 patches at the input (see Encoder): the trunk then costs what it costs at half the resolution.
     """
 
     def __init__(
-        self, widths: tuple[int, ...], blocks: int, resolution: tuple[int, int], code_dim: int = 32, stripes: int = 0
+        self, widths: tuple[int, ...], blocks: int, resolution: tuple[int, int], code_dim: int = 32, stripes: int = 0,
+        *, stem_stride: int = 1,
     ):
         super().__init__()
-        self.trunk = Encoder(widths, blocks)
-        scale = 2 ** (len(widths) - 1)
+        self.trunk = Encoder(widths, blocks, stem_stride=stem_stride)
+        scale = 2 ** (len(widths) - 1) * stem_stride
         rows, cols = resolution[0] // scale, resolution[1] // scale
         if stripes:
             if rows % stripes:
@@ -42,6 +44,17 @@ class InvId(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features, _ = self.trunk(images)
         return self.head(features)
+
+    def load_finished(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from a finished Inv-Id's weights (progressive resizing). A 1x1 input conv is spread evenly over
+        this one's s x s patches, so the model starts out computing what the finished one does on the crop
+        box-downsampled s times, and learns the detail from there."""
+        stem = self.trunk.stem.weight
+        saved = state["trunk.stem.weight"]
+        if saved.shape[-2:] == (1, 1) and stem.shape[-2:] != (1, 1):
+            patch = stem.shape[-2] * stem.shape[-1]
+            state = {**state, "trunk.stem.weight": saved.expand(*saved.shape[:2], *stem.shape[-2:]) / patch}
+        self.load_state_dict(state)
 
 
 class InvNoise(UNet):

@@ -10,17 +10,21 @@ from training.networks.layers import NoiseEmbedding, ResidualBlock, broadcast
 
 
 class Encoder(nn.Module):
-    """Input 1x1 conv, then per level `blocks` residual blocks and 2x average pooling, then the bottleneck.
+    """Input conv, then per level `blocks` residual blocks and 2x average pooling, then the bottleneck.
 
     When `code_dim` > 0 the identity code is concatenated at the input and again after every pooling;
-    when `embed_dim` > 0 the noise-variance embedding is concatenated at the input.
+    when `embed_dim` > 0 the noise-variance embedding is concatenated at the input. The input conv is 1x1; with
+    `stem_stride` s > 1 it reads s x s patches instead (a learned space-to-depth), so every level works at 1/s of
+    the input's size: a 128x64 crop at the compute of a 64x32 one.
     """
 
-    def __init__(self, widths: tuple[int, ...], blocks: int, code_dim: int = 0, embed_dim: int = 0):
+    def __init__(
+        self, widths: tuple[int, ...], blocks: int, code_dim: int = 0, embed_dim: int = 0, *, stem_stride: int = 1
+    ):
         super().__init__()
         self.code_dim = code_dim
         self.embedding = NoiseEmbedding(embed_dim) if embed_dim else None
-        self.stem = nn.Conv2d(3, widths[0], 1)
+        self.stem = nn.Conv2d(3, widths[0], stem_stride, stride=stem_stride)
         channels = widths[0] + embed_dim + code_dim
         self.levels = nn.ModuleList()
         for width in widths[:-1]:

@@ -250,7 +250,7 @@ def inv_id_setup(ctx: StageContext, mode: str) -> InvIdTraining:
     torch.manual_seed(preset.seed)
     model = ctx.new_inv_id()
     if preset.inv_id_init:
-        model.load_state_dict(torch.load(preset.inv_id_init, map_location="cpu", weights_only=False)["model"])
+        model.load_finished(torch.load(preset.inv_id_init, map_location="cpu", weights_only=False)["model"])
     identity = identity_targets(ctx, mode, train)
     head = identity.head
     labels = np.searchsorted(identity.person_ids, train.person_ids)
