@@ -9,12 +9,17 @@ change no shape and so no cost; nothing here copies a training step, so the numb
     python bench/training_throughput.py                    # preset cpu: 5 warm-up + 30 timed steps, CPU (+ CUDA)
     python bench/training_throughput.py --device cuda --preset paper
     python bench/training_throughput.py --quick            # preset tiny, 1 + 2 steps
+    python bench/training_throughput.py --allocator system --inv-id-resolution 128 64
+
+Like `genreid train`, it runs under jemalloc when that is installed (training/allocator.py); `--allocator system`
+measures the C library's malloc instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +27,7 @@ from pathlib import Path
 import torch
 from _common import add_common_arguments, machine, print_machine, print_table, warn_if_busy, write_result
 
+from training.allocator import SWITCH, reexec_under_jemalloc
 from training.data.synthetic import write_synthetic_market
 from training.pipeline import run_stages
 from training.presets import PRESETS, get_preset
@@ -37,10 +43,11 @@ TRAINED = {"generator": ("generator", "images/s"), "codes": ("codes", "codes/s")
 def bench_device(args: argparse.Namespace, device: torch.device, data: Path) -> list[dict]:
     """One short run of every stage on `device`; rows of items/s per stage."""
     steps = args.warmup + args.steps
+    sizes = {"inv_id_resolution": tuple(args.inv_id_resolution)} if args.inv_id_resolution else {}
     preset = get_preset(
         args.preset, generator_steps=steps, codes_steps=steps, inv_id_steps=steps, inv_noise_steps=steps,
         samples=args.sample_chunks * CHUNK, inv_id_modes=("hybrid",), val_identities=4, log_every=args.warmup,
-        checkpoint_seconds=1e9,
+        checkpoint_seconds=1e9, **sizes,
     )
     batches = {"generator": preset.generator_batch, "codes": preset.codes_batch,
                "inv_id_hybrid": preset.inv_id_batch, "inv_noise": preset.inv_noise_batch}
@@ -76,12 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-chunks", type=int, default=3, help=f"sampler chunks of {CHUNK} images")
     parser.add_argument("--identities", type=int, default=64, help="procedural training identities")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--inv-id-resolution", type=int, nargs=2, metavar=("H", "W"),
+                        help="Inv-Id's input size (default: the preset's)")
+    parser.add_argument("--allocator", choices=("jemalloc", "system"), default="jemalloc",
+                        help="jemalloc when installed, as `genreid train` runs; system: the C library's malloc")
     add_common_arguments(parser)
     return parser
 
 
 def main() -> None:
     args = build_parser().parse_args()
+    if args.allocator == "jemalloc":
+        reexec_under_jemalloc()
+    else:
+        os.environ[SWITCH] = "system"
     if args.quick:
         args.preset, args.steps, args.warmup, args.sample_chunks, args.identities = "tiny", 2, 1, 1, 12
     if args.threads:
@@ -91,7 +106,8 @@ def main() -> None:
         devices.append(torch.device("cpu"))
     if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
         devices.append(torch.device("cuda", 0))
-    info = machine() | {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    info = machine() | {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+                        "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "system"}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     print_machine(info)
@@ -105,7 +121,7 @@ def main() -> None:
             rows.extend(bench_device(args, device, root))
     print_table(f"training throughput, preset {args.preset}", rows,
                 ["device", "stage", "items_per_s", "unit", "batch", "ms_per_step", "steps", "note"])
-    results = {"preset": get_preset(args.preset).as_dict(), "rows": rows,
+    results = {"preset": get_preset(args.preset).as_dict(), "inv_id_resolution": args.inv_id_resolution, "rows": rows,
                "bench_seconds": round(time.time() - started, 1)}
     print(f"results: {write_result('training_throughput', args, info, results)}")
 

@@ -156,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    own_process = argv is None  # called as the `genreid` command, not from Python
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv and argv[0] == "serve":
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as err:
             print(f"genreid {argv[0]}: needs the train extra (pip install -e '.[train]'): {err}", file=sys.stderr)
             return 2
-        return training_main(argv)
+        return training_main(argv, own_process=own_process)
     args = build_parser().parse_args(argv)
     if args.command == "gallery":
         return gallery_command(args)

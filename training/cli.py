@@ -46,24 +46,33 @@ def _context(preset: Preset, data: Path, run_dir: Path, cache_dir: Path | None, 
     return StageContext(preset, data, run_dir, setup_runtime(), cache_dir, stop_after)
 
 
+def _check_same_start(run_dir: Path, preset: Preset, source: Path, overrides: list[tuple[str, object]] | None) -> None:
+    """The command that started a run from another one resumes it; a changed one is refused, not half-applied."""
+    source_preset, _ = load_run(source)
+    if dataclasses.replace(source_preset, **dict(overrides or [])) != preset:
+        raise ValueError(f"{run_dir} was started with other settings; resume it with the command that started it, "
+                         f"or with `genreid train --out {run_dir}`")
+
+
 def train(args: argparse.Namespace) -> int:
     from service.market import check_layout
 
     run_dir: Path = args.out
     reused: list[str] = []
+    if args.source and (args.data is not None or args.preset):
+        raise ValueError("--from takes the data and preset of the run it starts from; change fields with --set")
     if (run_dir / CONFIG_FILE).is_file():
-        if args.source:
-            raise ValueError(f"{run_dir} has started already; --from only starts a new run")
         preset, data = load_run(run_dir)
-        if args.preset and args.preset != preset.name:
-            raise ValueError(f"{run_dir} was started with preset {preset.name!r}, not {args.preset!r}")
-        if args.set:
-            preset = dataclasses.replace(preset, **dict(args.set))
+        if args.source:
+            _check_same_start(run_dir, preset, args.source, args.set)
+        else:
+            if args.preset and args.preset != preset.name:
+                raise ValueError(f"{run_dir} was started with preset {preset.name!r}, not {args.preset!r}")
+            if args.set:
+                preset = dataclasses.replace(preset, **dict(args.set))
     elif args.source:
         from training.pipeline import link_stages, reusable_stages
 
-        if args.data is not None or args.preset:
-            raise ValueError("--from takes the data and preset of the run it starts from; change fields with --set")
         source_preset, data = load_run(args.source)
         preset = dataclasses.replace(source_preset, **dict(args.set or []))
         reused = reusable_stages(args.source, source_preset, preset)
@@ -179,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a preset field, e.g. --set generator_steps=2000")
     run.add_argument("--from", dest="source", type=Path, metavar="RUN_DIR",
                      help="start a new run on RUN_DIR's finished generator, codes, samples and Inv-Noise (linked, "
-                     "while --set changes nothing they depend on): for Inv-Id experiments on one generator")
+                     "while --set changes nothing they depend on): for Inv-Id experiments on one generator; the same "
+                     "command again resumes it")
     run.add_argument("--stop-after", type=int, help="checkpoint and stop after this many steps of a stage")
     run.set_defaults(handler=train)
     out = commands.add_parser("export", help="export a finished run to ONNX + model.json, with the model identity "
@@ -216,8 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
+    """Run one training command; `own_process` (the `genreid` command itself) lets `train` re-execute under
+    jemalloc, which a caller's Python process must never do."""
     args = build_parser().parse_args(argv)
+    if own_process and args.command == "train":
+        from training.allocator import reexec_under_jemalloc
+
+        reexec_under_jemalloc()
     from service.market import MarketLayoutError
 
     try:
@@ -228,4 +244,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(own_process=True))

@@ -174,9 +174,16 @@ def test_train_from_a_finished_run_links_its_generator_and_trains_only_the_inv_i
     assert set(json.loads((new / "timings.json").read_text())) == {
         "generator", "codes", "samples", "inv_noise", "inv_id_hybrid"}
 
-    # --from into a started run, or with a change the generator depends on, is refused and writes nothing.
-    again = train_from(new)
-    assert again.returncode == 2 and "has started already" in again.stderr
+    # The same command again resumes the run: here a finished one, so nothing is retrained.
+    finished = (new / "inv_id_hybrid.pt").read_bytes()
+    again = train_from(new, f"inv_id_init={source / 'inv_id_hybrid.pt'}")
+    assert again.returncode == 0, again.stderr
+    assert "reusing" not in again.stderr and (new / "inv_id_hybrid.pt").read_bytes() == finished
+    # --from into a started run with other settings, or with a change the generator depends on, is refused and
+    # writes nothing.
+    changed = train_from(new)
+    assert changed.returncode == 2 and "was started with other settings" in changed.stderr
+    assert (new / "inv_id_hybrid.pt").read_bytes() == finished
     refused = train_from(tmp_path / "other", "code_dim=8")
     assert refused.returncode == 2 and "code_dim differ" in refused.stderr
     assert not (tmp_path / "other").exists()
