@@ -123,7 +123,9 @@ def main() -> None:
                 ["device", "stage", "items_per_s", "unit", "batch", "ms_per_step", "steps", "note"])
     results = {"preset": get_preset(args.preset).as_dict(), "inv_id_resolution": args.inv_id_resolution, "rows": rows,
                "bench_seconds": round(time.time() - started, 1)}
-    print(f"results: {write_result('training_throughput', args, info, results)}")
+    variant = ("-system-malloc" if args.allocator == "system" else "") + (
+        "-inv-id-{}x{}".format(*args.inv_id_resolution) if args.inv_id_resolution else "")
+    print(f"results: {write_result('training_throughput' + variant, args, info, results)}")
 
 
 if __name__ == "__main__":
