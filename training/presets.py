@@ -40,6 +40,9 @@ class Preset:
     # Inv-Id's input conv reads s x s patches: at 2, a 128x64 crop costs about what a 64x32 one does (its trunk
     # runs at 64x32), where a 1x1 input conv runs the whole trunk at 128x64, four times the work.
     inv_id_stem_stride: int = 1
+    # Inv-Id's trunk widths where they differ from Inv-Noise's (`inv_widths`); (): the same. Apart, a wider Inv-Id
+    # trains on another run's generator, samples and Inv-Noise (`genreid train --from`) without retraining them.
+    inv_id_widths: tuple[int, ...] = ()
     # A finished Inv-Id (its inv_id_<mode>.pt, of any input size) whose weights start this one: a 128x64 Inv-Id
     # fine-tuned from a 64x32 one costs a fraction of one trained from scratch (progressive resizing). "": none.
     inv_id_init: str = ""

@@ -60,9 +60,11 @@ class RunRecord:
 
 
 def variant_name(preset: Preset, mode: str) -> str:
-    """The mode, the classifier of a discriminative one, a strided input conv, and whether it started from another
-    finished Inv-Id: what makes runs more than seeds of each other."""
+    """The mode, the classifier of a discriminative one, its own trunk widths, a strided input conv, and whether it
+    started from another finished Inv-Id: what makes runs more than seeds of each other."""
     name = f"{mode}, {preset.classifier} classifier" if mode == "discriminative" else mode
+    if preset.inv_id_widths and tuple(preset.inv_id_widths) != tuple(preset.inv_widths):
+        name += f", trunk widths {'-'.join(map(str, preset.inv_id_widths))}"
     if preset.inv_id_stem_stride > 1:
         name += f", {preset.inv_id_stem_stride}x{preset.inv_id_stem_stride} patch input conv"
     return f"{name}, fine-tuned from a finished Inv-Id" if preset.inv_id_init else name

@@ -113,12 +113,18 @@ def _beside(tiny_stages, run_dir, preset):
     return ctx
 
 
-def test_hybrid_inv_id_reads_128x64_beside_a_64x32_generator(tiny_stages, tmp_path):
-    """Generated 64x32 samples are upsampled, real crops decoded at 128x64; reconstructions still work."""
-    preset = get_preset("tiny", inv_id_resolution=(128, 64), inv_id_steps=8)
+@pytest.mark.parametrize("overrides", [{"inv_id_resolution": (128, 64)}, {"inv_id_widths": (16, 32)}],
+                         ids=["128x64", "own-widths"])
+def test_hybrid_inv_id_of_its_own_size_trains_beside_the_linked_generator_and_inv_noise(tiny_stages, tmp_path,
+                                                                                       overrides):
+    """At 128x64, generated 64x32 samples are upsampled and real crops decoded at 128x64; with its own trunk widths,
+    Inv-Id is wider than the Inv-Noise it was linked with. Either way reconstructions still work."""
+    preset = get_preset("tiny", inv_id_steps=8, **overrides)
     ctx = _beside(tiny_stages, tmp_path / "run", preset)
     train_inv_id(ctx, "hybrid")
     inv_id, inv_noise = ctx.new_inv_id(), ctx.new_inv_noise()
+    assert inv_id.trunk.stem.out_channels == (preset.inv_id_widths or preset.inv_widths)[0]
+    assert inv_noise.encoder.stem.out_channels == preset.inv_widths[0]
     inv_id.load_state_dict(ctx.load("inv_id_hybrid")["model"])
     inv_noise.load_state_dict(ctx.load("inv_noise")["model"])
     _, val = ctx.splits

@@ -142,6 +142,8 @@ def test_reusable_stages_stop_at_the_first_whose_inputs_change(tiny_stages):
     run, preset = tiny_stages.run_dir, tiny_stages.preset
     new_inv_id = dataclasses.replace(preset, inv_id_resolution=(128, 64), triplet_weight=3.0)
     assert reusable_stages(run, preset, new_inv_id) == ["generator", "codes", "samples", "inv_noise"]
+    wider = dataclasses.replace(preset, inv_id_widths=tuple(2 * w for w in preset.inv_widths))
+    assert reusable_stages(run, preset, wider) == ["generator", "codes", "samples", "inv_noise"]
     assert reusable_stages(run, preset, dataclasses.replace(preset, samples=7)) == ["generator", "codes"]
     assert reusable_stages(run, preset, dataclasses.replace(preset, inv_noise_lr=1.0)) == [
         "generator", "codes", "samples"]

@@ -47,6 +47,9 @@ def test_variant_names_tell_recipes_apart_that_seeds_must_not_mix():
     assert variant_name(warm, "hybrid") == "hybrid, fine-tuned from a finished Inv-Id"
     patches = dataclasses.replace(warm, inv_id_stem_stride=2)
     assert variant_name(patches, "hybrid") == "hybrid, 2x2 patch input conv, fine-tuned from a finished Inv-Id"
+    wider = get_preset("cpu", inv_id_widths=(48, 96, 192, 384))
+    assert variant_name(wider, "hybrid") == "hybrid, trunk widths 48-96-192-384"
+    assert variant_name(dataclasses.replace(wider, inv_id_widths=wider.inv_widths), "hybrid") == "hybrid"
 
 
 def test_the_ledger_keeps_each_run_once_and_reads_back_what_was_written(tmp_path):
