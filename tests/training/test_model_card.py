@@ -67,3 +67,14 @@ def test_card_names_the_precision_the_run_trained_in():
     assert ", bf16 autocast + channels_last." in render_markdown(card)
     card["hardware"]["precision"] = "float32"  # an AVX2-only CPU
     assert ", float32 + channels_last." in render_markdown(card)
+
+
+def test_card_names_an_inv_id_trunk_unlike_inv_noise():
+    card = json.loads((CARDS / "lenient.json").read_text())
+    plain = render_markdown(card)
+    assert "; Inv-Id head over 4 stripes)." in plain.replace("\n", " ")
+    card["preset"] |= {"inv_id_widths": [48, 96, 192, 384], "inv_id_stem_stride": 2}
+    assert ("4 stripes; trunk widths 48-96-192-384; a 2x2 patch input conv)." in
+            render_markdown(card).replace("\n", " "))
+    card["preset"] |= {"inv_id_widths": card["preset"]["inv_widths"], "inv_id_stem_stride": 1}
+    assert render_markdown(card) == plain
