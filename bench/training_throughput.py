@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from _common import add_common_arguments, machine, print_machine, print_table, warn_if_busy, write_result
 
-from training.allocator import SWITCH, reexec_under_jemalloc
+from training.allocator import SWITCH, current_allocator, reexec_under_jemalloc
 from training.data.synthetic import write_synthetic_market
 from training.pipeline import run_stages
 from training.presets import PRESETS, get_preset
@@ -107,7 +107,7 @@ def main() -> None:
     if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
         devices.append(torch.device("cuda", 0))
     info = machine() | {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
-                        "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "system"}
+                        "allocator": current_allocator()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     print_machine(info)

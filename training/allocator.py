@@ -36,11 +36,16 @@ def jemalloc_environment(environ: Mapping[str, str], library: Path) -> dict[str,
     return env
 
 
+def current_allocator() -> str:
+    """Which malloc this process runs under, for logs and benchmark records."""
+    return "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "system malloc"
+
+
 def reexec_under_jemalloc() -> None:
-    """Replace this process by the same command under jemalloc when it is installed; otherwise return."""
+    """Replace this process by the same command under jemalloc when it is installed; otherwise return. Silent: the
+    trainer's first log line names the allocator, and an error on bad input stays one line."""
     if (library := find_jemalloc()) is None or (env := jemalloc_environment(os.environ, library)) is None:
         return
-    print(f"genreid: training under {library} (set {SWITCH}=system to keep the C library's malloc)", file=sys.stderr)
     sys.stderr.flush()
     sys.stdout.flush()
     os.execve(sys.executable, sys.orig_argv, env)

@@ -21,6 +21,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from training.allocator import current_allocator
+
 log = logging.getLogger(__name__)
 
 
@@ -96,7 +98,8 @@ def setup_runtime() -> Runtime:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     runtime = Runtime(device, rank, world)
-    log.info("training on %s in %s", device, "bf16 autocast" if runtime.uses_bf16 else "float32")
+    log.info("training on %s in %s under %s", device, "bf16 autocast" if runtime.uses_bf16 else "float32",
+             current_allocator())
     return runtime
 
 
