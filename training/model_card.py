@@ -22,7 +22,7 @@ from service.encoders import Encoders, ModelMetadata
 from service.evaluation import Evaluator
 from service.reranking import RerankParams
 from training.data.cache import ImageSet
-from training.run_ledger import RunRecord, Spread, read_ledger, summarise
+from training.run_ledger import RunRecord, Spread, inv_id_trunk_changes, read_ledger, summarise
 from training.stages.context import StageContext
 from training.stages.inverters import finished_inv_ids, inv_id_evaluator
 from training.trainer import hardware, machine_name
@@ -154,16 +154,6 @@ def render_inputs(sizes: dict[str, list[int]]) -> str:
     return generator if identity == generator else f"{identity} (Inv-Id), {generator} (Inv-Noise, generator)"
 
 
-def render_inv_id_trunk(preset: dict[str, Any]) -> str:
-    """Where Inv-Id's trunk differs from Inv-Noise's (wider; a patch input conv), as the recipe line's tail; older
-    cards' presets have neither field."""
-    widths, stride = preset.get("inv_id_widths") or (), preset.get("inv_id_stem_stride", 1)
-    wider = bool(widths) and list(widths) != list(preset["inv_widths"])
-    parts = [f"trunk widths {'-'.join(map(str, widths))}"] * wider
-    parts += [f"a {stride}x{stride} patch input conv"] * (stride > 1)
-    return "".join(f"; {part}" for part in parts)
-
-
 def template(name: str) -> Template:
     """One of the card's prose templates (training/templates/, shipped in the wheel as package data)."""
     return Template(resources.files("training").joinpath("templates", name).read_text(encoding="utf-8"))
@@ -264,7 +254,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         real_fraction=_pct(preset["real_fraction"]), real_identities=preset["real_identities"],
         triplet_weight=preset["triplet_weight"], label_smoothing=preset["label_smoothing"],
         weight_decay=preset["inv_id_weight_decay"], stripes=preset["inv_id_stripes"] or "no",
-        inv_id_trunk=render_inv_id_trunk(preset),
+        inv_id_trunk="".join(f"; {change}" for change in inv_id_trunk_changes(preset)),
         model_id=card["model_id"], calibration_crops=precision["calibration_crops"], int8_change=f"{change:+.1f}",
         max_mAP_loss=_pct(precision["max_validation_mAP_loss"]), verdict=verdict, precision_rows=precision_rows,
         threshold_int8=f"{parity['validation']['int8']['threshold_fmr1']:.4f}",

@@ -59,14 +59,19 @@ class RunRecord:
         return json.dumps(asdict(self), sort_keys=True)
 
 
+def inv_id_trunk_changes(preset: dict[str, Any]) -> list[str]:
+    """How Inv-Id's trunk departs from Inv-Noise's, in words (its own widths, a patch input conv): in variant names
+    and on the model card. `preset` as a dict, since the card reads it back from JSON; older ones lack both fields."""
+    widths, stride = tuple(preset.get("inv_id_widths") or ()), preset.get("inv_id_stem_stride", 1)
+    own = [f"trunk widths {'-'.join(map(str, widths))}"] if widths and widths != tuple(preset["inv_widths"]) else []
+    return own + [f"{stride}x{stride} patch input conv"] * (stride > 1)
+
+
 def variant_name(preset: Preset, mode: str) -> str:
-    """The mode, the classifier of a discriminative one, its own trunk widths, a strided input conv, and whether it
+    """The mode, the classifier of a discriminative one, how its trunk departs from Inv-Noise's, and whether it
     started from another finished Inv-Id: what makes runs more than seeds of each other."""
     name = f"{mode}, {preset.classifier} classifier" if mode == "discriminative" else mode
-    if preset.inv_id_widths and tuple(preset.inv_id_widths) != tuple(preset.inv_widths):
-        name += f", trunk widths {'-'.join(map(str, preset.inv_id_widths))}"
-    if preset.inv_id_stem_stride > 1:
-        name += f", {preset.inv_id_stem_stride}x{preset.inv_id_stem_stride} patch input conv"
+    name = ", ".join([name, *inv_id_trunk_changes(preset.as_dict())])
     return f"{name}, fine-tuned from a finished Inv-Id" if preset.inv_id_init else name
 
 

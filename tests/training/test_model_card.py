@@ -74,7 +74,7 @@ def test_card_names_an_inv_id_trunk_unlike_inv_noise():
     plain = render_markdown(card)
     assert "; Inv-Id head over 4 stripes)." in plain.replace("\n", " ")
     card["preset"] |= {"inv_id_widths": [48, 96, 192, 384], "inv_id_stem_stride": 2}
-    assert ("4 stripes; trunk widths 48-96-192-384; a 2x2 patch input conv)." in
+    assert ("4 stripes; trunk widths 48-96-192-384; 2x2 patch input conv)." in
             render_markdown(card).replace("\n", " "))
     card["preset"] |= {"inv_id_widths": card["preset"]["inv_widths"], "inv_id_stem_stride": 1}
     assert render_markdown(card) == plain
