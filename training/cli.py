@@ -39,17 +39,52 @@ def load_run(run_dir: Path) -> tuple[Preset, Path]:
     return Preset(**values), Path(config["data"])
 
 
+GENERATOR_FROM = "generator_from"  # config.json: the export a run's generator was recovered from
+
+
 def _context(preset: Preset, data: Path, run_dir: Path, cache_dir: Path | None, stop_after: int | None):
     from training.stages.context import StageContext
     from training.trainer import setup_runtime
 
-    return StageContext(preset, data, run_dir, setup_runtime(), cache_dir, stop_after)
+    config = run_dir / CONFIG_FILE
+    export = json.loads(config.read_text()).get(GENERATOR_FROM) if config.is_file() else None
+    return StageContext(preset, data, run_dir, setup_runtime(), cache_dir, stop_after,
+                        generator_export=None if export is None else Path(export))
 
 
-def _check_same_start(run_dir: Path, preset: Preset, source: Path, overrides: list[tuple[str, object]] | None) -> None:
+def is_export(path: Path) -> bool:
+    """A model directory `genreid export` wrote, as opposed to a training run."""
+    from service.encoders import METADATA_FILE
+
+    return (path / METADATA_FILE).is_file() and not (path / CONFIG_FILE).is_file()
+
+
+def card_preset(models_dir: Path) -> Preset:
+    """The preset a model directory's run trained with, as its model card recorded it."""
+    from training.model_card import CARD_JSON
+
+    card = models_dir / CARD_JSON
+    if not card.is_file():
+        raise FileNotFoundError(f"{card}: no model card to read the run's preset from; pass the run directory")
+    values = json.loads(card.read_text())["preset"]
+    return Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _source_preset(source: Path, data: Path | None) -> tuple[Preset, Path]:
+    """The preset and data a run started `--from` source begins with: a run's own, or an export's (its card's
+    preset, and the data folder it was trained on, which only the caller knows)."""
+    if not is_export(source):
+        if data is not None:
+            raise ValueError("--from takes the data and preset of the run it starts from; change fields with --set")
+        return load_run(source)
+    if data is None:
+        raise ValueError(f"--from {source} is an export: add --data, the Market-1501 folder it was trained on")
+    return card_preset(source), data
+
+
+def _check_same_start(run_dir: Path, preset: Preset, start: Preset, overrides: list[tuple[str, object]] | None) -> None:
     """The command that started a run from another one resumes it; a changed one is refused, not half-applied."""
-    source_preset, _ = load_run(source)
-    if dataclasses.replace(source_preset, **dict(overrides or [])) != preset:
+    if dataclasses.replace(start, **dict(overrides or [])) != preset:
         raise ValueError(f"{run_dir} was started with other settings; resume it with the command that started it, "
                          f"or with `genreid train --out {run_dir}`")
 
@@ -58,24 +93,35 @@ def train(args: argparse.Namespace) -> int:
     from service.market import check_layout
 
     run_dir: Path = args.out
+    config: dict[str, object] = {}
     reused: list[str] = []
-    if args.source and (args.data is not None or args.preset):
-        raise ValueError("--from takes the data and preset of the run it starts from; change fields with --set")
+    if args.source and args.preset:
+        raise ValueError("--from takes the preset of the run or export it starts from; change fields with --set")
     if (run_dir / CONFIG_FILE).is_file():
         preset, data = load_run(run_dir)
+        config = json.loads((run_dir / CONFIG_FILE).read_text())
         if args.source:
-            _check_same_start(run_dir, preset, args.source, args.set)
+            _check_same_start(run_dir, preset, _source_preset(args.source, args.data)[0], args.set)
         else:
             if args.preset and args.preset != preset.name:
                 raise ValueError(f"{run_dir} was started with preset {preset.name!r}, not {args.preset!r}")
             if args.set:
                 preset = dataclasses.replace(preset, **dict(args.set))
     elif args.source:
-        from training.pipeline import link_stages, reusable_stages
+        from training.pipeline import GENERATOR_FIELDS, link_stages, reusable_stages
 
-        source_preset, data = load_run(args.source)
-        preset = dataclasses.replace(source_preset, **dict(args.set or []))
-        reused = reusable_stages(args.source, source_preset, preset)
+        start, data = _source_preset(args.source, args.data)
+        preset = dataclasses.replace(start, **dict(args.set or []))
+        if is_export(args.source):
+            data = check_layout(data, ("train",)).resolve()
+            if changed := [name for name in GENERATOR_FIELDS if getattr(preset, name) != getattr(start, name)]:
+                raise ValueError(f"{args.source}: its generator was trained with other {', '.join(changed)}")
+            config[GENERATOR_FROM] = str(args.source.resolve())
+        else:
+            reused = reusable_stages(args.source, start, preset)
+            source_config = json.loads((args.source / CONFIG_FILE).read_text())
+            if GENERATOR_FROM in source_config:  # its generator (linked here) is an export's
+                config[GENERATOR_FROM] = source_config[GENERATOR_FROM]
         run_dir.mkdir(parents=True, exist_ok=True)
         link_stages(args.source, run_dir, reused)
     else:
@@ -88,7 +134,8 @@ def train(args: argparse.Namespace) -> int:
     from training.trainer import write_text_atomic
 
     # Stages of one run may start in parallel processes that read it.
-    write_text_atomic(run_dir / CONFIG_FILE, json.dumps({"preset": preset.as_dict(), "data": str(data)}, indent=2))
+    config.update({"preset": preset.as_dict(), "data": str(data)})
+    write_text_atomic(run_dir / CONFIG_FILE, json.dumps(config, indent=2))
     if reused:
         print(f"genreid train: reusing {', '.join(reused)} of {args.source}", file=sys.stderr)
 
@@ -100,16 +147,10 @@ def models_context(models_dir: Path, data: Path | None, cache_dir: Path | None):
     """A context for a model directory whose training run is gone: the run's preset as the model card recorded
     it (so the same validation identities), and the data folder given."""
     from service.market import check_layout
-    from training.model_card import CARD_JSON
 
-    card = models_dir / CARD_JSON
     if data is None:
         raise ValueError("without a run directory, --data (the Market-1501 folder it was trained on) is required")
-    if not card.is_file():
-        raise FileNotFoundError(f"{card}: no model card to read the run's preset from; pass the run directory")
-    values = json.loads(card.read_text())["preset"]
-    preset = Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-    return _context(preset, check_layout(data, ("train",)).resolve(), models_dir, cache_dir, None)
+    return _context(card_preset(models_dir), check_layout(data, ("train",)).resolve(), models_dir, cache_dir, None)
 
 
 def _run_or_models_context(args: argparse.Namespace, models_dir: Path):
@@ -186,10 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stage", help="run only this stage (generator, codes, samples, inv_id_*, inv_noise)")
     run.add_argument("--set", type=_override, action="append", metavar="FIELD=VALUE",
                      help="override a preset field, e.g. --set generator_steps=2000")
-    run.add_argument("--from", dest="source", type=Path, metavar="RUN_DIR",
-                     help="start a new run on RUN_DIR's finished generator, codes, samples and Inv-Noise (linked, "
-                     "while --set changes nothing they depend on): for Inv-Id experiments on one generator; the same "
-                     "command again resumes it")
+    run.add_argument("--from", dest="source", type=Path, metavar="RUN_OR_MODELS_DIR",
+                     help="start a new run on a run's finished generator, codes, samples and Inv-Noise (linked, "
+                     "while --set changes nothing they depend on), or on an export's denoiser (with --data, its "
+                     "codes recovered in minutes): for Inv-Id experiments on one generator; the same command "
+                     "again resumes it")
     run.add_argument("--stop-after", type=int, help="checkpoint and stop after this many steps of a stage")
     run.set_defaults(handler=train)
     out = commands.add_parser("export", help="export a finished run to ONNX + model.json, with the model identity "

@@ -17,6 +17,7 @@ from training.stages.codes import train_codes
 from training.stages.context import StageContext
 from training.stages.generator import train_generator
 from training.stages.inverters import train_inv_id, train_inv_noise, uses_generator
+from training.stages.recovered_generator import recover_generator
 from training.stages.samples import make_samples
 from training.trainer import write_text_atomic
 
@@ -29,7 +30,10 @@ def stage_table(ctx: StageContext) -> dict[str, tuple[str, Callable[[], None]]]:
     # A run of generator-free Inv-Ids only (the discriminative ablation) has no generator, samples or Inv-Noise.
     generative = any(uses_generator(mode) for mode in ctx.preset.inv_id_modes)
     if generative:
-        table["generator"] = ("generator.pt", lambda: train_generator(ctx))
+        if ctx.generator_export is None:
+            table["generator"] = ("generator.pt", lambda: train_generator(ctx))
+        else:
+            table["generator"] = ("generator.pt", lambda: recover_generator(ctx, ctx.generator_export))
         table["codes"] = ("codes.pt", lambda: train_codes(ctx))
         table["samples"] = ("samples.npz", lambda: make_samples(ctx))
     # The first Inv-Id mode is the one expected to ship: Inv-Noise follows it, so a servable model exists
@@ -45,10 +49,10 @@ def stage_table(ctx: StageContext) -> dict[str, tuple[str, Callable[[], None]]]:
 
 # Stage -> (the file that marks it finished, the preset fields its result depends on beyond those of the stages
 # above it). No Inv-Id field is among them, so Inv-Id experiments can share one generator (`genreid train --from`).
+GENERATOR_FIELDS = ("resolution", "code_dim", "widths", "blocks", "generator_steps", "generator_batch", "generator_lr",
+                    "code_lr", "code_l2", "ema", "val_identities", "seed", "split_seed")
 REUSABLE: dict[str, tuple[str, tuple[str, ...]]] = {
-    "generator": ("generator.pt", ("resolution", "code_dim", "widths", "blocks", "generator_steps",
-                                   "generator_batch", "generator_lr", "code_lr", "code_l2", "ema", "val_identities",
-                                   "seed", "split_seed")),
+    "generator": ("generator.pt", GENERATOR_FIELDS),
     "codes": ("codes.pt", ("codes_steps", "codes_batch", "codes_hidden", "codes_lr")),
     "samples": ("samples.npz", ("samples", "sample_steps")),
     "inv_noise": ("inv_noise.pt", ("inv_widths", "inv_noise_steps", "inv_noise_batch", "inv_noise_lr")),

@@ -20,6 +20,11 @@ class Preset:
     code_lr: float = 1e-4
     code_l2: float = 0.5
     ema: float = 0.999
+    # A run started from an export (`genreid train --from MODELS_DIR`) recovers the code table the export lacks,
+    # the denoiser frozen: Adam on the codes alone, its learning rate decaying to zero over the steps.
+    code_recovery_steps: int = 600
+    code_recovery_batch: int = 64
+    code_recovery_lr: float = 1e-2
     # Identity generator: diffusion MLP over the learned codes.
     codes_steps: int = 20_000
     codes_batch: int = 256
@@ -87,6 +92,8 @@ PRESETS: dict[str, Preset] = {
         generator_lr=2e-3,
         code_lr=1e-2,
         ema=0.9,
+        code_recovery_steps=40,
+        code_recovery_batch=32,
         codes_steps=150,
         codes_batch=64,
         codes_hidden=64,

@@ -17,7 +17,7 @@ from typing import Any
 
 from training.presets import Preset, get_preset
 from training.stages.context import StageContext
-from training.stages.inverters import finished_inv_ids, inv_id_evaluator, inv_id_plan
+from training.stages.inverters import finished_inv_ids, inv_id_evaluator, inv_id_plan, uses_generator
 from training.trainer import hardware, machine_name
 
 METRICS = ("mAP", "rank1", "mINP")
@@ -67,12 +67,15 @@ def inv_id_trunk_changes(preset: dict[str, Any]) -> list[str]:
     return own + [f"{stride}x{stride} patch input conv"] * (stride > 1)
 
 
-def variant_name(preset: Preset, mode: str) -> str:
-    """The mode, the classifier of a discriminative one, how its trunk departs from Inv-Noise's, and whether it
-    started from another finished Inv-Id: what makes runs more than seeds of each other."""
+def variant_name(preset: Preset, mode: str, *, recovered_generator: bool = False) -> str:
+    """The mode, the classifier of a discriminative one, how its trunk departs from Inv-Noise's, whether it
+    started from another finished Inv-Id, and whether its generator is an export's with recovered codes: what makes
+    runs more than seeds of each other."""
     name = f"{mode}, {preset.classifier} classifier" if mode == "discriminative" else mode
     name = ", ".join([name, *inv_id_trunk_changes(preset.as_dict())])
-    return f"{name}, fine-tuned from a finished Inv-Id" if preset.inv_id_init else name
+    name = f"{name}, fine-tuned from a finished Inv-Id" if preset.inv_id_init else name
+    recovered = recovered_generator and uses_generator(mode)
+    return f"{name}, on an exported generator (codes recovered)" if recovered else name
 
 
 def record_run(ctx: StageContext, *, note: str = "") -> list[RunRecord]:
@@ -92,7 +95,8 @@ def record_run(ctx: StageContext, *, note: str = "") -> list[RunRecord]:
         test = inv_id_evaluator(ctx, saved, query, gallery).metrics().as_dict()
         seconds = timings.get(f"inv_id_{mode}")
         records.append(RunRecord(
-            variant=variant_name(preset, mode), inv_id_resolution=tuple(preset.inv_id_resolution),
+            variant=variant_name(preset, mode, recovered_generator=ctx.generator_export is not None),
+            inv_id_resolution=tuple(preset.inv_id_resolution),
             seed=preset.seed, steps=saved.get("steps", preset.inv_id_steps),
             images_per_step=plan.real + plan.generated,
             validation={m: float(saved["validation"][m]) for m in METRICS}, test={m: float(test[m]) for m in METRICS},

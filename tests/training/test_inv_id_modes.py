@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from training.networks.classifiers import CodeTableHead, cosine_logits, mean_nearest_distance, new_classifier
+from training.onnx_weights import onnx_weights
 from training.pipeline import link_stages, reusable_stages, run_stages, stage_table
 from training.presets import get_preset
 from training.stages.inverters import (
@@ -146,6 +147,20 @@ def test_a_128x64_inv_id_starts_from_a_finished_64x32_one(tiny_stages, tmp_path)
     flattened = _beside(tiny_stages, tmp_path / "flat", dataclasses.replace(preset, inv_id_stripes=0))
     with pytest.raises(RuntimeError, match="size mismatch"):
         inv_id_setup(flattened, "hybrid")
+
+
+def test_an_inv_id_starts_from_an_exports_onnx_file_when_its_run_is_gone(tiny_run, tmp_path):
+    """`inv_id_init` also takes an export's float32 inv_id.onnx: the run starts from exactly the weights served."""
+    exported = tiny_run.models / "inv_id.onnx"
+    preset = get_preset("tiny", inv_id_resolution=(128, 64), inv_id_init=str(exported))
+    started = inv_id_setup(_beside(tiny_run.ctx, tmp_path / "run", preset), "hybrid").model.state_dict()
+    weights = onnx_weights(exported)
+    for key, value in started.items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(value.cpu(), weights[key]), key
+    with pytest.raises(ValueError, match="not this network's weights"):
+        inv_id_setup(_beside(tiny_run.ctx, tmp_path / "wrong", dataclasses.replace(
+            preset, inv_id_init=str(tiny_run.models / "denoiser.onnx"))), "hybrid")
 
 
 def test_a_patch_input_conv_starts_as_the_finished_inv_id_on_the_downsampled_crop(tiny_stages, tmp_path):

@@ -31,6 +31,8 @@ class StageContext:
     runtime: Runtime
     cache_dir: Path | None = None
     stop_after: int | None = None  # run at most this many steps per stage, then checkpoint (for tests/slices)
+    # An export whose denoiser this run's generator is (`genreid train --from MODELS_DIR`): its codes are recovered.
+    generator_export: Path | None = None
     diffusion: Diffusion = field(default_factory=lambda: Diffusion(Schedule()))
     # Stage -> wall seconds it spent in this run's earlier sittings (as its checkpoints or parts kept them), filled
     # as stages resume; run_stages adds it to the sitting's own time in timings.json.

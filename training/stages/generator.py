@@ -44,6 +44,23 @@ def code_statistics(codes: np.ndarray) -> dict[str, float]:
             "pair_max": float(off.max())}
 
 
+def noisy_batch(ctx: StageContext, x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """A randomly flipped batch of normalised crops noised at random times: (noisy, variance, the noise added)."""
+    (x0,) = random_flip(x0, gen)
+    eps = torch.randn(x0.shape, generator=gen).to(x0.device)
+    t = torch.rand(len(x0), generator=gen).to(x0.device)
+    noisy, variance = ctx.diffusion.add_noise(x0, eps, t)
+    return noisy.contiguous(memory_format=torch.channels_last), variance, eps
+
+
+def generator_loss(predicted: torch.Tensor, eps: torch.Tensor, codes: torch.Tensor,
+                   code_l2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the generator's loss, its L1 noise error): what training minimises over weights and codes, and what the
+    recovery of an export's codes minimises over the codes alone."""
+    noise_loss = F.l1_loss(predicted.float(), eps)
+    return noise_loss + code_l2 * codes.float().pow(2).mean(), noise_loss
+
+
 def train_generator(ctx: StageContext) -> ConditionalGenerator:
     """Train (or resume) the generator; returns the model as trained so far."""
     torch.manual_seed(ctx.preset.seed)  # initial weights depend on the preset's seed alone
@@ -74,15 +91,11 @@ def train_generator(ctx: StageContext) -> ConditionalGenerator:
         _, gen = step_generator(preset.seed, index, runtime.rank)
         batch = batch_indices(len(train), preset.generator_batch, index, preset.seed, runtime.rank, runtime.world)
         x0 = normalise(to_device_floats(train.images[batch], runtime.device), mean, std)
-        (x0,) = random_flip(x0, gen)
-        eps = torch.randn(x0.shape, generator=gen).to(runtime.device)
-        t = torch.rand(len(x0), generator=gen).to(runtime.device)
-        noisy, variance = ctx.diffusion.add_noise(x0, eps, t)
+        noisy, variance, eps = noisy_batch(ctx, x0, gen)
         labels = torch.from_numpy(labels_np[batch]).to(runtime.device)
         with runtime.autocast():
-            predicted, codes = wrapped(noisy.contiguous(memory_format=torch.channels_last), variance, labels)
-        noise_loss = F.l1_loss(predicted.float(), eps)
-        loss = noise_loss + preset.code_l2 * codes.float().pow(2).mean()
+            predicted, codes = wrapped(noisy, variance, labels)
+        loss, noise_loss = generator_loss(predicted, eps, codes, preset.code_l2)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from service.similarity import code_distances
 from training.data.cache import ImageSet, query_gallery_split
 from training.networks.classifiers import CLASSIFIERS, CodeTableHead, new_classifier
 from training.networks.inverters import InvId
+from training.onnx_weights import onnx_state_dict
 from training.presets import Preset
 from training.stages.context import StageContext, random_flip, to_device_floats
 from training.stages.samples import Triples, generate, load_triples
@@ -239,6 +241,14 @@ class InvIdTraining:
     checkpointed: Checkpointed
 
 
+def finished_inv_id_weights(path: Path, model: InvId) -> dict[str, torch.Tensor]:
+    """The weights `inv_id_init` names: a run's inv_id_<mode>.pt, or an export's inv_id.onnx (float32, when the run
+    directory is gone), keyed like `model`'s own."""
+    if path.suffix == ".onnx":
+        return onnx_state_dict(path, model.state_dict())
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
 def inv_id_setup(ctx: StageContext, mode: str) -> InvIdTraining:
     """Check the preset for `mode` and build what its steps share. The order is part of the result: the seed is
     set after the data is read and before the Inv-Id is built, then a learned head, so the Inv-Id's initial
@@ -250,7 +260,7 @@ def inv_id_setup(ctx: StageContext, mode: str) -> InvIdTraining:
     torch.manual_seed(preset.seed)
     model = ctx.new_inv_id()
     if preset.inv_id_init:
-        model.load_finished(torch.load(preset.inv_id_init, map_location="cpu", weights_only=False)["model"])
+        model.load_finished(finished_inv_id_weights(Path(preset.inv_id_init), model))
     identity = identity_targets(ctx, mode, train)
     head = identity.head
     labels = np.searchsorted(identity.person_ids, train.person_ids)

@@ -1,0 +1,118 @@
+"""Stage 1 of a run started from an export (`genreid train --from MODELS_DIR`): the exported generator, with its
+identity-code table recovered instead of trained.
+
+An export keeps the EMA denoiser (denoiser.onnx) but not the table of learned codes, one per training identity, which
+the later stages need: the identity generator learns their distribution and the hybrid Inv-Id's real crops target
+them. With the denoiser frozen, each identity's code is found again as the generator found it: the one minimising the
+generator's own loss (L1 noise error + code_l2 * mean(code^2)) on that identity's crops. The stage costs minutes
+where the generator costs hours, so Inv-Id experiments start from a shipped model when its run directory is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.encoders import MODEL_FILES, Encoders, ModelMetadata
+from service.imaging import to_chw_float
+from service.similarity import code_distances
+from training.networks.unet import UNet
+from training.onnx_weights import load_onnx_weights
+from training.stages.context import StageContext, normalise, to_device_floats
+from training.stages.generator import code_statistics, generator_loss, noisy_batch
+from training.trainer import Checkpointed, batch_indices, save_atomic, step_generator
+
+log = logging.getLogger(__name__)
+
+STATS_TOLERANCE = 1e-4  # the export's per-channel mean and std against the data's: same crops, same numbers
+
+
+def exported_denoiser(ctx: StageContext, models_dir: Path) -> UNet:
+    """The export's denoiser as the preset's U-Net, in eval mode with its weights frozen."""
+    preset = ctx.preset
+    unet = UNet(preset.widths, preset.blocks, preset.code_dim, embed_dim=64)
+    load_onnx_weights(unet, models_dir / MODEL_FILES["denoiser"], prefix="unet.")
+    return unet.to(ctx.runtime.device).eval().requires_grad_(False)
+
+
+def check_same_data(metadata: ModelMetadata, person_ids: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
+                    models_dir: Path) -> None:
+    """The codes are recovered from the crops the model was trained on: another data folder or split is refused."""
+    identities = json.loads((models_dir / "model.json").read_text()).get("identities")
+    same_stats = np.allclose(mean.cpu().numpy(), metadata.mean, atol=STATS_TOLERANCE) and np.allclose(
+        std.cpu().numpy(), metadata.std, atol=STATS_TOLERANCE)
+    if identities != len(person_ids) or not same_stats:
+        raise ValueError(f"{models_dir} was trained on other crops than these ({identities} identities and channel "
+                         f"mean {np.round(metadata.mean, 4).tolist()}, here {len(person_ids)} and "
+                         f"{np.round(mean.cpu().numpy(), 4).tolist()}): pass the data folder it was trained on")
+
+
+def inv_id_agreement(ctx: StageContext, models_dir: Path, table: np.ndarray, person_ids: np.ndarray,
+                     chunk: int = 1024) -> float:
+    """Share of training crops whose code from the export's own Inv-Id lies nearest (by direction, as the service
+    ranks) to their identity's recovered code. That Inv-Id was trained to put these crops on the original table, so
+    a faithful recovery scores near its training accuracy, and a table of unrelated codes near 1 / identities."""
+    encoders = Encoders(models_dir, device="cpu", precision="float")
+    train, _ = ctx.inv_id_splits
+    codes = np.concatenate([encoders.identity(to_chw_float(train.images[start : start + chunk]))
+                            for start in range(0, len(train), chunk)])
+    nearest = code_distances(codes, table).argmin(axis=1)
+    return float(np.mean(person_ids[nearest] == train.person_ids))
+
+
+def recover_generator(ctx: StageContext, models_dir: Path) -> None:
+    """Write generator.pt, as the generator stage does, from `models_dir`'s denoiser and recovered codes."""
+    preset, runtime = ctx.preset, ctx.runtime
+    if not runtime.is_main:
+        return  # one table for all ranks: the others wait at run_stages' barrier, then read generator.pt
+    train, _ = ctx.splits
+    person_ids = np.unique(train.person_ids)
+    labels_np = np.searchsorted(person_ids, train.person_ids)
+    floats = to_device_floats(train.images, torch.device("cpu"))
+    mean, std = floats.mean(dim=(0, 2, 3)).to(runtime.device), floats.std(dim=(0, 2, 3)).to(runtime.device)
+    del floats
+    check_same_data(ModelMetadata.load(models_dir), person_ids, mean, std, models_dir)
+
+    unet = exported_denoiser(ctx, models_dir)
+    torch.manual_seed(preset.seed)
+    codes = nn.Embedding(len(person_ids), preset.code_dim).to(runtime.device)
+    nn.init.uniform_(codes.weight, -0.05, 0.05)  # where the generator's table started
+    optimizer = torch.optim.Adam(codes.parameters(), lr=preset.code_recovery_lr)
+    # Cosine decay to zero: late steps average the noisy per-timestep gradients instead of following them.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, preset.code_recovery_steps)
+                                                    / preset.code_recovery_steps)))
+    log.info("generator: from %s, recovering %d identity codes", models_dir, len(person_ids))
+
+    def step(index: int) -> dict[str, float]:
+        _, gen = step_generator(preset.seed, index, rank=0)
+        batch = batch_indices(len(train), preset.code_recovery_batch, index, preset.seed)
+        x0 = normalise(to_device_floats(train.images[batch], runtime.device), mean, std)
+        noisy, variance, eps = noisy_batch(ctx, x0, gen)
+        batch_codes = codes(torch.from_numpy(labels_np[batch]).to(runtime.device))
+        loss, noise_loss = generator_loss(unet(noisy, variance, batch_codes), eps, batch_codes, preset.code_l2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        return {"loss": loss.item(), "noise_l1": noise_loss.item()}
+
+    checkpointed = Checkpointed(codes=codes, optimizer=optimizer, schedule=schedule)
+    loop = ctx.loop("generator", preset.code_recovery_steps, preset.code_recovery_batch, checkpointed)
+    if not loop.run(step):
+        return
+    table = codes.weight.detach().float().cpu()
+    stats = code_statistics(table.numpy())
+    agreement = inv_id_agreement(ctx, models_dir, table.numpy(), person_ids)
+    log.info("generator: codes recovered; the export's Inv-Id puts %.1f %% of training crops nearest their own "
+             "identity's code; code distances %s (the export's own: %s)", 100 * agreement, stats,
+             ModelMetadata.load(models_dir).extra.get("code_stats"))
+    save_atomic({"unet": unet.state_dict(), "codes": table, "person_ids": person_ids, "mean": mean.cpu(),
+                 "std": std.cpu(), "code_stats": stats,
+                 "recovered_from": str(models_dir), "inv_id_agreement": agreement}, ctx.path("generator.pt"))
