@@ -6,12 +6,14 @@ Loss: L1 between predicted and true noise + code_l2 * mean(code^2) over the batc
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.data.cache import ImageSet
 from training.networks.unet import UNet
 from training.stages.context import StageContext, normalise, random_flip, to_device_floats
 from training.trainer import EMA, Checkpointed, batch_indices, save_atomic, step_generator, unwrap
@@ -61,16 +63,33 @@ def generator_loss(predicted: torch.Tensor, eps: torch.Tensor, codes: torch.Tens
     return noise_loss + code_l2 * codes.float().pow(2).mean(), noise_loss
 
 
+@dataclass(frozen=True)
+class GeneratorCrops:
+    """The generator's training crops, each crop's row in the code table, and the per-channel mean and std the
+    denoiser's inputs are normalised with (they travel in model.json)."""
+
+    train: ImageSet
+    person_ids: np.ndarray  # the table's rows, in order
+    labels: np.ndarray  # per crop
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+def generator_crops(ctx: StageContext) -> GeneratorCrops:
+    train, _ = ctx.splits
+    person_ids = np.unique(train.person_ids)
+    floats = to_device_floats(train.images, torch.device("cpu"))
+    device = ctx.runtime.device
+    return GeneratorCrops(train, person_ids, np.searchsorted(person_ids, train.person_ids),
+                          floats.mean(dim=(0, 2, 3)).to(device), floats.std(dim=(0, 2, 3)).to(device))
+
+
 def train_generator(ctx: StageContext) -> ConditionalGenerator:
     """Train (or resume) the generator; returns the model as trained so far."""
     torch.manual_seed(ctx.preset.seed)  # initial weights depend on the preset's seed alone
     preset, runtime = ctx.preset, ctx.runtime
-    train, _ = ctx.splits
-    person_ids = np.unique(train.person_ids)
-    labels_np = np.searchsorted(person_ids, train.person_ids)
-    floats = to_device_floats(train.images, torch.device("cpu"))
-    mean, std = floats.mean(dim=(0, 2, 3)).to(runtime.device), floats.std(dim=(0, 2, 3)).to(runtime.device)
-    del floats
+    crops = generator_crops(ctx)
+    train, person_ids, labels_np, mean, std = crops.train, crops.person_ids, crops.labels, crops.mean, crops.std
 
     model = ConditionalGenerator(
         UNet(preset.widths, preset.blocks, preset.code_dim, embed_dim=64), len(person_ids), preset.code_dim

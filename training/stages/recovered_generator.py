@@ -25,7 +25,7 @@ from service.similarity import code_distances
 from training.networks.unet import UNet
 from training.onnx_weights import load_onnx_weights
 from training.stages.context import StageContext, normalise, to_device_floats
-from training.stages.generator import code_statistics, generator_loss, noisy_batch
+from training.stages.generator import code_statistics, generator_crops, generator_loss, noisy_batch
 from training.trainer import Checkpointed, batch_indices, save_atomic, step_generator
 
 log = logging.getLogger(__name__)
@@ -71,12 +71,8 @@ def recover_generator(ctx: StageContext, models_dir: Path) -> None:
     preset, runtime = ctx.preset, ctx.runtime
     if not runtime.is_main:
         return  # one table for all ranks: the others wait at run_stages' barrier, then read generator.pt
-    train, _ = ctx.splits
-    person_ids = np.unique(train.person_ids)
-    labels_np = np.searchsorted(person_ids, train.person_ids)
-    floats = to_device_floats(train.images, torch.device("cpu"))
-    mean, std = floats.mean(dim=(0, 2, 3)).to(runtime.device), floats.std(dim=(0, 2, 3)).to(runtime.device)
-    del floats
+    crops = generator_crops(ctx)
+    train, person_ids, labels_np, mean, std = crops.train, crops.person_ids, crops.labels, crops.mean, crops.std
     check_same_data(ModelMetadata.load(models_dir), person_ids, mean, std, models_dir)
 
     unet = exported_denoiser(ctx, models_dir)
