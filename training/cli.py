@@ -59,17 +59,6 @@ def is_export(path: Path) -> bool:
     return (path / METADATA_FILE).is_file() and not (path / CONFIG_FILE).is_file()
 
 
-def card_preset(models_dir: Path) -> Preset:
-    """The preset a model directory's run trained with, as its model card recorded it."""
-    from training.model_card import CARD_JSON
-
-    card = models_dir / CARD_JSON
-    if not card.is_file():
-        raise FileNotFoundError(f"{card}: no model card to read the run's preset from; pass the run directory")
-    values = json.loads(card.read_text())["preset"]
-    return Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
 def _source_preset(source: Path, data: Path | None) -> tuple[Preset, Path]:
     """The preset and data a run started `--from` source begins with: a run's own, or an export's (its card's
     preset, and the data folder it was trained on, which only the caller knows)."""
@@ -79,6 +68,8 @@ def _source_preset(source: Path, data: Path | None) -> tuple[Preset, Path]:
         return load_run(source)
     if data is None:
         raise ValueError(f"--from {source} is an export: add --data, the Market-1501 folder it was trained on")
+    from training.model_card import card_preset
+
     return card_preset(source), data
 
 
@@ -147,6 +138,7 @@ def models_context(models_dir: Path, data: Path | None, cache_dir: Path | None):
     """A context for a model directory whose training run is gone: the run's preset as the model card recorded
     it (so the same validation identities), and the data folder given."""
     from service.market import check_layout
+    from training.model_card import card_preset
 
     if data is None:
         raise ValueError("without a run directory, --data (the Market-1501 folder it was trained on) is required")

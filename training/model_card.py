@@ -22,6 +22,7 @@ from service.encoders import Encoders, ModelMetadata
 from service.evaluation import Evaluator
 from service.reranking import RerankParams
 from training.data.cache import ImageSet
+from training.presets import Preset
 from training.run_ledger import RunRecord, Spread, inv_id_trunk_changes, read_ledger, summarise
 from training.stages.context import StageContext
 from training.stages.inverters import finished_inv_ids, inv_id_evaluator
@@ -273,6 +274,15 @@ def render_markdown(card: dict[str, Any]) -> str:
         # Cards from before the precision was recorded were all trained on an AVX-512 Xeon, in bf16.
         precision=hw.get("precision", "bf16 autocast"),
     )
+
+
+def card_preset(models_dir: Path) -> Preset:
+    """The preset a model directory's run trained with, as its model card recorded it."""
+    card = models_dir / CARD_JSON
+    if not card.is_file():
+        raise FileNotFoundError(f"{card}: no model card to read the run's preset from; pass the run directory")
+    values = json.loads(card.read_text())["preset"]
+    return Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def write_card(ctx: StageContext, models_dir: Path, *, from_run: bool = True, ledger: Path | None = None) -> Path:

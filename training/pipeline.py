@@ -12,12 +12,13 @@ from pathlib import Path
 
 import torch
 
+from training.model_card import card_preset
 from training.presets import Preset
 from training.stages.codes import train_codes
 from training.stages.context import StageContext
+from training.stages.from_export import import_inv_noise, recover_generator
 from training.stages.generator import train_generator
 from training.stages.inverters import train_inv_id, train_inv_noise, uses_generator
-from training.stages.recovered_generator import recover_generator
 from training.stages.samples import make_samples
 from training.trainer import write_text_atomic
 
@@ -41,7 +42,7 @@ def stage_table(ctx: StageContext) -> dict[str, tuple[str, Callable[[], None]]]:
     first, *others = ctx.preset.inv_id_modes
     table[f"inv_id_{first}"] = (f"inv_id_{first}.pt", lambda: train_inv_id(ctx, first))
     if generative:
-        table["inv_noise"] = ("inv_noise.pt", lambda: train_inv_noise(ctx))
+        table["inv_noise"] = ("inv_noise.pt", inv_noise_stage(ctx))
     for mode in others:
         table[f"inv_id_{mode}"] = (f"inv_id_{mode}.pt", lambda mode=mode: train_inv_id(ctx, mode))
     return table
@@ -57,6 +58,18 @@ REUSABLE: dict[str, tuple[str, tuple[str, ...]]] = {
     "samples": ("samples.npz", ("samples", "sample_steps")),
     "inv_noise": ("inv_noise.pt", ("inv_widths", "inv_noise_steps", "inv_noise_batch", "inv_noise_lr")),
 }
+
+
+def inv_noise_stage(ctx: StageContext) -> Callable[[], None]:
+    """Train Inv-Noise, or, in a run from an export whose samples and Inv-Noise settings are the export's own,
+    take the export's (it inverts the same denoiser)."""
+    export = ctx.generator_export
+    if export is not None:
+        start = card_preset(export)
+        fields = REUSABLE["samples"][1] + REUSABLE["inv_noise"][1]
+        if all(getattr(ctx.preset, name) == getattr(start, name) for name in fields):
+            return lambda: import_inv_noise(ctx, export)
+    return lambda: train_inv_noise(ctx)
 
 
 def reusable_stages(source: Path, source_preset: Preset, preset: Preset) -> list[str]:

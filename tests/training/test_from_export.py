@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -15,9 +16,10 @@ from training.cli import CONFIG_FILE, GENERATOR_FROM
 from training.data.synthetic import write_synthetic_market
 from training.export import round_weights_to_half
 from training.model_card import write_card
+from training.onnx_weights import onnx_weights
 from training.stages.context import normalise, to_device_floats
+from training.stages.from_export import inv_id_agreement
 from training.stages.generator import generator_loss, noisy_batch
-from training.stages.recovered_generator import inv_id_agreement
 
 
 @pytest.fixture(scope="module")
@@ -84,20 +86,49 @@ def test_recovered_codes_minimise_the_generators_loss_under_the_frozen_denoiser(
     assert saved["inv_id_agreement"] == inv_id_agreement(ctx, tiny_run.models, codes.numpy(), saved["person_ids"])
 
 
-def test_later_stages_and_the_ledger_follow(tiny_run, export_dir, recovered):
-    """The same command resumes the run through the identity generator, samples and the hybrid Inv-Id, whose
-    ledger record names the recovered generator, so it never averages with runs of trained generators."""
-    from training.cli import _context, load_run
-    from training.run_ledger import record_run
-
+@pytest.fixture(scope="module")
+def finished(tiny_run, export_dir, recovered):
+    """The same run, resumed by the command that started it (without --stage), through every stage."""
     done = _train_from(export_dir, recovered, tiny_run.ctx.cache_dir, "--data", str(tiny_run.ctx.data_root),
                        "--set", 'inv_id_modes=["hybrid"]', "--set", "inv_id_steps=3")
     assert done.returncode == 0, done.stderr
-    for name in ("codes.pt", "samples.npz", "inv_id_hybrid.pt", "inv_noise.pt"):
-        assert (recovered / name).is_file(), name
-    preset, data = load_run(recovered)
-    [record] = record_run(_context(preset, data, recovered, tiny_run.ctx.cache_dir, None))
+    return recovered
+
+
+def test_later_stages_and_the_ledger_follow(tiny_run, export_dir, finished):
+    """The same command resumes the run through the identity generator, samples, the hybrid Inv-Id and Inv-Noise
+    (the export's own: same denoiser, same settings), and the run exports as a servable model. Its ledger record
+    names the recovered generator, so it never averages with runs of trained generators."""
+    from training.cli import _context, load_run
+    from training.export import export_run
+    from training.run_ledger import record_run
+
+    for name in ("codes.pt", "samples.npz", "inv_id_hybrid.pt"):
+        assert (finished / name).is_file(), name
+    inv_noise = torch.load(finished / "inv_noise.pt", weights_only=False)
+    exported = onnx_weights(export_dir / "inv_noise.onnx")
+    assert inv_noise["imported_from"] == str(export_dir.resolve())
+    assert all(torch.equal(value, exported[key]) for key, value in inv_noise["model"].items()
+               if not key.endswith("num_batches_tracked"))
+    preset, data = load_run(finished)
+    ctx = _context(preset, data, finished, tiny_run.ctx.cache_dir, None)
+    [record] = record_run(ctx)
     assert record.variant == "hybrid, on an exported generator (codes recovered)"
+    metadata = export_run(ctx, finished.parent / "models")
+    assert max(metadata["onnx_parity_max_abs"].values()) < 1e-4
+
+
+def test_inv_noise_is_trained_when_its_settings_differ_from_the_exports(tiny_run, finished, tmp_path):
+    from training.cli import _context, load_run
+    from training.pipeline import inv_noise_stage
+
+    preset, data = load_run(finished)
+    preset = dataclasses.replace(preset, inv_noise_steps=2)
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / "inv_noise.pt").unlink()
+    inv_noise_stage(_context(preset, data, run, tiny_run.ctx.cache_dir, None))()
+    assert "imported_from" not in torch.load(run / "inv_noise.pt", weights_only=False)
 
 
 def test_an_export_without_its_data_or_with_other_generator_settings_is_refused(tiny_run, export_dir, tmp_path):

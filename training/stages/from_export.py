@@ -1,5 +1,5 @@
-"""Stage 1 of a run started from an export (`genreid train --from MODELS_DIR`): the exported generator, with its
-identity-code table recovered instead of trained.
+"""What a run started from an export (`genreid train --from MODELS_DIR`) takes from it instead of training: the
+generator, its identity-code table recovered, and Inv-Noise.
 
 An export keeps the EMA denoiser (denoiser.onnx) but not the table of learned codes, one per training identity, which
 the later stages need: the identity generator learns their distribution and the hybrid Inv-Id's real crops target
@@ -112,3 +112,11 @@ def recover_generator(ctx: StageContext, models_dir: Path) -> None:
     save_atomic({"unet": unet.state_dict(), "codes": table, "person_ids": person_ids, "mean": mean.cpu(),
                  "std": std.cpu(), "code_stats": stats,
                  "recovered_from": str(models_dir), "inv_id_agreement": agreement}, ctx.path("generator.pt"))
+
+
+def import_inv_noise(ctx: StageContext, models_dir: Path) -> None:
+    """Write inv_noise.pt from the export's inv_noise.onnx. It inverts the same denoiser this run draws with, so a
+    run from an export that keeps Inv-Noise's settings exports a servable model without retraining it."""
+    model = load_onnx_weights(ctx.new_inv_noise(), models_dir / MODEL_FILES["inv_noise"])
+    if ctx.runtime.is_main:
+        save_atomic({"model": model.state_dict(), "imported_from": str(models_dir)}, ctx.path("inv_noise.pt"))
