@@ -1,6 +1,7 @@
 """Export a finished run to the service's model directory: three self-contained ONNX files with a dynamic
-batch dimension, model.json (each network's input size, schedule, normalisation, threshold, measurements), a
-parity check of ONNX Runtime against torch, then the model identity and INT8 Inv-Id (training/quantize.py)."""
+batch dimension, model.json (each network's input size, schedule, normalisation, threshold, measurements), the
+generator's identity-code table, a parity check of ONNX Runtime against torch, then the model identity and INT8
+Inv-Id (training/quantize.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from service.encoders import MODEL_FILES, ModelMetadata, input_sizes, open_sessi
 from training.networks.unet import UNet
 from training.quantize import quantize_models
 from training.stages.context import StageContext
+from training.stages.from_export import CODES_FILE
 from training.stages.inverters import best_inv_id, reconstruction_error
 
 log = logging.getLogger(__name__)
@@ -158,10 +160,14 @@ def export_run(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
             "reconstruction": reconstruction,
             "code_stats": generator["code_stats"],
             "identities": len(generator["person_ids"]),
+            "identity_codes": {"file": CODES_FILE, "recovered": bool(generator.get("codes_recovered", False))},
             "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()},
             "onnx_parity_max_abs": differences,
         },
     )
+    # The code table is no network the service runs, but a run started from this export needs it (its denoiser is
+    # conditioned on these codes): kept, it need not be recovered by inversion.
+    np.save(models_dir / CODES_FILE, generator["codes"].float().cpu().numpy())
     metadata.save(models_dir)
     log.info("exported %s to %s (parity %s)", ctx.run_dir, models_dir, differences)
     return quantize_models(ctx, models_dir).as_dict()

@@ -16,7 +16,7 @@ from training.model_card import card_preset
 from training.presets import Preset
 from training.stages.codes import train_codes
 from training.stages.context import StageContext
-from training.stages.from_export import import_inv_noise, recover_generator
+from training.stages.from_export import generator_from_export, import_inv_noise
 from training.stages.generator import train_generator
 from training.stages.inverters import train_inv_id, train_inv_noise, uses_generator
 from training.stages.samples import make_samples
@@ -34,7 +34,7 @@ def stage_table(ctx: StageContext) -> dict[str, tuple[str, Callable[[], None]]]:
         if ctx.generator_export is None:
             table["generator"] = ("generator.pt", lambda: train_generator(ctx))
         else:
-            table["generator"] = ("generator.pt", lambda: recover_generator(ctx, ctx.generator_export))
+            table["generator"] = ("generator.pt", lambda: generator_from_export(ctx, ctx.generator_export))
         table["codes"] = ("codes.pt", lambda: train_codes(ctx))
         table["samples"] = ("samples.npz", lambda: make_samples(ctx))
     # The first Inv-Id mode is the one expected to ship: Inv-Noise follows it, so a servable model exists

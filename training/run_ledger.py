@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -67,15 +68,22 @@ def inv_id_trunk_changes(preset: dict[str, Any]) -> list[str]:
     return own + [f"{stride}x{stride} patch input conv"] * (stride > 1)
 
 
-def variant_name(preset: Preset, mode: str, *, recovered_generator: bool = False) -> str:
+def generator_origin(saved: Mapping[str, Any]) -> str:
+    """Where a run's generator (generator.pt's record) came from when it was not trained: an export's, as
+    exported or with its codes recovered by inversion. '' for a trained one."""
+    if "from_export" not in saved:
+        return ""
+    return "an exported generator (codes recovered)" if saved["codes_recovered"] else "an exported generator"
+
+
+def variant_name(preset: Preset, mode: str, *, generator: str = "") -> str:
     """The mode, the classifier of a discriminative one, how its trunk departs from Inv-Noise's, whether it
-    started from another finished Inv-Id, and whether its generator is an export's with recovered codes: what makes
-    runs more than seeds of each other."""
+    started from another finished Inv-Id, and where its generator came from (`generator_origin`, for a mode that
+    uses one): what makes runs more than seeds of each other."""
     name = f"{mode}, {preset.classifier} classifier" if mode == "discriminative" else mode
     name = ", ".join([name, *inv_id_trunk_changes(preset.as_dict())])
     name = f"{name}, fine-tuned from a finished Inv-Id" if preset.inv_id_init else name
-    recovered = recovered_generator and uses_generator(mode)
-    return f"{name}, on an exported generator (codes recovered)" if recovered else name
+    return f"{name}, on {generator}" if generator and uses_generator(mode) else name
 
 
 def record_run(ctx: StageContext, *, note: str = "") -> list[RunRecord]:
@@ -90,12 +98,13 @@ def record_run(ctx: StageContext, *, note: str = "") -> list[RunRecord]:
     machine = f"{machine_name(hw)}, {hw['precision']}"
     query, gallery = (ctx.split(split, preset.inv_id_resolution) for split in ("query", "gallery"))
     records = []
+    origin = generator_origin(ctx.load("generator")) if ctx.path("generator.pt").is_file() else ""
     for mode, saved in finished_inv_ids(ctx).items():
         plan = inv_id_plan(preset, mode)
         test = inv_id_evaluator(ctx, saved, query, gallery).metrics().as_dict()
         seconds = timings.get(f"inv_id_{mode}")
         records.append(RunRecord(
-            variant=variant_name(preset, mode, recovered_generator=ctx.generator_export is not None),
+            variant=variant_name(preset, mode, generator=origin),
             inv_id_resolution=tuple(preset.inv_id_resolution),
             seed=preset.seed, steps=saved.get("steps", preset.inv_id_steps),
             images_per_step=plan.real + plan.generated,

@@ -1,4 +1,5 @@
-"""`genreid train --from MODELS_DIR`: a run on an export's denoiser, its identity codes recovered by inversion."""
+"""`genreid train --from MODELS_DIR`: a run on an export's denoiser and its identity codes, as exported or, for an
+export that lacks them, recovered by inversion."""
 
 from __future__ import annotations
 
@@ -18,16 +19,28 @@ from training.export import round_weights_to_half
 from training.model_card import write_card
 from training.onnx_weights import onnx_weights
 from training.stages.context import normalise, to_device_floats
-from training.stages.from_export import inv_id_agreement
+from training.stages.from_export import CODES_FILE, inv_id_agreement
 from training.stages.generator import generator_loss, noisy_batch
 
 
 @pytest.fixture(scope="module")
-def export_dir(tiny_run, tmp_path_factory):
+def full_export(tiny_run, tmp_path_factory):
     """The tiny run's export with its model card (which records the preset), and without the run directory."""
     models = tmp_path_factory.mktemp("export")
     shutil.copytree(tiny_run.models, models, dirs_exist_ok=True)
     write_card(tiny_run.ctx, models)
+    return models
+
+
+@pytest.fixture(scope="module")
+def export_dir(full_export, tmp_path_factory):
+    """The same export as written before exports kept the identity-code table."""
+    models = tmp_path_factory.mktemp("old-export")
+    shutil.copytree(full_export, models, dirs_exist_ok=True)
+    (models / CODES_FILE).unlink()
+    metadata = json.loads((models / "model.json").read_text())
+    del metadata["identity_codes"]
+    (models / "model.json").write_text(json.dumps(metadata))
     return models
 
 
@@ -116,6 +129,36 @@ def test_later_stages_and_the_ledger_follow(tiny_run, export_dir, finished):
     assert record.variant == "hybrid, on an exported generator (codes recovered)"
     metadata = export_run(ctx, finished.parent / "models")
     assert max(metadata["onnx_parity_max_abs"].values()) < 1e-4
+    # Its export keeps the recovered table, and says so: the next run from it neither recovers nor forgets that.
+    assert metadata["identity_codes"] == {"file": CODES_FILE, "recovered": True}
+    assert np.array_equal(np.load(finished.parent / "models" / CODES_FILE), ctx.load("generator")["codes"].numpy())
+
+
+def test_an_export_keeps_its_code_table_and_a_run_from_it_takes_the_table_as_is(tiny_run, full_export, tmp_path):
+    """No inversion when the export kept the table: the run's generator is the original one, codes and all."""
+    from training.cli import load_run
+    from training.run_ledger import generator_origin, variant_name
+
+    done = _train_from(full_export, tmp_path / "run", tiny_run.ctx.cache_dir, "--data", str(tiny_run.ctx.data_root),
+                       "--set", 'inv_id_modes=["hybrid"]', "--stage", "generator")
+    assert done.returncode == 0, done.stderr
+    saved = torch.load(tmp_path / "run" / "generator.pt", weights_only=False)
+    original = tiny_run.ctx.load("generator")
+    assert torch.equal(saved["codes"], original["codes"].float())
+    assert np.array_equal(saved["person_ids"], original["person_ids"])
+    assert not saved["codes_recovered"]
+    preset, _ = load_run(tmp_path / "run")
+    assert variant_name(preset, "hybrid", generator=generator_origin(saved)) == "hybrid, on an exported generator"
+
+
+def test_a_code_table_that_does_not_fit_the_data_is_refused(tiny_run, full_export, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(full_export, models)
+    np.save(models / CODES_FILE, np.zeros((3, tiny_run.ctx.preset.code_dim), np.float32))
+    done = _train_from(models, tmp_path / "run", tiny_run.ctx.cache_dir, "--data", str(tiny_run.ctx.data_root),
+                       "--set", 'inv_id_modes=["hybrid"]', "--stage", "generator")
+    assert done.returncode == 2 and "the export is damaged" in done.stderr, done.stderr
+    assert not (tmp_path / "run" / "generator.pt").exists()
 
 
 def test_inv_noise_is_trained_when_its_settings_differ_from_the_exports(tiny_run, finished, tmp_path):

@@ -1,11 +1,12 @@
 """What a run started from an export (`genreid train --from MODELS_DIR`) takes from it instead of training: the
-generator, its identity-code table recovered, and Inv-Noise.
+generator (denoiser and identity-code table) and Inv-Noise.
 
-An export keeps the EMA denoiser (denoiser.onnx) but not the table of learned codes, one per training identity, which
-the later stages need: the identity generator learns their distribution and the hybrid Inv-Id's real crops target
-them. With the denoiser frozen, each identity's code is found again as the generator found it: the one minimising the
-generator's own loss (L1 noise error + code_l2 * mean(code^2)) on that identity's crops. The stage costs minutes
-where the generator costs hours, so Inv-Id experiments start from a shipped model when its run directory is gone.
+The later stages need the table of learned codes, one per training identity: the identity generator learns their
+distribution and the hybrid Inv-Id's real crops target them. Exports keep it (identity_codes.npy); for one written
+before they did, it is recovered by inversion. With the denoiser frozen, each identity's code is found again as the
+generator found it: the one minimising the generator's own loss (L1 noise error + code_l2 * mean(code^2)) on that
+identity's crops. Either way the stage costs minutes where the generator costs hours, so Inv-Id experiments start
+from a shipped model when its run directory is gone.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from service.similarity import code_distances
 from training.networks.unet import UNet
 from training.onnx_weights import load_onnx_weights
 from training.stages.context import StageContext, normalise, to_device_floats
-from training.stages.generator import code_statistics, generator_crops, generator_loss, noisy_batch
+from training.stages.generator import GeneratorCrops, code_statistics, generator_crops, generator_loss, noisy_batch
 from training.trainer import Checkpointed, batch_indices, save_atomic, step_generator
 
 log = logging.getLogger(__name__)
 
+CODES_FILE = "identity_codes.npy"  # an export's code table, rows in person_id order (training/export.py)
 STATS_TOLERANCE = 1e-4  # the export's per-channel mean and std against the data's: same crops, same numbers
 
 
@@ -66,25 +68,33 @@ def inv_id_agreement(ctx: StageContext, models_dir: Path, table: np.ndarray, per
     return float(np.mean(person_ids[nearest] == train.person_ids))
 
 
-def recover_generator(ctx: StageContext, models_dir: Path) -> None:
-    """Write generator.pt, as the generator stage does, from `models_dir`'s denoiser and recovered codes."""
-    preset, runtime = ctx.preset, ctx.runtime
-    if not runtime.is_main:
-        return  # one table for all ranks: the others wait at run_stages' barrier, then read generator.pt
-    crops = generator_crops(ctx)
-    train, person_ids, labels_np, mean, std = crops.train, crops.person_ids, crops.labels, crops.mean, crops.std
-    check_same_data(ModelMetadata.load(models_dir), person_ids, mean, std, models_dir)
+def exported_codes(models_dir: Path, identities: int, code_dim: int) -> tuple[torch.Tensor, bool] | None:
+    """The export's identity-code table and whether it was itself recovered, or None for an export without one
+    (written before exports kept it)."""
+    entry = ModelMetadata.load(models_dir).extra.get("identity_codes")
+    if entry is None:
+        return None
+    table = np.load(models_dir / entry["file"])
+    if table.shape != (identities, code_dim):
+        raise ValueError(f"{models_dir / entry['file']} holds a {table.shape} code table where {identities} "
+                         f"identities of {code_dim} were expected: the export is damaged")
+    return torch.from_numpy(table.astype(np.float32)), bool(entry["recovered"])
 
-    unet = exported_denoiser(ctx, models_dir)
+
+def recover_codes(ctx: StageContext, unet: UNet, crops: GeneratorCrops) -> torch.Tensor | None:
+    """The code table minimising the generator's loss under the frozen `unet`, or None when the loop stopped
+    early (checkpointed; the same command resumes it)."""
+    preset, runtime = ctx.preset, ctx.runtime
+    train, labels_np, mean, std = crops.train, crops.labels, crops.mean, crops.std
     torch.manual_seed(preset.seed)
-    codes = nn.Embedding(len(person_ids), preset.code_dim).to(runtime.device)
+    codes = nn.Embedding(len(crops.person_ids), preset.code_dim).to(runtime.device)
     nn.init.uniform_(codes.weight, -0.05, 0.05)  # where the generator's table started
     optimizer = torch.optim.Adam(codes.parameters(), lr=preset.code_recovery_lr)
     # Cosine decay to zero: late steps average the noisy per-timestep gradients instead of following them.
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, preset.code_recovery_steps)
                                                     / preset.code_recovery_steps)))
-    log.info("generator: from %s, recovering %d identity codes", models_dir, len(person_ids))
+    log.info("generator: recovering %d identity codes by inversion", len(crops.person_ids))
 
     def step(index: int) -> dict[str, float]:
         _, gen = step_generator(preset.seed, index, rank=0)
@@ -101,17 +111,34 @@ def recover_generator(ctx: StageContext, models_dir: Path) -> None:
 
     checkpointed = Checkpointed(codes=codes, optimizer=optimizer, schedule=schedule)
     loop = ctx.loop("generator", preset.code_recovery_steps, preset.code_recovery_batch, checkpointed)
-    if not loop.run(step):
-        return
-    table = codes.weight.detach().float().cpu()
+    return codes.weight.detach().float().cpu() if loop.run(step) else None
+
+
+def generator_from_export(ctx: StageContext, models_dir: Path) -> None:
+    """Write generator.pt, as the generator stage does, from `models_dir`'s denoiser and its code table: the one
+    the export keeps, or, for an export without one, recovered by inversion."""
+    preset, runtime = ctx.preset, ctx.runtime
+    if not runtime.is_main:
+        return  # one table for all ranks: the others wait at run_stages' barrier, then read generator.pt
+    crops = generator_crops(ctx)
+    metadata = ModelMetadata.load(models_dir)
+    check_same_data(metadata, crops.person_ids, crops.mean, crops.std, models_dir)
+    unet = exported_denoiser(ctx, models_dir)
+    stored = exported_codes(models_dir, len(crops.person_ids), preset.code_dim)
+    if stored is None:
+        table, recovered = recover_codes(ctx, unet, crops), True
+        if table is None:
+            return
+    else:
+        table, recovered = stored
     stats = code_statistics(table.numpy())
-    agreement = inv_id_agreement(ctx, models_dir, table.numpy(), person_ids)
-    log.info("generator: codes recovered; the export's Inv-Id puts %.1f %% of training crops nearest their own "
-             "identity's code; code distances %s (the export's own: %s)", 100 * agreement, stats,
-             ModelMetadata.load(models_dir).extra.get("code_stats"))
-    save_atomic({"unet": unet.state_dict(), "codes": table, "person_ids": person_ids, "mean": mean.cpu(),
-                 "std": std.cpu(), "code_stats": stats,
-                 "recovered_from": str(models_dir), "inv_id_agreement": agreement}, ctx.path("generator.pt"))
+    agreement = inv_id_agreement(ctx, models_dir, table.numpy(), crops.person_ids)
+    log.info("generator: from %s, codes %s; the export's Inv-Id puts %.1f %% of training crops nearest their own "
+             "identity's code; code distances %s (the export's own: %s)", models_dir,
+             "recovered" if recovered else "as exported", 100 * agreement, stats, metadata.extra.get("code_stats"))
+    save_atomic({"unet": unet.state_dict(), "codes": table, "person_ids": crops.person_ids, "mean": crops.mean.cpu(),
+                 "std": crops.std.cpu(), "code_stats": stats, "from_export": str(models_dir),
+                 "codes_recovered": recovered, "inv_id_agreement": agreement}, ctx.path("generator.pt"))
 
 
 def import_inv_noise(ctx: StageContext, models_dir: Path) -> None:
