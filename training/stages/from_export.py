@@ -135,7 +135,8 @@ def generator_from_export(ctx: StageContext, models_dir: Path) -> None:
     agreement = inv_id_agreement(ctx, models_dir, table.numpy(), crops.person_ids)
     log.info("generator: from %s, codes %s; the export's Inv-Id puts %.1f %% of training crops nearest their own "
              "identity's code; code distances %s (the export's own: %s)", models_dir,
-             "recovered" if recovered else "as exported", 100 * agreement, stats, metadata.extra.get("code_stats"))
+             "recovered by inversion" if stored is None else "as exported", 100 * agreement, stats,
+             metadata.extra.get("code_stats"))
     save_atomic({"unet": unet.state_dict(), "codes": table, "person_ids": crops.person_ids, "mean": crops.mean.cpu(),
                  "std": crops.std.cpu(), "code_stats": stats, "from_export": str(models_dir),
                  "codes_recovered": recovered, "inv_id_agreement": agreement}, ctx.path("generator.pt"))
