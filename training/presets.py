@@ -45,6 +45,9 @@ class Preset:
     # Inv-Id's input conv reads s x s patches: at 2, a 128x64 crop costs about what a 64x32 one does (its trunk
     # runs at 64x32), where a 1x1 input conv runs the whole trunk at 128x64, four times the work.
     inv_id_stem_stride: int = 1
+    # 1: Inv-Id's trunk does not pool before its bottleneck, so its last map has twice the rows and columns (8x4 ->
+    # 16x8 at 64x32) at about 1.75 times the trunk's cost: re-ID's "last stride 1", detail without a larger input.
+    inv_id_last_stride: int = 2
     # Inv-Id's trunk widths where they differ from Inv-Noise's (`inv_widths`); (): the same. Apart, a wider Inv-Id
     # trains on another run's generator, samples and Inv-Noise (`genreid train --from`) without retraining them.
     inv_id_widths: tuple[int, ...] = ()

@@ -177,3 +177,21 @@ def test_a_patch_input_conv_starts_as_the_finished_inv_id_on_the_downsampled_cro
         assert torch.allclose(started(crops), finished.eval()(torch.nn.functional.avg_pool2d(crops, 2)), atol=1e-5)
         assert started.trunk(crops)[0].shape == finished.trunk(crops[..., ::2, ::2])[0].shape
     assert started.trunk.stem.weight.shape[-2:] == (2, 2)
+
+
+def test_last_stride_one_keeps_the_last_map_twice_as_fine_on_the_finished_inv_ids_weights(tiny_stages, tmp_path):
+    """Without the pooling before the bottleneck the trunk's last map has twice the rows and columns, every weight
+    keeps its shape (so a finished Inv-Id starts it), and the code is still one per crop."""
+    preset = get_preset("tiny", inv_id_last_stride=1, inv_id_init=str(tiny_stages.path("inv_id_hybrid.pt")))
+    started = inv_id_setup(_beside(tiny_stages, tmp_path / "run", preset), "hybrid").model.cpu().eval()
+    finished = tiny_stages.new_inv_id().cpu().eval()
+    finished.load_state_dict(tiny_stages.load("inv_id_hybrid")["model"])
+    crops = torch.rand((3, 3, *preset.inv_id_resolution), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fine, coarse = started.trunk(crops)[0], finished.trunk(crops)[0]
+        assert fine.shape[-2:] == (2 * coarse.shape[-2], 2 * coarse.shape[-1])
+        assert started(crops).shape == finished(crops).shape == (3, preset.code_dim)
+    assert all(torch.equal(value, finished.state_dict()[key]) for key, value in started.state_dict().items())
+    with pytest.raises(ValueError, match="inv_id_last_stride is 1"):
+        inv_id_setup(_beside(tiny_stages, tmp_path / "bad", dataclasses.replace(preset, inv_id_last_stride=3)),
+                     "hybrid")

@@ -49,6 +49,8 @@ def test_variant_names_tell_recipes_apart_that_seeds_must_not_mix():
     assert variant_name(patches, "hybrid") == "hybrid, 2x2 patch input conv, fine-tuned from a finished Inv-Id"
     wider = get_preset("cpu", inv_id_widths=(48, 96, 192, 384))
     assert variant_name(wider, "hybrid") == "hybrid, trunk widths 48-96-192-384"
+    assert variant_name(dataclasses.replace(wider, inv_id_last_stride=1), "hybrid") == (
+        "hybrid, trunk widths 48-96-192-384, last stride 1")
     assert variant_name(dataclasses.replace(wider, inv_id_widths=wider.inv_widths), "hybrid") == "hybrid"
 
 

@@ -14,16 +14,19 @@ class InvId(nn.Module):
     Flattening (rather than global pooling) keeps where on the body a colour sits, as the reference does.
     `stripes` > 0 first averages the feature map into that many horizontal stripes (head, torso, legs...):
     the vertical layout survives with a fraction of the dense weights, which overfit less. `stem_stride` 2 reads
-    2x2 patches at the input (see Encoder): the trunk then costs what it costs at half the resolution.
+    2x2 patches at the input (see Encoder): the trunk then costs what it costs at half the resolution;
+    `last_stride` 1 keeps the last map at twice the rows and columns.
     """
 
     def __init__(
         self, widths: tuple[int, ...], blocks: int, resolution: tuple[int, int], code_dim: int = 32, stripes: int = 0,
-        *, stem_stride: int = 1,
+        *, stem_stride: int = 1, last_stride: int = 2,
     ):
         super().__init__()
-        self.trunk = Encoder(widths, blocks, stem_stride=stem_stride)
-        scale = 2 ** (len(widths) - 1) * stem_stride
+        if last_stride not in (1, 2):
+            raise ValueError(f"inv_id_last_stride is 1 (no pooling before the bottleneck) or 2, not {last_stride}")
+        self.trunk = Encoder(widths, blocks, stem_stride=stem_stride, last_stride=last_stride)
+        scale = 2 ** (len(widths) - 2) * last_stride * stem_stride
         rows, cols = resolution[0] // scale, resolution[1] // scale
         if stripes:
             if rows % stripes:

@@ -15,14 +15,18 @@ class Encoder(nn.Module):
     When `code_dim` > 0 the identity code is concatenated at the input and again after every pooling;
     when `embed_dim` > 0 the noise-variance embedding is concatenated at the input. The input conv is 1x1; with
     `stem_stride` s > 1 it reads s x s patches instead (a learned space-to-depth), so every level works at 1/s of
-    the input's size: a 128x64 crop at the compute of a 64x32 one.
+    the input's size: a 128x64 crop at the compute of a 64x32 one. `last_stride` 1 skips the pooling before the
+    bottleneck (re-ID's "last stride 1"): the last map keeps twice the rows and columns, for the bottleneck's blocks
+    at four times their cost.
     """
 
     def __init__(
-        self, widths: tuple[int, ...], blocks: int, code_dim: int = 0, embed_dim: int = 0, *, stem_stride: int = 1
+        self, widths: tuple[int, ...], blocks: int, code_dim: int = 0, embed_dim: int = 0, *, stem_stride: int = 1,
+        last_stride: int = 2,
     ):
         super().__init__()
         self.code_dim = code_dim
+        self.last_stride = last_stride
         self.embedding = NoiseEmbedding(embed_dim) if embed_dim else None
         self.stem = nn.Conv2d(3, widths[0], stem_stride, stride=stem_stride)
         channels = widths[0] + embed_dim + code_dim
@@ -53,11 +57,12 @@ class Encoder(nn.Module):
             extra.append(broadcast(code, x))
         x = torch.cat([x, *extra], dim=1) if extra else x
         skips = []
-        for level in self.levels:
+        for index, level in enumerate(self.levels):
             for block in level:
                 x = block(x)
                 skips.append(x)
-            x = F.avg_pool2d(x, 2)
+            stride = self.last_stride if index == len(self.levels) - 1 else 2
+            x = F.avg_pool2d(x, stride) if stride > 1 else x
             if self.code_dim:
                 x = torch.cat([x, broadcast(code, x)], dim=1)
         return self.bottleneck(x), skips

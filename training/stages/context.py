@@ -106,7 +106,8 @@ class StageContext:
     def new_inv_id(self) -> InvId:
         preset = self.preset
         return InvId(preset.inv_id_widths or preset.inv_widths, preset.blocks, preset.inv_id_resolution,
-                     preset.code_dim, preset.inv_id_stripes, stem_stride=preset.inv_id_stem_stride)
+                     preset.code_dim, preset.inv_id_stripes, stem_stride=preset.inv_id_stem_stride,
+                     last_stride=preset.inv_id_last_stride)
 
     def new_inv_noise(self) -> InvNoise:
         return InvNoise(self.preset.inv_widths, self.preset.blocks)
