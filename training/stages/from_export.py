@@ -68,10 +68,11 @@ def inv_id_agreement(ctx: StageContext, models_dir: Path, table: np.ndarray, per
     return float(np.mean(person_ids[nearest] == train.person_ids))
 
 
-def exported_codes(models_dir: Path, identities: int, code_dim: int) -> tuple[torch.Tensor, bool] | None:
+def exported_codes(models_dir: Path, metadata: ModelMetadata, *, identities: int,
+                   code_dim: int) -> tuple[torch.Tensor, bool] | None:
     """The export's identity-code table and whether it was itself recovered, or None for an export without one
     (written before exports kept it)."""
-    entry = ModelMetadata.load(models_dir).extra.get("identity_codes")
+    entry = metadata.extra.get("identity_codes")
     if entry is None:
         return None
     table = np.load(models_dir / entry["file"])
@@ -124,7 +125,7 @@ def generator_from_export(ctx: StageContext, models_dir: Path) -> None:
     metadata = ModelMetadata.load(models_dir)
     check_same_data(metadata, crops.person_ids, crops.mean, crops.std, models_dir)
     unet = exported_denoiser(ctx, models_dir)
-    stored = exported_codes(models_dir, len(crops.person_ids), preset.code_dim)
+    stored = exported_codes(models_dir, metadata, identities=len(crops.person_ids), code_dim=preset.code_dim)
     if stored is None:
         table, recovered = recover_codes(ctx, unet, crops), True
         if table is None:
