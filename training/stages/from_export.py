@@ -11,7 +11,6 @@ from a shipped model when its run directory is gone.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -46,7 +45,7 @@ def exported_denoiser(ctx: StageContext, models_dir: Path) -> UNet:
 def check_same_data(metadata: ModelMetadata, person_ids: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
                     models_dir: Path) -> None:
     """The codes are recovered from the crops the model was trained on: another data folder or split is refused."""
-    identities = json.loads((models_dir / "model.json").read_text()).get("identities")
+    identities = metadata.extra.get("identities")
     same_stats = np.allclose(mean.cpu().numpy(), metadata.mean, atol=STATS_TOLERANCE) and np.allclose(
         std.cpu().numpy(), metadata.std, atol=STATS_TOLERANCE)
     if identities != len(person_ids) or not same_stats:
