@@ -75,11 +75,18 @@ class Preset:
     # Identities held out of training (carved from the training split) to pick settings and calibrate.
     val_identities: int = 50
     seed: int = 0  # initial weights and batch draws
+    # Inv-Id's own seed where it differs from `seed` (a generator field): seeds of Inv-Id on one generator.
+    inv_id_seed: int | None = None
     # Which identities are held out, and their query/gallery choice: apart from `seed`, so runs of several seeds
     # are scored on the same validation queries.
     split_seed: int = 0
     checkpoint_seconds: float = 300.0
     log_every: int = 50  # steps per line of log.jsonl (and per images/s window)
+
+    @property
+    def inv_id_rng_seed(self) -> int:
+        """The seed of Inv-Id's initial weights and batch draws."""
+        return self.seed if self.inv_id_seed is None else self.inv_id_seed
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -30,7 +30,7 @@ class RunRecord:
 
     variant: str  # the Inv-Id mode (hybrid, paper, discriminative), with the classifier for discriminative
     inv_id_resolution: tuple[int, int]
-    seed: int
+    seed: int  # Inv-Id's (Preset.inv_id_rng_seed): several on one generator are seeds of one variant
     steps: int
     images_per_step: int
     validation: dict[str, float]  # METRICS on the validation identities, standard protocol
@@ -95,7 +95,7 @@ def record_run(ctx: StageContext, *, note: str = "") -> list[RunRecord]:
     timings = json.loads(ctx.path("timings.json").read_text()) if ctx.path("timings.json").is_file() else {}
     named = get_preset(preset.name).as_dict()
     overrides = {key: value for key, value in preset.as_dict().items()
-                 if value != named[key] and key not in ("seed", "inv_id_modes", "inv_id_resolution")}
+                 if value != named[key] and key not in ("seed", "inv_id_seed", "inv_id_modes", "inv_id_resolution")}
     hw = hardware()
     machine = f"{machine_name(hw)}, {hw['precision']}"
     query, gallery = (ctx.split(split, preset.inv_id_resolution) for split in ("query", "gallery"))
@@ -108,7 +108,7 @@ def record_run(ctx: StageContext, *, note: str = "") -> list[RunRecord]:
         records.append(RunRecord(
             variant=variant_name(preset, mode, generator=origin),
             inv_id_resolution=tuple(preset.inv_id_resolution),
-            seed=preset.seed, steps=saved.get("steps", preset.inv_id_steps),
+            seed=preset.inv_id_rng_seed, steps=saved.get("steps", preset.inv_id_steps),
             images_per_step=plan.real + plan.generated,
             validation={m: float(saved["validation"][m]) for m in METRICS}, test={m: float(test[m]) for m in METRICS},
             minutes=None if seconds is None else round(seconds / 60, 1), machine=machine, run=ctx.run_dir.name,

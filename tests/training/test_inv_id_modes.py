@@ -195,3 +195,19 @@ def test_last_stride_one_keeps_the_last_map_twice_as_fine_on_the_finished_inv_id
     with pytest.raises(ValueError, match="inv_id_last_stride is 1"):
         inv_id_setup(_beside(tiny_stages, tmp_path / "bad", dataclasses.replace(preset, inv_id_last_stride=3)),
                      "hybrid")
+
+
+def test_inv_id_seed_varies_inv_id_alone_on_one_generator(tiny_stages, tmp_path):
+    """`inv_id_seed` is no generator field, so a run with another one reuses the generator, codes and samples; its
+    Inv-Id starts from other weights, while leaving it unset is the run's own `seed`."""
+    preset = get_preset("tiny", inv_id_steps=8)
+    reused = reusable_stages(tiny_stages.run_dir, tiny_stages.preset, dataclasses.replace(preset, inv_id_seed=1))
+    assert reused == reusable_stages(tiny_stages.run_dir, tiny_stages.preset, preset)
+    assert reused == ["generator", "codes", "samples", "inv_noise"]
+    same = inv_id_setup(_beside(tiny_stages, tmp_path / "same", dataclasses.replace(preset, inv_id_seed=preset.seed)),
+                        "hybrid").model.state_dict()
+    unset = inv_id_setup(_beside(tiny_stages, tmp_path / "unset", preset), "hybrid").model.state_dict()
+    other = inv_id_setup(_beside(tiny_stages, tmp_path / "other", dataclasses.replace(preset, inv_id_seed=1)),
+                         "hybrid").model.state_dict()
+    assert all(torch.equal(same[key], unset[key]) for key in same)
+    assert not torch.equal(other["trunk.stem.weight"], unset["trunk.stem.weight"])

@@ -252,12 +252,12 @@ def finished_inv_id_weights(path: Path, model: InvId) -> dict[str, torch.Tensor]
 def inv_id_setup(ctx: StageContext, mode: str) -> InvIdTraining:
     """Check the preset for `mode` and build what its steps share. The order is part of the result: the seed is
     set after the data is read and before the Inv-Id is built, then a learned head, so the Inv-Id's initial
-    weights depend on the preset's seed alone and not on the mode."""
+    weights depend on its seed alone (`Preset.inv_id_rng_seed`) and not on the mode."""
     preset, runtime = ctx.preset, ctx.runtime
     plan = inv_id_plan(preset, mode)
     triples = load_triples(ctx) if plan.generated else None
     train, val = ctx.inv_id_splits
-    torch.manual_seed(preset.seed)
+    torch.manual_seed(preset.inv_id_rng_seed)
     model = ctx.new_inv_id()
     if preset.inv_id_init:
         model.load_finished(finished_inv_id_weights(Path(preset.inv_id_init), model))
@@ -294,7 +294,8 @@ def inv_id_batch(
     targets: list[torch.Tensor] = []
     labels: torch.Tensor | None = None
     if run.triples is not None:
-        picked = batch_indices(len(run.triples), plan.generated, index, preset.seed + 1, runtime.rank, runtime.world)
+        picked = batch_indices(len(run.triples), plan.generated, index, preset.inv_id_rng_seed + 1, runtime.rank,
+                               runtime.world)
         generated = resize_images(to_device_floats(run.triples.images[picked], runtime.device),
                                   preset.inv_id_resolution)
         images += random_flip(generated, gen)
@@ -303,7 +304,8 @@ def inv_id_batch(
         if plan.identities:
             real = identity_batch(run.groups, plan.identities, plan.real // plan.identities, rng)
         else:
-            real = batch_indices(len(run.train), plan.real, index, preset.seed + 2, runtime.rank, runtime.world)
+            real = batch_indices(len(run.train), plan.real, index, preset.inv_id_rng_seed + 2, runtime.rank,
+                                 runtime.world)
         images.append(augment_real(to_device_floats(run.train.images[real], runtime.device), gen))
         labels = torch.from_numpy(run.labels[real]).to(runtime.device)
         head = run.identity.head
@@ -315,7 +317,7 @@ def inv_id_batch(
 def inv_id_step(ctx: StageContext, run: InvIdTraining, index: int) -> dict[str, float]:
     """Train on step `index`'s batch (forward under autocast, the loss in float32); returns the loss terms."""
     run.wrapped.train()
-    rng, gen = step_generator(ctx.preset.seed, index, ctx.runtime.rank, salt=4)
+    rng, gen = step_generator(ctx.preset.inv_id_rng_seed, index, ctx.runtime.rank, salt=4)
     batch = inv_id_batch(ctx, run, index, rng, gen)
     with ctx.runtime.autocast():
         predicted = run.wrapped(torch.cat(batch.images).contiguous(memory_format=torch.channels_last)).float()
