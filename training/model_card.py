@@ -22,11 +22,11 @@ from service.encoders import Encoders, ModelMetadata
 from service.evaluation import Evaluator
 from service.reranking import RerankParams
 from training.data.cache import ImageSet
-from training.presets import Preset
-from training.run_ledger import RunRecord, Spread, inv_id_trunk_changes, read_ledger, summarise
+from training.presets import Preset, get_preset
+from training.run_ledger import RunRecord, Spread, generator_origin, inv_id_trunk_changes, read_ledger, summarise
 from training.stages.context import StageContext
 from training.stages.inverters import finished_inv_ids, inv_id_evaluator
-from training.trainer import hardware, machine_name
+from training.trainer import MACHINES_FILE, TIMINGS_FILE, hardware, machine_name, read_stage_record
 
 CARD_FILE, CARD_JSON = "MODEL_CARD.md", "MODEL_CARD.json"
 SUBSET = "market1501-subset"
@@ -66,7 +66,8 @@ def reconstruction_on_test(encoders: Encoders, seen: ImageSet, drawn: ImageSet, 
 
 
 # What only the training run knows; a card rebuilt without the run copies them from the previous card.
-RUN_FACTS = ("preset", "training_wall_seconds", "hardware", "validation", "inv_id_steps", "test")
+RUN_FACTS = ("preset", "training_wall_seconds", "training_machines", "generator_origin", "hardware", "validation",
+             "inv_id_steps", "test")
 
 
 def run_facts(ctx: StageContext, shipped: str, query: ImageSet, gallery: ImageSet) -> dict[str, Any]:
@@ -77,7 +78,9 @@ def run_facts(ctx: StageContext, shipped: str, query: ImageSet, gallery: ImageSe
             for mode, saved in finished.items() if mode != shipped}
     return {
         "preset": ctx.preset.as_dict(),
-        "training_wall_seconds": json.loads(ctx.path("timings.json").read_text()),
+        "training_wall_seconds": json.loads(ctx.path(TIMINGS_FILE).read_text()),
+        "training_machines": read_stage_record(ctx.path(MACHINES_FILE)),
+        "generator_origin": generator_origin(ctx.load("generator")),
         "hardware": hardware(),
         "validation": {mode: saved["validation"] for mode, saved in finished.items()},
         "inv_id_steps": {mode: saved.get("steps", ctx.preset.inv_id_steps) for mode, saved in finished.items()},
@@ -91,7 +94,7 @@ def previous_card_facts(models_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no previous card to take the training facts from; pass the run directory")
     previous = json.loads(path.read_text())
-    return {key: previous[key] for key in RUN_FACTS}
+    return {key: previous[key] for key in RUN_FACTS if key in previous}  # cards before 2026-12-04 lack machines
 
 
 def build_card(ctx: StageContext, models_dir: Path, *, from_run: bool) -> dict[str, Any]:
@@ -147,6 +150,24 @@ def build_card(ctx: StageContext, models_dir: Path, *, from_run: bool) -> dict[s
 
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
+
+
+def train_command(preset: dict[str, Any]) -> str:
+    """`genreid train` for the card's preset: its name, and `--set` for each field that departs from it."""
+    named = get_preset(preset["name"]).as_dict()
+    sets = "".join(f" --set '{key}={json.dumps(value, separators=(',', ':'))}'" for key, value in preset.items()
+                   if key in named and json.dumps(value) != json.dumps(named[key]))
+    name = preset["name"]
+    return f"genreid train --data ../shared/data/market1501-subset --preset {name}{sets} --out runs/{name}"
+
+
+def render_generator_origin(origin: str) -> str:
+    """A note under the commands when the run took its generator from an export instead of training one."""
+    if not origin:
+        return ""
+    return (f"The run behind this model took {origin} (the previous `models/`, with\n"
+            "`genreid train --from models --data ...`) instead of training one; the first command above trains one\n"
+            "of the same preset.\n")
 
 
 def render_inputs(sizes: dict[str, list[int]]) -> str:
@@ -222,7 +243,9 @@ def render_markdown(card: dict[str, Any]) -> str:
     )
     refs = "\n".join(f"| {name} | {_pct(m['mAP'])} | {_pct(m['rank1'])} | | | |"
                      for name, m in card["references"].items())
-    times = "\n".join(f"| {stage} | {seconds / 60:.1f} |" for stage, seconds in card["training_wall_seconds"].items())
+    machines = card.get("training_machines", {})
+    times = "\n".join(f"| {stage} | {seconds / 60:.1f} | {machines.get(stage, 'not recorded')} |"
+                      for stage, seconds in card["training_wall_seconds"].items())
     params = "\n".join(f"| {name} | {count / 1e6:.2f} M |" for name, count in card["parameters"].items())
     recon = card["reconstruction"]
     precision = card["precision"]
@@ -247,7 +270,8 @@ def render_markdown(card: dict[str, Any]) -> str:
     return template("model_card.md").substitute(
         source=source,
         widths=widths, blocks=preset["blocks"], code_dim=preset["code_dim"], inputs=render_inputs(card["input_sizes"]),
-        preset=preset["name"],
+        preset=preset["name"], train_command=train_command(preset),
+        generator_note=render_generator_origin(card.get("generator_origin", "")),
         data_root=data["root"], train_identities=data["train_identities"], train_crops=data["train_crops"],
         validation_identities=data["validation_identities"], validation_crops=data["validation_crops"],
         data_note=data["note"],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -20,7 +19,7 @@ from training.stages.from_export import generator_from_export, import_inv_noise
 from training.stages.generator import train_generator
 from training.stages.inverters import train_inv_id, train_inv_noise, uses_generator
 from training.stages.samples import make_samples
-from training.trainer import write_text_atomic
+from training.trainer import MACHINES_FILE, TIMINGS_FILE, machine_description, read_stage_record, record_stage
 
 log = logging.getLogger(__name__)
 
@@ -90,29 +89,22 @@ def reusable_stages(source: Path, source_preset: Preset, preset: Preset) -> list
 def link_stages(source: Path, target: Path, stages: list[str]) -> None:
     """Give `target` the results of `source`'s `stages` (hard links where the file system allows) and their wall
     times, so a run started on them (an Inv-Id experiment on a finished generator) skips their hours."""
-    timings_path = source / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    records = {name: read_stage_record(source / name) for name in (TIMINGS_FILE, MACHINES_FILE)}
     for stage in stages:
         marker = REUSABLE[stage][0]
         try:
             os.link(source / marker, target / marker)  # results are replaced atomically, never written in place
         except OSError:
             shutil.copy2(source / marker, target / marker)
-        if stage in timings:
-            record_time(target / "timings.json", stage, timings[stage])
-
-
-def record_time(path: Path, stage: str, seconds: float) -> None:
-    """Set the stage's wall time; read just before writing, since stages of one run may train in parallel
-    processes."""
-    timings = json.loads(path.read_text()) if path.is_file() else {}
-    timings[stage] = seconds
-    write_text_atomic(path, json.dumps(timings, indent=2) + "\n")
+        for name, record in records.items():
+            if stage in record:
+                record_stage(target / name, stage, record[stage])
 
 
 def run_stages(ctx: StageContext, only: str | None = None) -> None:
     """Run every unfinished stage (or just `only`), recording each one's wall time over all its sittings in
-    timings.json (a stage that stops unfinished is recorded when a later sitting finishes it)."""
+    timings.json and its machine in machines.json (a stage that stops unfinished is recorded when a later sitting
+    finishes it)."""
     table = stage_table(ctx)
     if only is not None and only not in table:
         raise KeyError(f"unknown stage {only!r}; stages are {list(table)}")
@@ -129,4 +121,5 @@ def run_stages(ctx: StageContext, only: str | None = None) -> None:
             return
         if ctx.runtime.is_main:
             seconds = time.monotonic() - start + ctx.earlier_seconds.get(name, 0.0)
-            record_time(ctx.path("timings.json"), name, seconds)
+            record_stage(ctx.path(TIMINGS_FILE), name, seconds)
+            record_stage(ctx.path(MACHINES_FILE), name, machine_description())

@@ -19,7 +19,7 @@ from typing import Any
 from training.presets import Preset, get_preset
 from training.stages.context import StageContext
 from training.stages.inverters import finished_inv_ids, inv_id_evaluator, inv_id_plan, uses_generator
-from training.trainer import hardware, machine_name
+from training.trainer import TIMINGS_FILE, machine_description, read_stage_record
 
 METRICS = ("mAP", "rank1", "mINP")
 
@@ -78,12 +78,21 @@ def generator_origin(saved: Mapping[str, Any]) -> str:
     return "an exported generator (codes recovered)" if saved["codes_recovered"] else "an exported generator"
 
 
+def budget_changes(preset: Preset, mode: str) -> list[str]:
+    """How many generated samples (for a mode that reads them) and Inv-Id steps a run took where its named preset
+    takes others, in words."""
+    named = get_preset(preset.name)
+    samples = [f"{preset.samples:,} generated samples"] * (uses_generator(mode) and preset.samples != named.samples)
+    return samples + [f"{preset.inv_id_steps:,} steps"] * (preset.inv_id_steps != named.inv_id_steps)
+
+
 def variant_name(preset: Preset, mode: str, *, generator: str = "") -> str:
-    """The mode, the classifier of a discriminative one, how its trunk departs from Inv-Noise's, whether it
-    started from another finished Inv-Id, and where its generator came from (`generator_origin`, for a mode that
-    uses one): what makes runs more than seeds of each other."""
+    """The mode, the classifier of a discriminative one, how its trunk departs from Inv-Noise's, its samples and
+    steps where they depart from the preset's, whether it started from another finished Inv-Id, and where its
+    generator came from (`generator_origin`, for a mode that uses one): what makes runs more than seeds of each
+    other."""
     name = f"{mode}, {preset.classifier} classifier" if mode == "discriminative" else mode
-    name = ", ".join([name, *inv_id_trunk_changes(preset.as_dict())])
+    name = ", ".join([name, *inv_id_trunk_changes(preset.as_dict()), *budget_changes(preset, mode)])
     name = f"{name}, fine-tuned from a finished Inv-Id" if preset.inv_id_init else name
     return f"{name}, on {generator}" if generator and uses_generator(mode) else name
 
@@ -92,12 +101,11 @@ def record_run(ctx: StageContext, *, note: str = "") -> list[RunRecord]:
     """A record for each finished Inv-Id of the run in `ctx`, its test metrics measured now from its weights. Run it
     on the machine that trained: the record names this machine and the precision it trains in."""
     preset = ctx.preset
-    timings = json.loads(ctx.path("timings.json").read_text()) if ctx.path("timings.json").is_file() else {}
+    timings = read_stage_record(ctx.path(TIMINGS_FILE))
     named = get_preset(preset.name).as_dict()
     overrides = {key: value for key, value in preset.as_dict().items()
                  if value != named[key] and key not in ("seed", "inv_id_seed", "inv_id_modes", "inv_id_resolution")}
-    hw = hardware()
-    machine = f"{machine_name(hw)}, {hw['precision']}"
+    machine = machine_description()
     query, gallery = (ctx.split(split, preset.inv_id_resolution) for split in ("query", "gallery"))
     records = []
     origin = generator_origin(ctx.load("generator")) if ctx.path("generator.pt").is_file() else ""

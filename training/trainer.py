@@ -25,6 +25,11 @@ from training.allocator import current_allocator
 
 log = logging.getLogger(__name__)
 
+# Per stage, as a run finishes it: its wall time over all sittings, and the machine of the sitting that finished it
+# (stages of one run may train on different machines: a GPU for some, a CPU for the rest).
+TIMINGS_FILE = "timings.json"
+MACHINES_FILE = "machines.json"
+
 
 def hardware() -> dict[str, Any]:
     """The machine this process runs on, as the model card and the run ledger name it."""
@@ -40,6 +45,12 @@ def hardware() -> dict[str, Any]:
 def machine_name(hw: Mapping[str, Any]) -> str:
     """A `hardware()` record (or the card's copy of one) in words: the GPU, else the CPU and its cores."""
     return f"GPU {hw['gpu']}" if hw["gpu"] else f"{hw['cpu']} ({hw['cores']} cores)"
+
+
+def machine_description(hw: Mapping[str, Any] | None = None) -> str:
+    """The machine and the precision it trains in, as the run ledger and machines.json name them."""
+    hw = hardware() if hw is None else hw
+    return f"{machine_name(hw)}, {hw['precision']}"
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,17 @@ def write_text_atomic(path: Path, text: str) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text)
     os.replace(partial, path)
+
+
+def read_stage_record(path: Path) -> dict[str, Any]:
+    """{stage: value} from timings.json or machines.json; empty when the run has none (older runs lack machines)."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def record_stage(path: Path, stage: str, value: float | str) -> None:
+    """Set the stage's wall time (timings.json) or machine (machines.json); read just before writing, since stages
+    of one run may train in parallel processes."""
+    write_text_atomic(path, json.dumps({**read_stage_record(path), stage: value}, indent=2) + "\n")
 
 
 def _rng_state() -> dict[str, Any]:

@@ -126,7 +126,7 @@ def test_later_stages_and_the_ledger_follow(tiny_run, export_dir, finished):
     preset, data = load_run(finished)
     ctx = _context(preset, data, finished, tiny_run.ctx.cache_dir, None)
     [record] = record_run(ctx)
-    assert record.variant == "hybrid, on an exported generator (codes recovered)"
+    assert record.variant == "hybrid, 3 steps, on an exported generator (codes recovered)"
     metadata = export_run(ctx, finished.parent / "models")
     assert max(metadata["onnx_parity_max_abs"].values()) < 1e-4
     # Its export keeps the recovered table, and says so: the next run from it neither recovers nor forgets that.

@@ -19,15 +19,18 @@ from training.pipeline import reusable_stages, stage_table
 from training.stages.codes import sample_codes
 from training.stages.inverters import embed
 from training.stages.samples import generate
+from training.trainer import machine_description
 
 
-def test_every_stage_finished_and_timed(tiny_run):
+def test_every_stage_finished_timed_and_placed(tiny_run):
+    """Each stage records its wall time and the machine that finished it (what the card's time table shows)."""
     ctx = tiny_run.ctx
     for name, (marker, _) in stage_table(ctx).items():
         assert ctx.path(marker).exists(), name
     timings = json.loads(ctx.path("timings.json").read_text())
     assert set(timings) == set(stage_table(ctx))
     assert all(seconds > 0 for seconds in timings.values())
+    assert json.loads(ctx.path("machines.json").read_text()) == dict.fromkeys(timings, machine_description())
 
 
 def test_generator_loss_falls(tiny_run):
@@ -135,6 +138,8 @@ def test_model_card_reports_both_inv_id_variants(tiny_run):
     text = path.read_text()
     assert "Inv-Id `hybrid`" in text and "Inv-Id `paper`" in text
     assert f"{card['match_threshold']:.4f}" in text
+    minutes = card["training_wall_seconds"]["generator"] / 60
+    assert f"| generator | {minutes:.1f} | {machine_description()} |" in text  # each stage's machine
 
 
 
@@ -173,8 +178,9 @@ def test_train_from_a_finished_run_links_its_generator_and_trains_only_the_inv_i
     assert torch.load(new / "inv_id_hybrid.pt", weights_only=False)["steps"] == 3
     config = json.loads((new / CONFIG_FILE).read_text())["preset"]
     assert config["inv_id_steps"] == 3 and config["generator_steps"] == tiny_stages.preset.generator_steps
-    assert set(json.loads((new / "timings.json").read_text())) == {
-        "generator", "codes", "samples", "inv_noise", "inv_id_hybrid"}
+    for record in ("timings.json", "machines.json"):  # the reused stages' come along
+        assert set(json.loads((new / record).read_text())) == {
+            "generator", "codes", "samples", "inv_noise", "inv_id_hybrid"}, record
 
     # The same command again resumes the run: here a finished one, so nothing is retrained.
     finished = (new / "inv_id_hybrid.pt").read_bytes()

@@ -52,6 +52,9 @@ def test_variant_names_tell_recipes_apart_that_seeds_must_not_mix():
     assert variant_name(dataclasses.replace(wider, inv_id_last_stride=1), "hybrid") == (
         "hybrid, trunk widths 48-96-192-384, last stride 1")
     assert variant_name(dataclasses.replace(wider, inv_id_widths=wider.inv_widths), "hybrid") == "hybrid"
+    longer = get_preset("cpu", samples=36_000, inv_id_steps=5_000)
+    assert variant_name(longer, "hybrid") == "hybrid, 36,000 generated samples, 5,000 steps"
+    assert variant_name(longer, "discriminative") == "discriminative, cosine classifier, 5,000 steps"
 
 
 def test_the_ledger_keeps_each_run_once_and_reads_back_what_was_written(tmp_path):
