@@ -62,7 +62,7 @@ from _common import (
 )
 
 from service.encoders import METADATA_FILE, Encoders, ModelMetadata
-from service.imaging import preprocess
+from service.imaging import decode_rgb, preprocess, resized, to_chw_float
 from service.settings import default_models
 from service.similarity import unit_length
 from service.store import NewEntry
@@ -342,15 +342,15 @@ def fill_gallery(base_url: str, crops: Sequence[bytes], target: int, workers: in
 
 
 def raw_query(encoders: Encoders, crop: bytes, include_noise: bool, iterations: int, warmup: int) -> dict:
-    """Single-crop preprocess + Inv-Id (+ Inv-Noise), as the /query handler runs them, p50 etc."""
-    size = encoders.resolution
+    """Single-crop decode, resize + Inv-Id (+ resize + Inv-Noise, each at its own input size), as the /query
+    handler runs them, p50 etc."""
     latencies = []
     for i in range(warmup + iterations):
         start = time.perf_counter()
-        image = preprocess(crop, size)[None]
-        encoders.identity(image)
+        image = decode_rgb(crop)
+        encoders.identity(to_chw_float(resized(image, encoders.identity_resolution))[None])
         if include_noise:
-            encoders.noise(image)
+            encoders.noise(to_chw_float(resized(image, encoders.resolution))[None])
         if i >= warmup:
             latencies.append(time.perf_counter() - start)
     return summarise_ms(latencies)
@@ -374,7 +374,7 @@ def raw_search(dim: int, entries: int, k: int, iterations: int) -> dict:
 
 def raw_ingest(encoders: Encoders, crops: Sequence[bytes], batch: int, total: int, max_seconds: float) -> dict:
     """Batched preprocess + Inv-Id over `total` crops (cycled), and Inv-Id alone on pre-decoded batches."""
-    size = encoders.resolution
+    size = encoders.identity_resolution
     encoders.identity(np.stack([preprocess(c, size) for c in cycle(crops, 0, batch)]))  # warm-up
     done, decoded = 0, []
     with Stopwatch() as watch:

@@ -44,7 +44,7 @@ def crops_per_second(encoders: Encoders, images: np.ndarray, seconds: float) -> 
 
 def run(args: argparse.Namespace) -> dict:
     encoders = {p: Encoders(args.models, device=args.device, threads=args.threads, precision=p) for p in PRECISIONS}
-    images = crops(args.data_root, max(args.batches), encoders["float"].resolution)
+    images = crops(args.data_root, max(args.batches), encoders["float"].identity_resolution)
     codes = {p: e.identity(images) for p, e in encoders.items()}
     cosines = (codes["float"] * codes["int8"]).sum(1) / (
         np.linalg.norm(codes["float"], axis=1) * np.linalg.norm(codes["int8"], axis=1))

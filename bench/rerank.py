@@ -72,7 +72,7 @@ def agreement(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     params = RerankParams.from_model(encoders.metadata)
 
     def embed(split: LabelledCrops) -> np.ndarray:
-        return encoders.identity(np.stack([preprocess(path, encoders.resolution) for path in split.paths]))
+        return encoders.identity(np.stack([preprocess(path, encoders.identity_resolution) for path in split.paths]))
 
     evaluator = Evaluator(embed, query, gallery)
     with running_server(args, args.models, workdir / "agreement", workdir / "agreement.log") as url, \
@@ -118,7 +118,8 @@ def gallery_codes(args: argparse.Namespace) -> tuple[np.ndarray, list[NewEntry]]
               for p, c in zip(split.person_ids, split.cameras, strict=True)]
     if args.quick:
         paths, labels = paths[:600], labels[:600]
-    codes = np.concatenate([encoders.identity(np.stack([preprocess(p, encoders.resolution) for p in paths[i:i + 512]]))
+    size = encoders.identity_resolution
+    codes = np.concatenate([encoders.identity(np.stack([preprocess(p, size) for p in paths[i:i + 512]]))
                             for i in range(0, len(paths), 512)])
     order = np.random.default_rng(0).permutation(len(codes))
     return codes[order], [NewEntry(person_id=labels[i][0], camera=labels[i][1]) for i in order]
