@@ -15,7 +15,7 @@ from onnx import numpy_helper
 
 import training.quantize
 from service.encoders import MODEL_FILES, MODEL_ID_KEY, Encoders, ModelMetadata
-from training.quantize import INT8_FILES, MAX_MAP_LOSS, fold_half_casts, model_id, quantize_models
+from training.quantize import CALIBRATION, INT8_FILES, MAX_MAP_LOSS, fold_half_casts, model_id, quantize_models
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models"
 
@@ -121,6 +121,8 @@ def test_a_model_directory_without_its_run_is_quantised_and_carded(tiny_run, syn
     assert card["test"]["paper"] == from_run["test"]["paper"]  # only its torch checkpoint could re-measure it
     assert card["test"]["hybrid"] == card["precision"]["inv_id"]["test"]["float32"]
     assert card["precision"]["cpu"]["inv_id"] == metadata.cpu_precision["inv_id"]
+    assert card["precision"]["calibration"] == metadata.extra["quantization"]["inv_id"]["calibration"] == CALIBRATION
     text = (models / CARD_FILE).read_text()
+    assert f"ranges at their {CALIBRATION})" in text.replace("\n", " ")
     assert "training run being gone" in text and metadata.model_id in text
     assert main(["card", "--models", str(tmp_path / "nowhere"), *common]) == 2
