@@ -109,7 +109,10 @@ def test_enrol_through_the_page_with_a_per_file_error(server, open_page, crop):
     assert server.api.get("/gallery").json()["entries"] == before + 2
 
 
-def test_search_shows_what_the_api_ranks(server, open_page, crop):
+def test_search_shows_what_the_api_ranks(empty_server, open_page, crop):
+    """On a server of its own, so the top 5 are the four crops enrolled here, one of them over the threshold (other
+    tests' figures, all alike to the model, would take its place)."""
+    server = empty_server
     enrol(server, crop, [("search-a", 201, 0), ("search-a", 201, 1), ("search-b", 202, 0), ("search-c", 203, 0)])
     page = open_page(server.url, "#search")
     page.set_input_files("#search-file", upload("query.png", crop(201, 0)))

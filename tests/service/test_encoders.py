@@ -69,10 +69,14 @@ def test_model_json_carries_both_sizes_and_encoders_reports_them(finer: Path) ->
 
 @pytest.mark.skipif(not (SHIPPED / "model.json").is_file(), reason="no shipped model in models/")
 def test_a_model_json_without_inv_id_resolution_means_one_size_for_all(models_dir: Path, tmp_path: Path) -> None:
-    assert "inv_id_resolution" not in json.loads((SHIPPED / "model.json").read_text())
-    shipped = ModelMetadata.load(SHIPPED)
-    assert shipped.identity_resolution == shipped.resolution == GENERATOR
-    saved = shipped.save(tmp_path)  # re-saving (tune-rerank does) keeps the file's shape
+    """Exports from before Inv-Id had a size of its own (the model shipped until 2026-12-04) lack the field."""
+    raw = json.loads((SHIPPED / "model.json").read_text())
+    del raw["inv_id_resolution"]  # the shipped model reads 128x64 crops
+    (tmp_path / "older").mkdir()
+    (tmp_path / "older" / "model.json").write_text(json.dumps(raw))
+    older = ModelMetadata.load(tmp_path / "older")
+    assert older.identity_resolution == older.resolution == GENERATOR
+    saved = older.save(tmp_path)  # re-saving (tune-rerank does) keeps the file's shape
     assert "inv_id_resolution" not in json.loads(saved.read_text())
     encoders = Encoders(models_dir, device="cpu", threads=1)
     assert encoders.input_sizes == dict.fromkeys(MODEL_FILES, GENERATOR)
