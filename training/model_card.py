@@ -65,6 +65,8 @@ def reconstruction_on_test(encoders: Encoders, seen: ImageSet, drawn: ImageSet, 
             "crops": len(images)}
 
 
+# The activation ranges of INT8 files quantised before 2026-12-04, whose model.json and card do not name them.
+MIN_MAX_CALIBRATION = "minimum and maximum"
 # What only the training run knows; a card rebuilt without the run copies them from the previous card.
 RUN_FACTS = ("preset", "training_wall_seconds", "training_machines", "generator_origin", "hardware", "validation",
              "inv_id_steps", "test")
@@ -143,7 +145,7 @@ def build_card(ctx: StageContext, models_dir: Path, *, from_run: bool) -> dict[s
             "cpu": metadata.precisions("auto", cuda=False), "cuda": metadata.precisions("auto", cuda=True),
             "max_validation_mAP_loss": quantization["max_validation_mAP_loss"],
             "calibration_crops": quantization["calibration_crops"],
-            "calibration": quantization.get("calibration", "minimum and maximum"),  # exports before 2026-12-04
+            "calibration": quantization.get("calibration", MIN_MAX_CALIBRATION),
             "inv_id": {"validation": quantization["validation"], "test": test},
         },
     }
@@ -282,7 +284,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         weight_decay=preset["inv_id_weight_decay"], stripes=preset["inv_id_stripes"] or "no",
         inv_id_trunk="".join(f"; {change}" for change in inv_id_trunk_changes(preset)),
         model_id=card["model_id"], calibration_crops=precision["calibration_crops"],
-        calibration=precision.get("calibration", "minimum and maximum"), int8_change=f"{change:+.1f}",
+        calibration=precision.get("calibration", MIN_MAX_CALIBRATION), int8_change=f"{change:+.1f}",
         max_mAP_loss=_pct(precision["max_validation_mAP_loss"]), verdict=verdict, precision_rows=precision_rows,
         threshold_int8=f"{parity['validation']['int8']['threshold_fmr1']:.4f}",
         threshold_float32=f"{parity['validation']['float32']['threshold_fmr1']:.4f}",

@@ -47,9 +47,9 @@ def machine_name(hw: Mapping[str, Any]) -> str:
     return f"GPU {hw['gpu']}" if hw["gpu"] else f"{hw['cpu']} ({hw['cores']} cores)"
 
 
-def machine_description(hw: Mapping[str, Any] | None = None) -> str:
-    """The machine and the precision it trains in, as the run ledger and machines.json name them."""
-    hw = hardware() if hw is None else hw
+def machine_description() -> str:
+    """This machine and the precision it trains in, as the run ledger and machines.json name them."""
+    hw = hardware()
     return f"{machine_name(hw)}, {hw['precision']}"
 
 
