@@ -1,0 +1,98 @@
+"""Do several Inv-Ids trained on one generator retrieve better together than alone?
+
+Hybrid Inv-Ids regress crops onto the generator's code table, so Inv-Ids of different seeds on one generator
+put their codes in the same space, and the mean of their codes is still a code the generator can draw. This
+scores each run's best Inv-Id alone and the mean code of every combination of two or more (validation and test,
+by direction, standard protocol), to price what averaging buys against what it costs (one Inv-Id pass per member
+for every enrolled and queried crop). Reads training runs (torch weights): needs the `train` extra.
+
+    python bench/inv_id_ensemble.py /work/runs/shipped-128-scratch /work/runs/h200-s1
+    python bench/inv_id_ensemble.py RUN_A RUN_B --quick   # 100 crops a split
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import add_common_arguments, machine, print_machine, print_table, warn_if_busy, write_result
+
+from service.evaluation import Evaluator, evaluate_ranking
+from service.similarity import code_distances
+from training.cli import _context, load_run
+from training.data.cache import ImageSet
+from training.stages.inverters import best_inv_id, embed, validation_evaluator
+
+
+@dataclass(frozen=True)
+class RunCodes:
+    """One run's best Inv-Id: its codes of the validation and test splits, and the code table they aim at."""
+
+    name: str
+    table: torch.Tensor
+    codes: dict[str, np.ndarray]  # val_query, val_gallery, test_query, test_gallery
+
+
+def run_codes(run_dir: Path, args: argparse.Namespace) -> tuple[RunCodes, dict[str, ImageSet]]:
+    preset, data = load_run(run_dir)
+    ctx = _context(preset, data, run_dir, args.cache_dir, None)
+    model = ctx.new_inv_id()
+    model.load_state_dict(best_inv_id(ctx)["model"])
+    _, val = ctx.inv_id_splits
+    query, gallery = (ctx.split(split, preset.inv_id_resolution) for split in ("query", "gallery"))
+    if args.quick:
+        val, query, gallery = (s.subset(np.arange(min(100, len(s)))) for s in (val, query, gallery))
+    validation = validation_evaluator(val, preset.split_seed, lambda split: embed(model, split, torch.device("cpu")))
+    test = Evaluator(lambda split: embed(model, split, torch.device("cpu")), query, gallery)
+    codes = {"val_query": validation.q_codes, "val_gallery": validation.g_codes,
+             "test_query": test.q_codes, "test_gallery": test.g_codes}
+    splits = {"val_query": validation.query, "val_gallery": validation.gallery,
+              "test_query": test.query, "test_gallery": test.gallery}
+    return RunCodes(run_dir.name, ctx.load("generator")["codes"], codes), splits
+
+
+def score(codes: dict[str, np.ndarray], splits: dict[str, ImageSet], split: str) -> dict[str, float]:
+    query, gallery = splits[f"{split}_query"], splits[f"{split}_gallery"]
+    metrics = evaluate_ranking(code_distances(codes[f"{split}_query"], codes[f"{split}_gallery"]), query.person_ids,
+                               gallery.person_ids, query.cameras, gallery.cameras)
+    return {"mAP": round(100 * metrics.mAP, 1), "rank1": round(100 * metrics.rank1, 1)}
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    members, splits = [], {}
+    for run_dir in args.runs:
+        member, splits = run_codes(run_dir, args)
+        members.append(member)
+    if any(not torch.equal(m.table, members[0].table) for m in members):
+        raise SystemExit("the runs' generators have different code tables: their codes live in different spaces")
+    rows = []
+    for size in range(1, len(members) + 1):
+        for group in combinations(members, size):
+            mean = {key: np.mean([m.codes[key] for m in group], axis=0) for key in group[0].codes}
+            val, test = score(mean, splits, "val"), score(mean, splits, "test")
+            rows.append({"Inv-Ids": " + ".join(m.name for m in group), "val_mAP": val["mAP"],
+                         "val_rank1": val["rank1"], "test_mAP": test["mAP"], "test_rank1": test["rank1"]})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="training run directories on one generator")
+    parser.add_argument("--cache-dir", type=Path, help="decoded-image cache (default $XDG_CACHE_HOME/genreid)")
+    add_common_arguments(parser)
+    args = parser.parse_args()
+    info = machine()
+    print_machine(info)
+    warn_if_busy(info)
+    rows = run(args)
+    print_table("Inv-Ids alone and their mean code (by direction, standard protocol; %)", rows,
+                ["Inv-Ids", "val_mAP", "val_rank1", "test_mAP", "test_rank1"])
+    print(write_result("inv_id_ensemble", args, info, {"rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
