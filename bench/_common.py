@@ -14,7 +14,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -103,6 +103,39 @@ def machine() -> dict[str, Any]:
         "load_average_at_start": None if load is None else [round(v, 2) for v in load],
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
+
+
+def announced_machine() -> dict[str, Any]:
+    """This machine's description, printed, with a warning when it is busy: what every result file starts with."""
+    info = machine()
+    print_machine(info)
+    warn_if_busy(info)
+    return info
+
+
+ACCURACY_COLUMNS = ("val_mAP", "val_rank1", "test_mAP", "test_rank1")
+
+
+def accuracy_cells(validation: Any, test: Any) -> dict[str, float]:
+    """mAP and rank-1 (%) of a variant's validation and test `RetrievalMetrics`, as `accuracy_bench` tabulates them."""
+    return {f"{split}_{name}": round(100 * getattr(metrics, attribute), 1)
+            for split, metrics in (("val", validation), ("test", test))
+            for name, attribute in (("mAP", "mAP"), ("rank1", "rank1"))}
+
+
+def accuracy_bench(
+    parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], list[dict[str, Any]]], *, name: str,
+    title: str, label_columns: Sequence[str], key: str,
+) -> None:
+    """The main of a script scoring variants on the validation and test splits: parse (with the decoded-image cache),
+    describe the machine, print `run`'s rows as one table and write them under `key` of bench/results/<name>.json."""
+    parser.add_argument("--cache-dir", type=Path, help="decoded-image cache (default $XDG_CACHE_HOME/genreid)")
+    add_common_arguments(parser)
+    args = parser.parse_args()
+    info = announced_machine()
+    rows = run(args)
+    print_table(title, rows, [*label_columns, *ACCURACY_COLUMNS])
+    print(write_result(name, args, info, {key: rows}))
 
 
 def warn_if_busy(info: dict[str, Any]) -> None:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import add_common_arguments, machine, print_machine, print_table, warn_if_busy, write_result
+from _common import accuracy_bench, accuracy_cells
 
-from service.evaluation import Evaluator, evaluate_ranking
+from service.evaluation import Evaluator, RetrievalMetrics, evaluate_ranking
 from service.similarity import code_distances
 from training.cli import _context, load_run
 from training.data.cache import ImageSet
@@ -55,11 +55,10 @@ def run_codes(run_dir: Path, args: argparse.Namespace) -> tuple[RunCodes, dict[s
     return RunCodes(run_dir.name, ctx.load("generator")["codes"], codes), splits
 
 
-def score(codes: dict[str, np.ndarray], splits: dict[str, ImageSet], split: str) -> dict[str, float]:
+def score(codes: dict[str, np.ndarray], splits: dict[str, ImageSet], split: str) -> RetrievalMetrics:
     query, gallery = splits[f"{split}_query"], splits[f"{split}_gallery"]
-    metrics = evaluate_ranking(code_distances(codes[f"{split}_query"], codes[f"{split}_gallery"]), query.person_ids,
-                               gallery.person_ids, query.cameras, gallery.cameras)
-    return {"mAP": round(100 * metrics.mAP, 1), "rank1": round(100 * metrics.rank1, 1)}
+    return evaluate_ranking(code_distances(codes[f"{split}_query"], codes[f"{split}_gallery"]), query.person_ids,
+                            gallery.person_ids, query.cameras, gallery.cameras)
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -73,25 +72,16 @@ def run(args: argparse.Namespace) -> list[dict]:
     for size in range(1, len(members) + 1):
         for group in combinations(members, size):
             mean = {key: np.mean([m.codes[key] for m in group], axis=0) for key in group[0].codes}
-            val, test = score(mean, splits, "val"), score(mean, splits, "test")
-            rows.append({"Inv-Ids": " + ".join(m.name for m in group), "val_mAP": val["mAP"],
-                         "val_rank1": val["rank1"], "test_mAP": test["mAP"], "test_rank1": test["rank1"]})
+            rows.append({"Inv-Ids": " + ".join(m.name for m in group),
+                         **accuracy_cells(score(mean, splits, "val"), score(mean, splits, "test"))})
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="training run directories on one generator")
-    parser.add_argument("--cache-dir", type=Path, help="decoded-image cache (default $XDG_CACHE_HOME/genreid)")
-    add_common_arguments(parser)
-    args = parser.parse_args()
-    info = machine()
-    print_machine(info)
-    warn_if_busy(info)
-    rows = run(args)
-    print_table("Inv-Ids alone and their mean code (by direction, standard protocol; %)", rows,
-                ["Inv-Ids", "val_mAP", "val_rank1", "test_mAP", "test_rank1"])
-    print(write_result("inv_id_ensemble", args, info, {"rows": rows}))
+    accuracy_bench(parser, run, name="inv_id_ensemble", key="rows", label_columns=["Inv-Ids"],
+                   title="Inv-Ids alone and their mean code (by direction, standard protocol; %)")
 
 
 if __name__ == "__main__":

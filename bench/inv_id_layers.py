@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from _common import REPO_ROOT, add_common_arguments, machine, print_machine, print_table, warn_if_busy, write_result
+from _common import REPO_ROOT, accuracy_bench, accuracy_cells
 
 from service.evaluation import Evaluator
 from training.cli import models_context
@@ -66,10 +66,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     for layer, label in LAYERS.items():
         val_metrics = validation_evaluator(val, ctx.preset.split_seed, lambda s, layer=layer: features(s, layer))
         test_metrics = Evaluator(lambda s, layer=layer: features(s, layer), query, gallery)
-        v, t = val_metrics.metrics().as_dict(), test_metrics.metrics().as_dict()
         rows.append({"layer": label, "dim": int(features(query, layer).shape[1]),
-                     "val_mAP": round(100 * v["mAP"], 1), "val_rank1": round(100 * v["rank1"], 1),
-                     "test_mAP": round(100 * t["mAP"], 1), "test_rank1": round(100 * t["rank1"], 1)})
+                     **accuracy_cells(val_metrics.metrics(), test_metrics.metrics())})
     return rows
 
 
@@ -77,16 +75,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, required=True, help="the Market-1501 folder the model trained on")
     parser.add_argument("--models", type=Path, default=REPO_ROOT / "models", help="an exported model directory")
-    parser.add_argument("--cache-dir", type=Path, help="decoded-image cache (default $XDG_CACHE_HOME/genreid)")
-    add_common_arguments(parser)
-    args = parser.parse_args()
-    info = machine()
-    print_machine(info)
-    warn_if_busy(info)
-    rows = run(args)
-    print_table("Retrieval by layer (by direction, standard protocol; %)", rows,
-                ["layer", "dim", "val_mAP", "val_rank1", "test_mAP", "test_rank1"])
-    print(write_result("inv_id_layers", args, info, {"layers": rows}))
+    accuracy_bench(parser, run, name="inv_id_layers", key="layers", label_columns=["layer", "dim"],
+                   title="Retrieval by layer (by direction, standard protocol; %)")
 
 
 if __name__ == "__main__":
