@@ -118,9 +118,8 @@ ACCURACY_COLUMNS = ("val_mAP", "val_rank1", "test_mAP", "test_rank1")
 
 def accuracy_cells(validation: Any, test: Any) -> dict[str, float]:
     """mAP and rank-1 (%) of a variant's validation and test `RetrievalMetrics`, as `accuracy_bench` tabulates them."""
-    return {f"{split}_{name}": round(100 * getattr(metrics, attribute), 1)
-            for split, metrics in (("val", validation), ("test", test))
-            for name, attribute in (("mAP", "mAP"), ("rank1", "rank1"))}
+    return {f"{split}_{metric}": round(100 * getattr(metrics, metric), 1)
+            for split, metrics in (("val", validation), ("test", test)) for metric in ("mAP", "rank1")}
 
 
 def accuracy_bench(

@@ -19,10 +19,8 @@ import numpy as np
 from _common import (
     Stopwatch,
     add_common_arguments,
-    machine,
-    print_machine,
+    announced_machine,
     print_table,
-    warn_if_busy,
     write_result,
 )
 
@@ -100,9 +98,7 @@ def main() -> None:
     args = build_parser().parse_args()
     if args.quick:
         args.queries, args.gallery, args.identities, args.distractors, args.repeats = 300, 1500, 60, 200, 1
-    info = machine()
-    print_machine(info)
-    warn_if_busy(info)
+    info = announced_machine()
     started = time.time()
     results = run(args)
     print_table(f"evaluate_codes, {args.queries} queries x {args.gallery} gallery, {args.dim}-d",

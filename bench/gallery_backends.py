@@ -29,11 +29,9 @@ import numpy as np
 from _common import (
     Stopwatch,
     add_common_arguments,
-    machine,
-    print_machine,
+    announced_machine,
     print_table,
     summarise_ms,
-    warn_if_busy,
     write_result,
 )
 from faiss_search import Vectors
@@ -251,9 +249,7 @@ def main() -> None:
     args = build_parser().parse_args()
     if args.quick:
         args.sizes, args.queries, args.gallery_size, args.requests, args.ingest_crops = [2000], 20, 500, 20, 20
-    info = machine()
-    print_machine(info)
-    warn_if_busy(info)
+    info = announced_machine()
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="genreid-backends-") as tmp:
         workdir = Path(tmp)

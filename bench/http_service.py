@@ -52,12 +52,10 @@ from _common import (
     REPO_ROOT,
     Stopwatch,
     add_common_arguments,
+    announced_machine,
     filesystem_of,
-    machine,
-    print_machine,
     print_table,
     summarise_ms,
-    warn_if_busy,
     write_result,
 )
 
@@ -523,9 +521,7 @@ def main() -> None:
         args.gallery_size, args.pool, args.requests, args.warmup, args.raw_iterations = 300, 32, 20, 2, 20
         args.ingest_crops, args.ingest_batches, args.ingest_warmup, args.concurrency = 32, [1, 16], 1, [1, 4]
         args.max_seconds = args.ingest_seconds = 10.0
-    info = machine()
-    print_machine(info)
-    warn_if_busy(info)
+    info = announced_machine()
     started = time.time()
     models = resolve_models(args)
     workdir = Path(tempfile.mkdtemp(prefix="genreid-bench-", dir=args.data_parent))

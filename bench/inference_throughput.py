@@ -17,7 +17,7 @@ import os
 import time
 
 import numpy as np
-from _common import REPO_ROOT, add_common_arguments, machine, print_machine, print_table, warn_if_busy, write_result
+from _common import REPO_ROOT, add_common_arguments, announced_machine, print_table, write_result
 
 from service.encoders import Encoders
 from service.imaging import preprocess
@@ -78,9 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.batches, args.repeats, args.seconds = [1, 16], 2, 0.2
-    info = machine()
-    print_machine(info)
-    warn_if_busy(info)
+    info = announced_machine()
     results = run(args)
     print_table("Inv-Id through Encoders", results["rows"], ["batch", "precision", "best_crops_per_s",
                                                              "median_crops_per_s", "best_ms_per_batch", "speedup_best"])

@@ -62,12 +62,15 @@ def score(codes: dict[str, np.ndarray], splits: dict[str, ImageSet], split: str)
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    members, splits = [], {}
-    for run_dir in args.runs:
-        member, splits = run_codes(run_dir, args)
-        members.append(member)
+    members, crops = zip(*(run_codes(run_dir, args) for run_dir in args.runs), strict=True)
     if any(not torch.equal(m.table, members[0].table) for m in members):
         raise SystemExit("the runs' generators have different code tables: their codes live in different spaces")
+    splits = crops[0]
+    if any(not np.array_equal(other[key].person_ids, split.person_ids)
+           or not np.array_equal(other[key].cameras, split.cameras)
+           for other in crops for key, split in splits.items()):
+        raise SystemExit("the runs hold out different validation identities (split_seed, val_identities): their "
+                         "codes are of different crops")
     rows = []
     for size in range(1, len(members) + 1):
         for group in combinations(members, size):

@@ -29,11 +29,9 @@ import numpy as np
 from _common import (
     Stopwatch,
     add_common_arguments,
-    machine,
-    print_machine,
+    announced_machine,
     print_table,
     summarise_ms,
-    warn_if_busy,
     write_result,
 )
 from http_service import gallery_body, query_body, running_server
@@ -219,9 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
-    info = machine()
-    print_machine(info)
-    warn_if_busy(info)
+    info = announced_machine()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="genreid-bench-rerank-") as scratch:
         for part in args.parts:
