@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from service.evaluation import EvalProtocol
     from service.settings import Settings
 
-TRAINING_COMMANDS = ("train", "export", "figures", "card", "tune-rerank", "record-run")
+TRAINING_COMMANDS = ("train", "export", "figures", "card", "tune-rerank", "record-run", "join-inv-ids")
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,14 @@ def record_run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def join_command(args: argparse.Namespace) -> int:
+    from training.join import join_inv_ids
+
+    result = join_inv_ids(args.runs, args.out, args.cache_dir)
+    print(json.dumps({"run": str(args.out), "mode": result["mode"], "validation": result["validation"]}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genreid")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -251,11 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     ledger.add_argument("run_dir", type=Path)
     ledger.add_argument("--note", default="", help="what the run was for, kept with its record")
     ledger.set_defaults(handler=record_run_command)
+    join = commands.add_parser("join-inv-ids", help="a new run whose Inv-Id is the mean of runs' Inv-Ids on one "
+                               "generator (seeds or steps of one recipe), scored on validation; export it as any run")
+    join.add_argument("runs", type=Path, nargs="+", help="finished runs on one generator")
+    join.add_argument("--out", type=Path, required=True, help="the new run directory")
+    join.set_defaults(handler=join_command)
     for sub in (model_card, ledger):
         sub.add_argument("--ledger", type=Path, default=DEFAULT_LEDGER, help="the run ledger (default %(default)s)")
     for sub in (out, model_card, rerank):
         sub.add_argument("--data", type=Path, help="without RUN_DIR: the Market-1501 folder the model was trained on")
-    for sub in (run, out, fig, model_card, rerank, ledger):
+    for sub in (run, out, fig, model_card, rerank, ledger, join):
         sub.add_argument("--cache-dir", type=Path, help="decoded-image cache (default $XDG_CACHE_HOME/genreid)")
     return parser
 

@@ -54,6 +54,9 @@ class Preset:
     # A finished Inv-Id (its inv_id_<mode>.pt, of any input size) whose weights start this one: a 128x64 Inv-Id
     # fine-tuned from a 64x32 one costs a fraction of one trained from scratch (progressive resizing). "": none.
     inv_id_init: str = ""
+    # How many Inv-Ids of one generator the run's Inv-Id averages: each trains as a run of its own, and `genreid
+    # join-inv-ids` makes the run that holds their mean (training refuses a preset with more than one).
+    inv_id_members: int = 1
     # Share of each hybrid batch that is real crops targeting their learned code; the discriminative mode trains
     # on these real crops alone (real_fraction x inv_id_batch a step).
     real_fraction: float = 0.5

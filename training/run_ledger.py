@@ -80,9 +80,11 @@ def generator_origin(saved: Mapping[str, Any]) -> str:
 
 def budget_changes(preset: Preset, mode: str) -> list[str]:
     """How many generated samples (for a mode that reads them) and Inv-Id steps a run took where its named preset
-    takes others, in words."""
+    takes others, and how many Inv-Ids a joined run averages, in words."""
     named = get_preset(preset.name)
     samples = [f"{preset.samples:,} generated samples"] * (uses_generator(mode) and preset.samples != named.samples)
+    if preset.inv_id_members > 1:  # a joined run's steps are its members' together
+        return samples + [f"mean of {preset.inv_id_members} Inv-Ids, {preset.inv_id_steps:,} steps in all"]
     return samples + [f"{preset.inv_id_steps:,} steps"] * (preset.inv_id_steps != named.inv_id_steps)
 
 

@@ -60,6 +60,19 @@ class InvId(nn.Module):
         self.load_state_dict(state)
 
 
+class InvIdMean(nn.Module):
+    """Inv-Ids of one generator whose codes are averaged. Each regresses crops onto the generator's code table, so
+    their codes share one space and the mean is a code the generator can draw; it ranks better than any member
+    (docs/METHOD.md, "Averaging Inv-Ids of one generator"), for one member's work per member."""
+
+    def __init__(self, members: list[InvId]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(images) for member in self.members]).mean(0)
+
+
 class InvNoise(UNet):
     """An unconditioned U-Net: image -> the noise the generator would start from to draw it."""
 

@@ -15,7 +15,7 @@ from service.schedule import Schedule
 from training.data.cache import ImageSet, hold_out_identities, load_split
 from training.diffusion import Diffusion
 from training.networks.code_mlp import CodeMLP
-from training.networks.inverters import InvId, InvNoise
+from training.networks.inverters import InvId, InvIdMean, InvNoise
 from training.networks.unet import UNet
 from training.presets import Preset
 from training.trainer import Checkpointed, Runtime, StageLoop
@@ -103,11 +103,13 @@ class StageContext:
         mlp.load_state_dict(saved["mlp"])
         return mlp.to(self.runtime.device).eval(), saved
 
-    def new_inv_id(self) -> InvId:
+    def new_inv_id(self) -> InvId | InvIdMean:
+        """The preset's Inv-Id, or the mean of `inv_id_members` of them (a joined run)."""
         preset = self.preset
-        return InvId(preset.inv_id_widths or preset.inv_widths, preset.blocks, preset.inv_id_resolution,
-                     preset.code_dim, preset.inv_id_stripes, stem_stride=preset.inv_id_stem_stride,
-                     last_stride=preset.inv_id_last_stride)
+        members = [InvId(preset.inv_id_widths or preset.inv_widths, preset.blocks, preset.inv_id_resolution,
+                         preset.code_dim, preset.inv_id_stripes, stem_stride=preset.inv_id_stem_stride,
+                         last_stride=preset.inv_id_last_stride) for _ in range(preset.inv_id_members)]
+        return members[0] if len(members) == 1 else InvIdMean(members)
 
     def new_inv_noise(self) -> InvNoise:
         return InvNoise(self.preset.inv_widths, self.preset.blocks)

@@ -147,6 +147,9 @@ def inv_id_plan(preset: Preset, mode: str) -> InvIdPlan:
     crops (`real_fraction` of `inv_id_batch`) and drops its generated ones, so both see the same real data."""
     if mode not in MODES:
         raise ValueError(f"unknown Inv-Id mode {mode!r}; choose one of {MODES}")
+    if preset.inv_id_members != 1:
+        raise ValueError("a run trains one Inv-Id: train each member as a run of its own and join them with "
+                         "`genreid join-inv-ids`")
     real = 0 if mode == "paper" else round(preset.inv_id_batch * preset.real_fraction)
     generated = preset.inv_id_batch - real if uses_generator(mode) else 0
     if not real + generated:

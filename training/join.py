@@ -1,0 +1,78 @@
+"""`genreid join-inv-ids`: a run whose Inv-Id is the mean of finished Inv-Ids of one generator.
+
+Each member trains as a run of its own (`genreid train --from BASE --set inv_id_seed=N ...`); joining checks that
+they can be averaged (one generator's code table, the same validation identities, the same network but for their
+seed and steps), gives the new run the first member's generator, codes, samples and Inv-Noise, and saves the mean
+as its Inv-Id with its own validation metrics. Export, the model card and the ledger then read it like any run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.cli import CONFIG_FILE, GENERATOR_FROM, _context, load_run
+from training.pipeline import REUSABLE, link_stages
+from training.stages.inverters import best_inv_id, validate_inv_id
+from training.trainer import TIMINGS_FILE, read_stage_record, record_stage, save_atomic, write_text_atomic
+
+MEMBERS = "inv_id_members"  # config.json: each member's run, seed, steps and validation mAP
+# What members may differ in; anything else would make their mean a mean of different things.
+MEMBER_FIELDS = ("inv_id_seed", "inv_id_steps")
+
+
+def _check_members(runs: list[Path]) -> None:
+    if len(runs) < 2:
+        raise ValueError("join-inv-ids needs two or more runs")
+    first = load_run(runs[0])
+    for run in runs[1:]:
+        preset, data = load_run(run)
+        if data != first[1]:
+            raise ValueError(f"{run}: trained on {data}, not {first[1]}")
+        changed = [name for name, value in preset.as_dict().items()
+                   if name not in MEMBER_FIELDS and value != first[0].as_dict()[name]]
+        if changed:
+            raise ValueError(f"{run}: differs from {runs[0]} in {', '.join(changed)} (members may differ in "
+                             f"{' and '.join(MEMBER_FIELDS)} only)")
+
+
+def join_inv_ids(runs: list[Path], out: Path, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Write run `out` holding the mean of `runs`' best Inv-Ids; returns its saved result."""
+    _check_members(runs)
+    if (out / CONFIG_FILE).exists():
+        raise FileExistsError(f"{out}: already a run")
+    contexts = [_context(*load_run(run), run, cache_dir, None) for run in runs]
+    tables = [ctx.load("generator")["codes"] for ctx in contexts]
+    if any(not torch.equal(table, tables[0]) for table in tables):
+        raise ValueError("the runs' generators have different code tables: their codes live in different spaces")
+    saved = [best_inv_id(ctx) for ctx in contexts]
+    if len({result["mode"] for result in saved}) > 1:
+        raise ValueError(f"the runs' best Inv-Ids are of different modes: {[result['mode'] for result in saved]}")
+    steps = [result.get("steps", ctx.preset.inv_id_steps) for ctx, result in zip(contexts, saved, strict=True)]
+    preset = dataclasses.replace(contexts[0].preset, inv_id_members=len(runs), inv_id_steps=sum(steps))
+    out.mkdir(parents=True, exist_ok=True)
+    source_config = json.loads((runs[0] / CONFIG_FILE).read_text())
+    config: dict[str, Any] = {key: source_config[key] for key in (GENERATOR_FROM,) if key in source_config}
+    config[MEMBERS] = [{"run": str(run.resolve()), "inv_id_seed": ctx.preset.inv_id_rng_seed, "inv_id_steps": count,
+                        "validation_mAP": result["validation"]["mAP"]}
+                       for run, ctx, result, count in zip(runs, contexts, saved, steps, strict=True)]
+    config.update({"preset": preset.as_dict(), "data": source_config["data"]})
+    write_text_atomic(out / CONFIG_FILE, json.dumps(config, indent=2))
+    link_stages(runs[0], out, [stage for stage, (marker, _) in REUSABLE.items() if (runs[0] / marker).is_file()])
+    joined = _context(preset, contexts[0].data_root, out, cache_dir, None)
+    model = joined.new_inv_id()
+    for member, result in zip(model.members, saved, strict=True):
+        member.load_state_dict(result["model"])
+    mode = saved[0]["mode"]
+    device = joined.runtime.device
+    metrics = validate_inv_id(model.to(device), joined.inv_id_splits[1], device, preset.split_seed)
+    result = {"model": model.state_dict(), "validation": metrics, "steps": preset.inv_id_steps}
+    save_atomic(result, out / f"inv_id_{mode}.pt")
+    seconds = [read_stage_record(run / TIMINGS_FILE).get(f"inv_id_{mode}") for run in runs]
+    if all(value is not None for value in seconds):
+        record_stage(out / TIMINGS_FILE, f"inv_id_{mode}", sum(seconds))
+    return result | {"mode": mode}
