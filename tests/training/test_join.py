@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from service.encoders import open_session
-from tests.training.conftest import make_context
 from training.cli import CONFIG_FILE
 from training.export import PARITY_TOLERANCE, export_run
 from training.join import MEMBERS, join_inv_ids
@@ -18,6 +17,8 @@ from training.pipeline import link_stages, reusable_stages, run_stages
 from training.presets import Preset, get_preset
 from training.run_ledger import variant_name
 from training.stages.inverters import inv_id_plan
+
+from .conftest import make_context
 
 
 def _member(tiny_stages, run_dir, **overrides):
