@@ -16,7 +16,7 @@ from training.join import MEMBERS, join_inv_ids
 from training.pipeline import link_stages, reusable_stages, run_stages
 from training.presets import Preset, get_preset
 from training.run_ledger import variant_name
-from training.stages.inverters import inv_id_plan
+from training.stages.inverters import inv_id_setup
 
 from .conftest import make_context
 
@@ -85,6 +85,7 @@ def test_members_that_cannot_be_averaged_are_refused(members, tiny_stages, tmp_p
     assert not (tmp_path / "joined").exists()
 
 
-def test_a_run_trains_one_inv_id():
+def test_a_run_trains_one_inv_id(tiny_stages, tmp_path):
+    ctx = make_context(get_preset("tiny", inv_id_members=2), tiny_stages.data_root, tmp_path, tiny_stages.cache_dir)
     with pytest.raises(ValueError, match="join-inv-ids"):
-        inv_id_plan(get_preset("tiny", inv_id_members=2), "hybrid")
+        inv_id_setup(ctx, "hybrid")

@@ -147,9 +147,6 @@ def inv_id_plan(preset: Preset, mode: str) -> InvIdPlan:
     crops (`real_fraction` of `inv_id_batch`) and drops its generated ones, so both see the same real data."""
     if mode not in MODES:
         raise ValueError(f"unknown Inv-Id mode {mode!r}; choose one of {MODES}")
-    if preset.inv_id_members != 1:
-        raise ValueError("a run trains one Inv-Id: train each member as a run of its own and join them with "
-                         "`genreid join-inv-ids`")
     real = 0 if mode == "paper" else round(preset.inv_id_batch * preset.real_fraction)
     generated = preset.inv_id_batch - real if uses_generator(mode) else 0
     if not real + generated:
@@ -257,6 +254,9 @@ def inv_id_setup(ctx: StageContext, mode: str) -> InvIdTraining:
     set after the data is read and before the Inv-Id is built, then a learned head, so the Inv-Id's initial
     weights depend on its seed alone (`Preset.inv_id_rng_seed`) and not on the mode."""
     preset, runtime = ctx.preset, ctx.runtime
+    if preset.inv_id_members != 1:
+        raise ValueError("a run trains one Inv-Id: train each member as a run of its own and join them with "
+                         "`genreid join-inv-ids`")
     plan = inv_id_plan(preset, mode)
     triples = load_triples(ctx) if plan.generated else None
     train, val = ctx.inv_id_splits
