@@ -25,6 +25,7 @@ from service.evaluation import Evaluator, RetrievalMetrics, evaluate_ranking
 from service.similarity import code_distances
 from training.cli import _context, load_run
 from training.data.cache import ImageSet
+from training.join import require_one_code_table
 from training.stages.inverters import best_inv_id, embed, validation_evaluator
 
 
@@ -63,8 +64,7 @@ def score(codes: dict[str, np.ndarray], splits: dict[str, ImageSet], split: str)
 
 def run(args: argparse.Namespace) -> list[dict]:
     members, crops = zip(*(run_codes(run_dir, args) for run_dir in args.runs), strict=True)
-    if any(not torch.equal(m.table, members[0].table) for m in members):
-        raise SystemExit("the runs' generators have different code tables: their codes live in different spaces")
+    require_one_code_table([m.table for m in members])
     splits = crops[0]
     if any(not np.array_equal(other[key].person_ids, split.person_ids)
            or not np.array_equal(other[key].cameras, split.cameras)

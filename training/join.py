@@ -17,6 +17,7 @@ import torch
 
 from training.cli import CONFIG_FILE, GENERATOR_FROM, _context, load_run
 from training.pipeline import REUSABLE, link_stages
+from training.presets import Preset
 from training.stages.inverters import best_inv_id, validate_inv_id
 from training.trainer import TIMINGS_FILE, read_stage_record, record_stage, save_atomic, write_text_atomic
 
@@ -25,16 +26,21 @@ MEMBERS = "inv_id_members"  # config.json: each member's run, seed, steps and va
 MEMBER_FIELDS = ("inv_id_seed", "inv_id_steps")
 
 
-def _check_members(runs: list[Path]) -> None:
+def require_one_code_table(tables: list[torch.Tensor]) -> None:
+    """Codes of Inv-Ids trained on different code tables live in different spaces: their mean means nothing."""
+    if any(not torch.equal(table, tables[0]) for table in tables):
+        raise ValueError("the runs' generators have different code tables: their codes live in different spaces")
+
+
+def _check_members(runs: list[Path], loaded: list[tuple[Preset, Path]]) -> None:
     if len(runs) < 2:
         raise ValueError("join-inv-ids needs two or more runs")
-    first = load_run(runs[0])
-    for run in runs[1:]:
-        preset, data = load_run(run)
-        if data != first[1]:
-            raise ValueError(f"{run}: trained on {data}, not {first[1]}")
+    (first, first_data), *others = loaded
+    for run, (preset, data) in zip(runs[1:], others, strict=True):
+        if data != first_data:
+            raise ValueError(f"{run}: trained on {data}, not {first_data}")
         changed = [name for name, value in preset.as_dict().items()
-                   if name not in MEMBER_FIELDS and value != first[0].as_dict()[name]]
+                   if name not in MEMBER_FIELDS and value != first.as_dict()[name]]
         if changed:
             raise ValueError(f"{run}: differs from {runs[0]} in {', '.join(changed)} (members may differ in "
                              f"{' and '.join(MEMBER_FIELDS)} only)")
@@ -42,13 +48,12 @@ def _check_members(runs: list[Path]) -> None:
 
 def join_inv_ids(runs: list[Path], out: Path, cache_dir: Path | None = None) -> dict[str, Any]:
     """Write run `out` holding the mean of `runs`' best Inv-Ids; returns its saved result."""
-    _check_members(runs)
+    loaded = [load_run(run) for run in runs]
+    _check_members(runs, loaded)
     if (out / CONFIG_FILE).exists():
         raise FileExistsError(f"{out}: already a run")
-    contexts = [_context(*load_run(run), run, cache_dir, None) for run in runs]
-    tables = [ctx.load("generator")["codes"] for ctx in contexts]
-    if any(not torch.equal(table, tables[0]) for table in tables):
-        raise ValueError("the runs' generators have different code tables: their codes live in different spaces")
+    contexts = [_context(preset, data, run, cache_dir, None) for run, (preset, data) in zip(runs, loaded, strict=True)]
+    require_one_code_table([ctx.load("generator")["codes"] for ctx in contexts])
     saved = [best_inv_id(ctx) for ctx in contexts]
     if len({result["mode"] for result in saved}) > 1:
         raise ValueError(f"the runs' best Inv-Ids are of different modes: {[result['mode'] for result in saved]}")

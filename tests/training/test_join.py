@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from service.encoders import open_session
-from training.cli import CONFIG_FILE
+from training.cli import CONFIG_FILE, load_run
 from training.export import PARITY_TOLERANCE, export_run
 from training.join import MEMBERS, join_inv_ids
 from training.pipeline import link_stages, reusable_stages, run_stages
-from training.presets import Preset, get_preset
+from training.presets import get_preset
 from training.run_ledger import variant_name
 from training.stages.inverters import inv_id_setup
 
@@ -44,7 +44,7 @@ def test_the_joined_inv_id_is_the_members_mean_and_exports_as_one(members, tmp_p
     assert result["mode"] == "hybrid" and result["steps"] == 7
     config = json.loads((out / CONFIG_FILE).read_text())
     assert config["preset"]["inv_id_members"] == 2 and config["preset"]["inv_id_steps"] == 7
-    preset = Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["preset"].items()})
+    preset, _ = load_run(out)
     assert variant_name(preset, "hybrid") == "hybrid, mean of 2 Inv-Ids, 7 steps in all"
     assert [(m["inv_id_seed"], m["inv_id_steps"]) for m in config[MEMBERS]] == [(1, 3), (2, 4)]
     for name in ("generator.pt", "codes.pt", "samples.npz", "inv_noise.pt"):
