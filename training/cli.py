@@ -7,6 +7,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from training.presets import Preset, get_preset
 
@@ -40,6 +41,16 @@ def load_run(run_dir: Path) -> tuple[Preset, Path]:
 
 
 GENERATOR_FROM = "generator_from"  # config.json: the export a run's generator was recovered from
+MEMBERS = "inv_id_members"  # config.json: each member's run, seed, steps and validation mAP
+# What members may differ in; anything else would make their mean a mean of different things.
+MEMBER_FIELDS = ("inv_id_seed", "inv_id_steps")
+
+
+def joined_members(run: Path) -> list[dict[str, Any]]:
+    """The members a joined run was made of (config.json), in order; empty for a run that trained its own Inv-Id
+    (or a run directory without a config, as a test's context)."""
+    config = run / CONFIG_FILE
+    return json.loads(config.read_text()).get(MEMBERS, []) if config.is_file() else []
 
 
 def _context(preset: Preset, data: Path, run_dir: Path, cache_dir: Path | None, stop_after: int | None):

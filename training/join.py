@@ -15,15 +15,18 @@ from typing import Any
 
 import torch
 
-from training.cli import CONFIG_FILE, GENERATOR_FROM, _context, load_run
+from training.cli import CONFIG_FILE, GENERATOR_FROM, MEMBER_FIELDS, MEMBERS, _context, load_run
 from training.pipeline import REUSABLE, link_stages
 from training.presets import Preset
 from training.stages.inverters import best_inv_id, validate_inv_id
-from training.trainer import TIMINGS_FILE, read_stage_record, record_stage, save_atomic, write_text_atomic
-
-MEMBERS = "inv_id_members"  # config.json: each member's run, seed, steps and validation mAP
-# What members may differ in; anything else would make their mean a mean of different things.
-MEMBER_FIELDS = ("inv_id_seed", "inv_id_steps")
+from training.trainer import (
+    MACHINES_FILE,
+    TIMINGS_FILE,
+    read_stage_record,
+    record_stage,
+    save_atomic,
+    write_text_atomic,
+)
 
 
 def require_one_code_table(tables: list[torch.Tensor]) -> None:
@@ -77,7 +80,10 @@ def join_inv_ids(runs: list[Path], out: Path, cache_dir: Path | None = None) -> 
     metrics = validate_inv_id(model.to(device), joined.inv_id_splits[1], device, preset.split_seed)
     result = {"model": model.state_dict(), "validation": metrics, "steps": preset.inv_id_steps}
     save_atomic(result, out / f"inv_id_{mode}.pt")
-    seconds = [read_stage_record(run / TIMINGS_FILE).get(f"inv_id_{mode}") for run in runs]
+    stage = f"inv_id_{mode}"
+    seconds = [read_stage_record(run / TIMINGS_FILE).get(stage) for run in runs]
     if all(value is not None for value in seconds):
-        record_stage(out / TIMINGS_FILE, f"inv_id_{mode}", sum(seconds))
+        record_stage(out / TIMINGS_FILE, stage, sum(seconds))
+    machines = [read_stage_record(run / MACHINES_FILE).get(stage, "not recorded") for run in runs]
+    record_stage(out / MACHINES_FILE, stage, " + ".join(dict.fromkeys(machines)))
     return result | {"mode": mode}

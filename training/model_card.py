@@ -21,6 +21,7 @@ import numpy as np
 from service.encoders import Encoders, ModelMetadata
 from service.evaluation import Evaluator
 from service.reranking import RerankParams
+from training.cli import MEMBER_FIELDS, joined_members
 from training.data.cache import ImageSet
 from training.presets import Preset, get_preset
 from training.run_ledger import RunRecord, Spread, generator_origin, inv_id_trunk_changes, read_ledger, summarise
@@ -69,7 +70,7 @@ def reconstruction_on_test(encoders: Encoders, seen: ImageSet, drawn: ImageSet, 
 MIN_MAX_CALIBRATION = "minimum and maximum"
 # What only the training run knows; a card rebuilt without the run copies them from the previous card.
 RUN_FACTS = ("preset", "training_wall_seconds", "training_machines", "generator_origin", "hardware", "validation",
-             "inv_id_steps", "test")
+             "inv_id_steps", "inv_id_members", "test")
 
 
 def run_facts(ctx: StageContext, shipped: str, query: ImageSet, gallery: ImageSet) -> dict[str, Any]:
@@ -86,6 +87,7 @@ def run_facts(ctx: StageContext, shipped: str, query: ImageSet, gallery: ImageSe
         "hardware": hardware(),
         "validation": {mode: saved["validation"] for mode, saved in finished.items()},
         "inv_id_steps": {mode: saved.get("steps", ctx.preset.inv_id_steps) for mode, saved in finished.items()},
+        "inv_id_members": [{field: member[field] for field in MEMBER_FIELDS} for member in joined_members(ctx.run_dir)],
         "test": test,
     }
 
@@ -157,11 +159,39 @@ def _pct(value: float) -> str:
 
 def train_command(preset: dict[str, Any]) -> str:
     """`genreid train` for the card's preset: its name, and `--set` for each field that departs from it."""
-    named = get_preset(preset["name"]).as_dict()
-    sets = "".join(f" --set '{key}={json.dumps(value, separators=(',', ':'))}'" for key, value in preset.items()
-                   if key in named and json.dumps(value) != json.dumps(named[key]))
     name = preset["name"]
+    sets = _sets(preset, get_preset(name).as_dict())
     return f"genreid train --data ../shared/data/market1501-subset --preset {name}{sets} --out runs/{name}"
+
+
+def _sets(preset: dict[str, Any], base: dict[str, Any]) -> str:
+    """`--set` for each field of `preset` that departs from `base`."""
+    return "".join(f" --set '{key}={json.dumps(value, separators=(',', ':'))}'" for key, value in preset.items()
+                   if key in base and json.dumps(value) != json.dumps(base[key]))
+
+
+def reproduce_commands(preset: dict[str, Any], members: list[dict[str, int]]) -> tuple[str, str]:
+    """The commands that train the card's run, and the run directory they leave to export. A joined Inv-Id's run
+    trains its first member in full, each further one `--from` it (one generator, so one code space), and joins
+    them (`genreid join-inv-ids`)."""
+    name = preset["name"]
+    if not members:
+        return train_command(preset), f"runs/{name}"
+    runs = [f"runs/{name}"] + [f"runs/{name}-inv-id-{index}" for index in range(2, len(members) + 1)]
+    first = preset | members[0] | {"inv_id_members": 1}
+    lines = [train_command(first)]
+    lines += [f"genreid train --from {runs[0]}{_sets(first | member, first)} --out {run}"
+              for member, run in zip(members[1:], runs[1:], strict=True)]
+    joined = f"runs/{name}-joined"
+    lines.append(f"genreid join-inv-ids {' '.join(runs)} --out {joined}")
+    return "\n".join(lines), joined
+
+
+def render_steps(steps: int, members: list[dict[str, int]]) -> str:
+    """An Inv-Id's training steps: its own, or each member's of a joined one (whose mean it is)."""
+    if not members:
+        return f"{steps} steps"
+    return f"mean of {len(members)} Inv-Ids, {' + '.join(str(m['inv_id_steps']) for m in members)} steps"
 
 
 def render_generator_origin(origin: str) -> str:
@@ -238,9 +268,11 @@ def render_runs(card: dict[str, Any]) -> str:
 def render_markdown(card: dict[str, Any]) -> str:
     """MODEL_CARD.md from the card's JSON: the values formatted here, the prose in templates/model_card.md."""
     data, test = card["data"], card["test"]
+    members = card.get("inv_id_members", [])
     rows = "\n".join(
         f"| Inv-Id `{mode}`{' (shipped)' if mode == card['shipped_inv_id'] else ''}, "
-        f"{card['inv_id_steps'][mode]} steps x {card['preset']['inv_id_batch']} | {_pct(m['mAP'])} | "
+        f"{render_steps(card['inv_id_steps'][mode], members if mode == card['shipped_inv_id'] else [])} x "
+        f"{card['preset']['inv_id_batch']} | {_pct(m['mAP'])} | "
         f"{_pct(m['rank1'])} | {_pct(m['rank5'])} | {_pct(m['rank10'])} | {_pct(m['mINP'])} |"
         for mode, m in test.items()
     )
@@ -270,10 +302,11 @@ def render_markdown(card: dict[str, Any]) -> str:
     preset = card["preset"]
     widths = tuple(preset["widths"])  # a list when the preset was read back from JSON
     codes = card["code_stats"]
+    train_commands, run = reproduce_commands(preset, members)
     return template("model_card.md").substitute(
         source=source,
         widths=widths, blocks=preset["blocks"], code_dim=preset["code_dim"], inputs=render_inputs(card["input_sizes"]),
-        preset=preset["name"], train_command=train_command(preset),
+        preset=preset["name"], train_commands=train_commands, run=run,
         generator_note=render_generator_origin(card.get("generator_origin", "")),
         data_root=data["root"], train_identities=data["train_identities"], train_crops=data["train_crops"],
         validation_identities=data["validation_identities"], validation_crops=data["validation_crops"],

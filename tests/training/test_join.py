@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from service.encoders import open_session
-from training.cli import CONFIG_FILE, load_run
+from training.cli import CONFIG_FILE, MEMBERS, load_run
 from training.export import PARITY_TOLERANCE, export_run
-from training.join import MEMBERS, join_inv_ids
+from training.join import join_inv_ids
 from training.pipeline import link_stages, reusable_stages, run_stages
 from training.presets import get_preset
 from training.run_ledger import variant_name
 from training.stages.inverters import inv_id_setup
+from training.trainer import MACHINES_FILE, read_stage_record
 
 from .conftest import make_context
 
@@ -47,6 +48,8 @@ def test_the_joined_inv_id_is_the_members_mean_and_exports_as_one(members, tmp_p
     preset, _ = load_run(out)
     assert variant_name(preset, "hybrid") == "hybrid, mean of 2 Inv-Ids, 7 steps in all"
     assert [(m["inv_id_seed"], m["inv_id_steps"]) for m in config[MEMBERS]] == [(1, 3), (2, 4)]
+    member_machines = {read_stage_record(ctx.run_dir / MACHINES_FILE)["inv_id_hybrid"] for ctx in members}
+    assert read_stage_record(out / MACHINES_FILE)["inv_id_hybrid"] == " + ".join(member_machines)  # one CPU here
     for name in ("generator.pt", "codes.pt", "samples.npz", "inv_noise.pt"):
         assert (out / name).read_bytes() == (members[0].run_dir / name).read_bytes()
 

@@ -14,11 +14,14 @@ shipped card's JSON once it measured them, and cards/lenient.md its rendering by
 from __future__ import annotations
 
 import json
+import shlex
 from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
 
+from service.cli import TRAINING_COMMANDS, build_parser
+from training.cli import build_parser as training_parser
 from training.model_card import render_markdown, template
 
 CARDS = Path(__file__).parent / "cards"
@@ -82,3 +85,28 @@ def test_card_names_an_inv_id_trunk_unlike_inv_noise():
     card["preset"] |= {"inv_id_widths": card["preset"]["inv_widths"], "inv_id_stem_stride": 1}
     same = render_markdown(card)  # Inv-Noise's own widths: nothing to name (Reproduce still lists the --set)
     assert "; Inv-Id head over 4 stripes)." in same.replace("\n", " ") and "trunk widths" not in same
+
+
+def test_a_joined_inv_id_reproduces_as_its_members_and_the_join():
+    """A joined run's card trains the first member in full, each further one from it, joins them and exports the
+    join; every command parses as the CLI's own."""
+    card = json.loads((CARDS / "lenient.json").read_text())
+    card["preset"] |= {"inv_id_members": 2, "inv_id_seed": 1, "inv_id_steps": 7500}
+    card["inv_id_steps"]["hybrid"] = 7500
+    card["inv_id_members"] = [{"inv_id_seed": 1, "inv_id_steps": 2500}, {"inv_id_seed": 0, "inv_id_steps": 5000}]
+    text = render_markdown(card)
+    commands = text.split("## Reproduce\n```\n", 1)[1].split("```", 1)[0].splitlines()
+    assert commands[:5] == [
+        "genreid train --data ../shared/data/market1501-subset --preset cpu --set 'inv_id_seed=1' --out runs/cpu",
+        "genreid train --from runs/cpu --set 'inv_id_steps=5000' --set 'inv_id_seed=0' --out runs/cpu-inv-id-2",
+        "genreid join-inv-ids runs/cpu runs/cpu-inv-id-2 --out runs/cpu-joined",
+        "genreid export runs/cpu-joined --to models/",
+        "genreid card runs/cpu-joined --models models/",
+    ]
+    for command in commands:
+        words = shlex.split(command)[1:]
+        parser = training_parser() if words[0] in TRAINING_COMMANDS else build_parser()
+        parser.parse_args(words)  # argparse exits on anything it does not take, --set on any unknown field
+    assert "| Inv-Id `hybrid` (shipped), mean of 2 Inv-Ids, 2500 + 5000 steps x 96 |" in text
+    del card["inv_id_members"]
+    assert "join-inv-ids" not in render_markdown(card)  # a card without members trains one run
