@@ -25,8 +25,7 @@ from service.evaluation import Evaluator, RetrievalMetrics, evaluate_ranking
 from service.similarity import code_distances
 from training.cli import _context, load_run
 from training.data.cache import ImageSet
-from training.join import require_one_code_table
-from training.stages.inverters import best_inv_id, embed, validation_evaluator
+from training.stages.inverters import best_inv_id, embed, require_one_code_table, validation_evaluator
 
 
 @dataclass(frozen=True)

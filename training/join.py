@@ -13,12 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from training.cli import CONFIG_FILE, GENERATOR_FROM, MEMBER_FIELDS, MEMBERS, _context, load_run
 from training.pipeline import REUSABLE, link_stages
 from training.presets import Preset
-from training.stages.inverters import best_inv_id, validate_inv_id
+from training.stages.inverters import best_inv_id, require_one_code_table, validate_inv_id
 from training.trainer import (
     MACHINES_FILE,
     TIMINGS_FILE,
@@ -27,12 +25,6 @@ from training.trainer import (
     save_atomic,
     write_text_atomic,
 )
-
-
-def require_one_code_table(tables: list[torch.Tensor]) -> None:
-    """Codes of Inv-Ids trained on different code tables live in different spaces: their mean means nothing."""
-    if any(not torch.equal(table, tables[0]) for table in tables):
-        raise ValueError("the runs' generators have different code tables: their codes live in different spaces")
 
 
 def _check_members(runs: list[Path], loaded: list[tuple[Preset, Path]]) -> None:

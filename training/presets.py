@@ -57,6 +57,11 @@ class Preset:
     # How many Inv-Ids of one generator the run's Inv-Id averages: each trains as a run of its own, and `genreid
     # join-inv-ids` makes the run that holds their mean (training refuses a preset with more than one).
     inv_id_members: int = 1
+    # A finished run whose best Inv-Id (a joined one too) teaches this one: each real crop's code also regresses
+    # onto the teacher's code of that crop, by direction, weighted `distill_weight`. One network's serving cost for
+    # what a joined Inv-Id ranks like (docs/METHOD.md). "": none.
+    inv_id_teacher: str = ""
+    distill_weight: float = 0.0
     # Share of each hybrid batch that is real crops targeting their learned code; the discriminative mode trains
     # on these real crops alone (real_fraction x inv_id_batch a step).
     real_fraction: float = 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,20 @@ class TinyRun:
 def make_context(preset: Preset, data: Path, run_dir: Path, cache: Path, stop_after: int | None = None):
     run_dir.mkdir(parents=True, exist_ok=True)
     return StageContext(preset, data, run_dir, setup_runtime(), cache, stop_after)
+
+
+def train_member(tiny_stages: StageContext, run_dir: Path, **overrides) -> StageContext:
+    """A finished run of a 3-step hybrid Inv-Id (unless `overrides` say otherwise) on the tiny run's generator,
+    with its config.json, as `genreid train --from` makes one."""
+    from training.cli import CONFIG_FILE
+    from training.pipeline import link_stages, reusable_stages, run_stages
+
+    preset = get_preset("tiny", **{"inv_id_steps": 3, "inv_id_modes": ("hybrid",)} | overrides)
+    ctx = make_context(preset, tiny_stages.data_root, run_dir, tiny_stages.cache_dir)
+    (run_dir / CONFIG_FILE).write_text(json.dumps({"preset": preset.as_dict(), "data": str(tiny_stages.data_root)}))
+    link_stages(tiny_stages.run_dir, run_dir, reusable_stages(tiny_stages.run_dir, tiny_stages.preset, preset))
+    run_stages(ctx, "inv_id_hybrid")
+    return ctx
 
 
 @pytest.fixture(scope="session")

@@ -13,29 +13,18 @@ from service.encoders import open_session
 from training.cli import CONFIG_FILE, MEMBERS, load_run
 from training.export import PARITY_TOLERANCE, export_run
 from training.join import join_inv_ids
-from training.pipeline import link_stages, reusable_stages, run_stages
 from training.presets import get_preset
 from training.run_ledger import variant_name
 from training.stages.inverters import inv_id_setup
 from training.trainer import MACHINES_FILE, read_stage_record
 
-from .conftest import make_context
-
-
-def _member(tiny_stages, run_dir, **overrides):
-    """A finished run of a 3-step hybrid Inv-Id on the tiny run's generator, with its config.json."""
-    preset = get_preset("tiny", **{"inv_id_steps": 3, "inv_id_modes": ("hybrid",)} | overrides)
-    ctx = make_context(preset, tiny_stages.data_root, run_dir, tiny_stages.cache_dir)
-    (run_dir / CONFIG_FILE).write_text(json.dumps({"preset": preset.as_dict(), "data": str(tiny_stages.data_root)}))
-    link_stages(tiny_stages.run_dir, run_dir, reusable_stages(tiny_stages.run_dir, tiny_stages.preset, preset))
-    run_stages(ctx, "inv_id_hybrid")
-    return ctx
+from .conftest import make_context, train_member
 
 
 @pytest.fixture(scope="module")
 def members(tiny_stages, tmp_path_factory):
     root = tmp_path_factory.mktemp("members")
-    return [_member(tiny_stages, root / f"seed{seed}", inv_id_seed=seed, inv_id_steps=steps)
+    return [train_member(tiny_stages, root / f"seed{seed}", inv_id_seed=seed, inv_id_steps=steps)
             for seed, steps in ((1, 3), (2, 4))]
 
 
@@ -74,7 +63,7 @@ def test_the_joined_inv_id_is_the_members_mean_and_exports_as_one(members, tmp_p
 
 
 def test_members_that_cannot_be_averaged_are_refused(members, tiny_stages, tmp_path):
-    other = _member(tiny_stages, tmp_path / "stripes", inv_id_seed=3, inv_id_stripes=2)
+    other = train_member(tiny_stages, tmp_path / "stripes", inv_id_seed=3, inv_id_stripes=2)
     with pytest.raises(ValueError, match="differs .* in inv_id_stripes"):
         join_inv_ids([members[0].run_dir, other.run_dir], tmp_path / "joined")
     with pytest.raises(ValueError, match="two or more"):

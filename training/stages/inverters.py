@@ -26,6 +26,7 @@ from torch import nn
 
 from service.evaluation import Evaluator
 from service.similarity import code_distances
+from training.cli import _context, load_run
 from training.data.cache import ImageSet, query_gallery_split
 from training.networks.classifiers import CLASSIFIERS, CodeTableHead, new_classifier
 from training.networks.inverters import InvId
@@ -160,6 +161,10 @@ def inv_id_plan(preset: Preset, mode: str) -> InvIdPlan:
     if not uses_generator(mode) and preset.triplet_weight and not preset.triplet_margin:
         raise ValueError("the discriminative mode has no generator code table to take the triplet margin from: "
                          "set triplet_margin")
+    if bool(preset.inv_id_teacher) != bool(preset.distill_weight):
+        raise ValueError("inv_id_teacher and distill_weight go together: a teacher run and the weight of its codes")
+    if preset.inv_id_teacher and not real:
+        raise ValueError(f"mode {mode!r} draws no real crops for the teacher to code")
     return InvIdPlan(generated, real, preset.real_identities)
 
 
@@ -200,9 +205,11 @@ def inv_id_optimiser(
 def inv_id_loss(
     predicted: torch.Tensor, targets: torch.Tensor | None, labels: torch.Tensor | None, generated: int,
     logits_fn: Callable[[torch.Tensor], torch.Tensor], margin: float, preset: Preset,
+    teacher: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """MSE to the regressed codes (when there are any); for the real crops (the rows after the first `generated`),
-    label-smoothed cross-entropy over the training identities and the weighted batch-hard triplet loss."""
+    label-smoothed cross-entropy over the training identities, the weighted batch-hard triplet loss and, with a
+    `teacher`'s codes of them, the weighted cosine distance to those (retrieval compares codes by direction)."""
     loss = predicted.new_zeros(())
     metrics: dict[str, float] = {}
     if targets is not None:
@@ -218,6 +225,10 @@ def inv_id_loss(
             triplet = batch_hard_triplet(real_codes, labels, margin=margin)
             loss = loss + preset.triplet_weight * triplet
             metrics["triplet"] = triplet.item()
+    if teacher is not None:
+        distill = (1.0 - F.cosine_similarity(predicted[generated:], teacher, dim=1)).mean()
+        loss = loss + preset.distill_weight * distill
+        metrics["distill"] = distill.item()
     return loss, metrics
 
 
@@ -236,6 +247,7 @@ class InvIdTraining:
     logits_fn: Callable[[torch.Tensor], torch.Tensor]  # the identity head, under DDP when it learns
     labels: np.ndarray  # each real crop's row of the identity head
     groups: list[np.ndarray]  # real crop indices per label, for identity-balanced batches
+    teacher_codes: np.ndarray | None  # each real crop's code by the teacher run's Inv-Id; None without a teacher
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
     checkpointed: Checkpointed
@@ -265,6 +277,7 @@ def inv_id_setup(ctx: StageContext, mode: str) -> InvIdTraining:
     if preset.inv_id_init:
         model.load_finished(finished_inv_id_weights(Path(preset.inv_id_init), model))
     identity = identity_targets(ctx, mode, train)
+    teacher = teacher_codes(ctx, Path(preset.inv_id_teacher), train) if preset.inv_id_teacher else None
     head = identity.head
     labels = np.searchsorted(identity.person_ids, train.person_ids)
     groups = group_by_label(labels)
@@ -275,7 +288,7 @@ def inv_id_setup(ctx: StageContext, mode: str) -> InvIdTraining:
     # The .ckpt's keys (see Checkpointed): runs resume across code versions only while they stay.
     checkpointed = Checkpointed(model=model, head=head, optimizer=optimizer, schedule=schedule)
     return InvIdTraining(f"inv_id_{mode}", plan, triples, train, val, model, wrapped, identity, logits_fn, labels,
-                         groups, optimizer, schedule, checkpointed)
+                         groups, teacher, optimizer, schedule, checkpointed)
 
 
 @dataclass(frozen=True)
@@ -285,6 +298,7 @@ class InvIdBatch:
     images: list[torch.Tensor]  # concatenated only under autocast, as the model reads them
     targets: torch.Tensor | None  # None when no row regresses a code (the discriminative mode)
     labels: torch.Tensor | None  # None when the batch holds no real crops (the paper mode)
+    teacher: torch.Tensor | None = None  # the teacher's codes of the real crops (before augmentation)
 
 
 def inv_id_batch(
@@ -296,6 +310,7 @@ def inv_id_batch(
     images: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
     labels: torch.Tensor | None = None
+    teacher: torch.Tensor | None = None
     if run.triples is not None:
         picked = batch_indices(len(run.triples), plan.generated, index, preset.inv_id_rng_seed + 1, runtime.rank,
                                runtime.world)
@@ -314,7 +329,9 @@ def inv_id_batch(
         head = run.identity.head
         if isinstance(head, CodeTableHead):  # the hybrid also regresses real crops onto their learned code
             targets.append(head.targets(labels))
-    return InvIdBatch(images, torch.cat(targets) if targets else None, labels)
+        if run.teacher_codes is not None:
+            teacher = torch.from_numpy(run.teacher_codes[real]).to(runtime.device)
+    return InvIdBatch(images, torch.cat(targets) if targets else None, labels, teacher)
 
 
 def inv_id_step(ctx: StageContext, run: InvIdTraining, index: int) -> dict[str, float]:
@@ -325,7 +342,7 @@ def inv_id_step(ctx: StageContext, run: InvIdTraining, index: int) -> dict[str, 
     with ctx.runtime.autocast():
         predicted = run.wrapped(torch.cat(batch.images).contiguous(memory_format=torch.channels_last)).float()
     loss, metrics = inv_id_loss(predicted, batch.targets, batch.labels, run.plan.generated, run.logits_fn,
-                                run.identity.margin, ctx.preset)
+                                run.identity.margin, ctx.preset, batch.teacher)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
@@ -417,3 +434,33 @@ def best_inv_id(ctx: StageContext) -> dict:
         raise FileNotFoundError("no Inv-Id has finished; run the inv_id stage first")
     return max(finished.values(), key=lambda saved: saved["validation"]["mAP"])
 
+
+def require_one_code_table(tables: list[torch.Tensor]) -> None:
+    """Codes of Inv-Ids trained on different code tables live in different spaces: their mean means nothing."""
+    if any(not torch.equal(table, tables[0]) for table in tables):
+        raise ValueError("the runs' generators have different code tables: their codes live in different spaces")
+
+
+TEACHER_CODES = "teacher_codes.pt"
+
+
+def teacher_codes(ctx: StageContext, teacher: Path, train: ImageSet) -> np.ndarray:
+    """The teacher run's best Inv-Id's codes of `train` (this run's real crops, un-augmented), computed once and
+    kept in the run directory for resumes. The teacher must share this run's code table and training crops:
+    otherwise its codes are of another space or of other people."""
+    path = ctx.path(TEACHER_CODES)
+    if path.is_file():
+        return torch.load(path, weights_only=False)["codes"].numpy()
+    preset, data = load_run(teacher)
+    source = _context(preset, data, teacher, ctx.cache_dir, None)
+    require_one_code_table([source.load("generator")["codes"], ctx.load("generator")["codes"]])
+    taught = source.inv_id_splits[0]
+    if data != ctx.data_root or not np.array_equal(taught.person_ids, train.person_ids) or \
+            tuple(preset.inv_id_resolution) != tuple(ctx.preset.inv_id_resolution):
+        raise ValueError(f"{teacher}: trained on other crops (data, held-out identities or Inv-Id's input size)")
+    model = source.new_inv_id().to(ctx.runtime.device)
+    model.load_state_dict(best_inv_id(source)["model"])
+    codes = embed(model, train, ctx.runtime.device).astype(np.float32)
+    if ctx.runtime.is_main:
+        save_atomic({"teacher": str(teacher.resolve()), "codes": torch.from_numpy(codes)}, path)
+    return codes
