@@ -90,12 +90,14 @@ def budget_changes(preset: Preset, mode: str) -> list[str]:
 
 def variant_name(preset: Preset, mode: str, *, generator: str = "") -> str:
     """The mode, the classifier of a discriminative one, how its trunk departs from Inv-Noise's, its samples and
-    steps where they depart from the preset's, whether it started from another finished Inv-Id, and where its
-    generator came from (`generator_origin`, for a mode that uses one): what makes runs more than seeds of each
-    other."""
+    steps where they depart from the preset's, whether it started from or was taught by another finished Inv-Id,
+    and where its generator came from (`generator_origin`, for a mode that uses one): what makes runs more than
+    seeds of each other."""
     name = f"{mode}, {preset.classifier} classifier" if mode == "discriminative" else mode
     name = ", ".join([name, *inv_id_trunk_changes(preset.as_dict()), *budget_changes(preset, mode)])
     name = f"{name}, fine-tuned from a finished Inv-Id" if preset.inv_id_init else name
+    name = f"{name}, distilled from a finished Inv-Id (weight {preset.distill_weight:g})" if preset.inv_id_teacher \
+        else name
     return f"{name}, on {generator}" if generator and uses_generator(mode) else name
 
 

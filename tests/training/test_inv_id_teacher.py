@@ -10,6 +10,7 @@ import torch
 
 from training.cli import CONFIG_FILE
 from training.presets import get_preset
+from training.run_ledger import variant_name
 from training.stages.inverters import TEACHER_CODES, embed, inv_id_plan
 
 from .conftest import train_member
@@ -41,6 +42,7 @@ def test_a_taught_inv_id_moves_towards_its_teacher(teacher, tiny_stages, tmp_pat
     assert saved["teacher"] == str(teacher.run_dir.resolve())
     lines = [json.loads(line) for line in taught.path("log.jsonl").read_text().splitlines()]
     assert any("distill" in line for line in lines)
+    assert variant_name(taught.preset, "hybrid") == "hybrid, 30 steps, distilled from a finished Inv-Id (weight 50)"
     # Same seed, batches and steps: only the teacher's term differs, and it pulls the codes towards the teacher's.
     assert _agreement(taught, expected) > _agreement(alone, expected) + 0.5
 
