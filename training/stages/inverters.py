@@ -272,12 +272,13 @@ def inv_id_setup(ctx: StageContext, mode: str) -> InvIdTraining:
     plan = inv_id_plan(preset, mode)
     triples = load_triples(ctx) if plan.generated else None
     train, val = ctx.inv_id_splits
+    # Before the seed is set: building the teacher's network draws from the global generator.
+    teacher = teacher_codes(ctx, Path(preset.inv_id_teacher), train) if preset.inv_id_teacher else None
     torch.manual_seed(preset.inv_id_rng_seed)
     model = ctx.new_inv_id()
     if preset.inv_id_init:
         model.load_finished(finished_inv_id_weights(Path(preset.inv_id_init), model))
     identity = identity_targets(ctx, mode, train)
-    teacher = teacher_codes(ctx, Path(preset.inv_id_teacher), train) if preset.inv_id_teacher else None
     head = identity.head
     labels = np.searchsorted(identity.person_ids, train.person_ids)
     groups = group_by_label(labels)
