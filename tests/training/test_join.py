@@ -13,6 +13,7 @@ from service.encoders import open_session
 from training.cli import CONFIG_FILE, MEMBERS, load_run
 from training.export import PARITY_TOLERANCE, export_run
 from training.join import join_inv_ids
+from training.model_card import CARD_JSON, write_card
 from training.presets import get_preset
 from training.run_ledger import variant_name
 from training.stages.inverters import inv_id_setup
@@ -60,6 +61,15 @@ def test_the_joined_inv_id_is_the_members_mean_and_exports_as_one(members, tmp_p
     exported = session.run(None, {"image": images.numpy()})[0]
     np.testing.assert_allclose(exported, ((codes[0] + codes[1]) / 2).numpy(), atol=PARITY_TOLERANCE, rtol=0)
     assert metadata["match_threshold"] == result["validation"]["threshold_fmr1"]
+
+    # The card reproduces the joined run as its members and the join, also when rebuilt without the run.
+    join_line = "genreid join-inv-ids runs/tiny runs/tiny-inv-id-2 --out runs/tiny-joined"
+    for from_run in (True, False):
+        text = write_card(joined, models, from_run=from_run).read_text()
+        card = json.loads((models / CARD_JSON).read_text())
+        assert card["inv_id_members"] == [{"inv_id_seed": 1, "inv_id_steps": 3}, {"inv_id_seed": 2, "inv_id_steps": 4}]
+        assert join_line in text and "genreid export runs/tiny-joined --to models/" in text
+        assert "mean of 2 Inv-Ids, 3 + 4 steps" in text
 
 
 def test_members_that_cannot_be_averaged_are_refused(members, tiny_stages, tmp_path):
