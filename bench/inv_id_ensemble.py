@@ -23,9 +23,9 @@ from _common import accuracy_bench, accuracy_cells
 
 from service.evaluation import Evaluator, RetrievalMetrics, evaluate_ranking
 from service.similarity import code_distances
-from training.cli import _context, load_run
+from training.cli import run_context
 from training.data.cache import ImageSet
-from training.stages.inverters import best_inv_id, embed, require_one_code_table, validation_evaluator
+from training.stages.inverters import best_inv_id, embed, require_one_code_table, saved_inv_id, validation_evaluator
 
 
 @dataclass(frozen=True)
@@ -38,16 +38,15 @@ class RunCodes:
 
 
 def run_codes(run_dir: Path, args: argparse.Namespace) -> tuple[RunCodes, dict[str, ImageSet]]:
-    preset, data = load_run(run_dir)
-    ctx = _context(preset, data, run_dir, args.cache_dir, None)
-    model = ctx.new_inv_id()
-    model.load_state_dict(best_inv_id(ctx)["model"])
+    ctx = run_context(run_dir, args.cache_dir)
+    preset, device = ctx.preset, ctx.runtime.device
+    model = saved_inv_id(ctx, best_inv_id(ctx))
     _, val = ctx.inv_id_splits
     query, gallery = (ctx.split(split, preset.inv_id_resolution) for split in ("query", "gallery"))
     if args.quick:
         val, query, gallery = (s.subset(np.arange(min(100, len(s)))) for s in (val, query, gallery))
-    validation = validation_evaluator(val, preset.split_seed, lambda split: embed(model, split, torch.device("cpu")))
-    test = Evaluator(lambda split: embed(model, split, torch.device("cpu")), query, gallery)
+    validation = validation_evaluator(val, preset.split_seed, lambda split: embed(model, split, device))
+    test = Evaluator(lambda split: embed(model, split, device), query, gallery)
     codes = {"val_query": validation.q_codes, "val_gallery": validation.g_codes,
              "test_query": test.q_codes, "test_gallery": test.g_codes}
     splits = {"val_query": validation.query, "val_gallery": validation.gallery,

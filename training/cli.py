@@ -63,6 +63,12 @@ def _context(preset: Preset, data: Path, run_dir: Path, cache_dir: Path | None, 
                         generator_export=None if export is None else Path(export))
 
 
+def run_context(run_dir: Path, cache_dir: Path | None):
+    """The stage context of an existing run, with the preset and data its config.json names."""
+    preset, data = load_run(run_dir)
+    return _context(preset, data, run_dir, cache_dir, None)
+
+
 def is_export(path: Path) -> bool:
     """A model directory `genreid export` wrote, as opposed to a training run."""
     from service.encoders import METADATA_FILE
@@ -161,8 +167,7 @@ def _run_or_models_context(args: argparse.Namespace, models_dir: Path):
         return models_context(models_dir, args.data, args.cache_dir)
     if args.data is not None:
         raise ValueError("--data is for a model directory without its run; a run knows its data")
-    preset, data = load_run(args.run_dir)
-    return _context(preset, data, args.run_dir, args.cache_dir, None)
+    return run_context(args.run_dir, args.cache_dir)
 
 
 def export(args: argparse.Namespace) -> int:
@@ -194,8 +199,7 @@ def rerank_command(args: argparse.Namespace) -> int:
 def figures(args: argparse.Namespace) -> int:
     from training.figures import make_figures
 
-    preset, data = load_run(args.run_dir)
-    for path in make_figures(_context(preset, data, args.run_dir, args.cache_dir, None), args.out, args.models):
+    for path in make_figures(run_context(args.run_dir, args.cache_dir), args.out, args.models):
         print(path)
     return 0
 
@@ -211,8 +215,7 @@ def card(args: argparse.Namespace) -> int:
 def record_run_command(args: argparse.Namespace) -> int:
     from training.run_ledger import append_records, record_run
 
-    preset, data = load_run(args.run_dir)
-    records = record_run(_context(preset, data, args.run_dir, args.cache_dir, None), note=args.note)
+    records = record_run(run_context(args.run_dir, args.cache_dir), note=args.note)
     if not records:
         raise FileNotFoundError(f"{args.run_dir}: no Inv-Id has finished in this run")
     for record in append_records(args.ledger, records):

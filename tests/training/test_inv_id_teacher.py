@@ -11,7 +11,7 @@ import torch
 from training.cli import CONFIG_FILE
 from training.presets import get_preset
 from training.run_ledger import variant_name
-from training.stages.inverters import TEACHER_CODES, embed, inv_id_plan
+from training.stages.inverters import TEACHER_CODES, embed, inv_id_plan, saved_inv_id
 
 from .conftest import train_member
 
@@ -23,9 +23,7 @@ def teacher(tiny_stages, tmp_path_factory):
 
 def _agreement(ctx, teacher_codes: np.ndarray) -> float:
     """Mean cosine between a finished run's Inv-Id codes of its training crops and the teacher's."""
-    model = ctx.new_inv_id()
-    model.load_state_dict(ctx.load("inv_id_hybrid")["model"])
-    codes = embed(model, ctx.inv_id_splits[0], ctx.runtime.device)
+    codes = embed(saved_inv_id(ctx, ctx.load("inv_id_hybrid")), ctx.inv_id_splits[0], ctx.runtime.device)
     return float(torch.nn.functional.cosine_similarity(torch.from_numpy(codes), torch.from_numpy(teacher_codes)).mean())
 
 
@@ -35,9 +33,8 @@ def test_a_taught_inv_id_moves_towards_its_teacher(teacher, tiny_stages, tmp_pat
     taught = train_member(tiny_stages, tmp_path / "taught", **common, inv_id_teacher=str(teacher.run_dir),
                           distill_weight=50.0)
     saved = torch.load(taught.path(TEACHER_CODES), weights_only=False)
-    model = teacher.new_inv_id()
-    model.load_state_dict(teacher.load("inv_id_hybrid")["model"])
-    expected = embed(model, teacher.inv_id_splits[0], teacher.runtime.device)
+    expected = embed(saved_inv_id(teacher, teacher.load("inv_id_hybrid")), teacher.inv_id_splits[0],
+                     teacher.runtime.device)
     np.testing.assert_allclose(saved["codes"].numpy(), expected, atol=1e-5)
     assert saved["teacher"] == str(teacher.run_dir.resolve())
     lines = [json.loads(line) for line in taught.path("log.jsonl").read_text().splitlines()]

@@ -26,7 +26,7 @@ from torch import nn
 
 from service.evaluation import Evaluator
 from service.similarity import code_distances
-from training.cli import _context, load_run
+from training.cli import run_context
 from training.data.cache import ImageSet, query_gallery_split
 from training.networks.classifiers import CLASSIFIERS, CodeTableHead, new_classifier
 from training.networks.inverters import InvId
@@ -105,11 +105,16 @@ def embed(model: torch.nn.Module, data: ImageSet, device: torch.device, batch: i
     return np.concatenate(codes)
 
 
-def inv_id_evaluator(ctx: StageContext, saved: dict, query: ImageSet, gallery: ImageSet) -> Evaluator[ImageSet]:
-    """A finished Inv-Id (its saved result) scoring `query` against `gallery` from its torch weights."""
+def saved_inv_id(ctx: StageContext, saved: dict) -> nn.Module:
+    """A finished Inv-Id (its saved result: a member's or a joined run's mean) as a network on the run's device."""
     model = ctx.new_inv_id().to(ctx.runtime.device)
     model.load_state_dict(saved["model"])
-    return Evaluator(partial(embed, model, device=ctx.runtime.device), query, gallery)
+    return model
+
+
+def inv_id_evaluator(ctx: StageContext, saved: dict, query: ImageSet, gallery: ImageSet) -> Evaluator[ImageSet]:
+    """A finished Inv-Id (its saved result) scoring `query` against `gallery` from its torch weights."""
+    return Evaluator(partial(embed, saved_inv_id(ctx, saved), device=ctx.runtime.device), query, gallery)
 
 
 def validation_evaluator(val: ImageSet, seed: int, embed: Callable[[ImageSet], np.ndarray]) -> Evaluator[ImageSet]:
@@ -452,16 +457,13 @@ def teacher_codes(ctx: StageContext, teacher: Path, train: ImageSet) -> np.ndarr
     path = ctx.path(TEACHER_CODES)
     if path.is_file():
         return torch.load(path, weights_only=False)["codes"].numpy()
-    preset, data = load_run(teacher)
-    source = _context(preset, data, teacher, ctx.cache_dir, None)
+    source = run_context(teacher, ctx.cache_dir)
     require_one_code_table([source.load("generator")["codes"], ctx.load("generator")["codes"]])
     taught = source.inv_id_splits[0]
-    if data != ctx.data_root or not np.array_equal(taught.person_ids, train.person_ids) or \
-            tuple(preset.inv_id_resolution) != tuple(ctx.preset.inv_id_resolution):
+    if source.data_root != ctx.data_root or not np.array_equal(taught.person_ids, train.person_ids) or \
+            tuple(source.preset.inv_id_resolution) != tuple(ctx.preset.inv_id_resolution):
         raise ValueError(f"{teacher}: trained on other crops (data, held-out identities or Inv-Id's input size)")
-    model = source.new_inv_id().to(ctx.runtime.device)
-    model.load_state_dict(best_inv_id(source)["model"])
-    codes = embed(model, train, ctx.runtime.device).astype(np.float32)
+    codes = embed(saved_inv_id(source, best_inv_id(source)), train, ctx.runtime.device).astype(np.float32)
     if ctx.runtime.is_main:
         save_atomic({"teacher": str(teacher.resolve()), "codes": torch.from_numpy(codes)}, path)
     return codes
