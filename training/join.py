@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training.cli import CONFIG_FILE, GENERATOR_FROM, MEMBER_FIELDS, MEMBERS, _context, load_run
+from training.cli import CONFIG_FILE, GENERATOR_FROM, MEMBER_FIELDS, MEMBERS, _context, run_context
 from training.pipeline import REUSABLE, link_stages
-from training.presets import Preset
+from training.stages.context import StageContext
 from training.stages.inverters import best_inv_id, require_one_code_table, validate_inv_id
 from training.trainer import (
     MACHINES_FILE,
@@ -27,15 +27,15 @@ from training.trainer import (
 )
 
 
-def _check_members(runs: list[Path], loaded: list[tuple[Preset, Path]]) -> None:
+def _check_members(runs: list[Path], contexts: list[StageContext]) -> None:
     if len(runs) < 2:
         raise ValueError("join-inv-ids needs two or more runs")
-    (first, first_data), *others = loaded
-    for run, (preset, data) in zip(runs[1:], others, strict=True):
-        if data != first_data:
-            raise ValueError(f"{run}: trained on {data}, not {first_data}")
-        changed = [name for name, value in preset.as_dict().items()
-                   if name not in MEMBER_FIELDS and value != first.as_dict()[name]]
+    first, *others = contexts
+    for run, ctx in zip(runs[1:], others, strict=True):
+        if ctx.data_root != first.data_root:
+            raise ValueError(f"{run}: trained on {ctx.data_root}, not {first.data_root}")
+        changed = [name for name, value in ctx.preset.as_dict().items()
+                   if name not in MEMBER_FIELDS and value != first.preset.as_dict()[name]]
         if changed:
             raise ValueError(f"{run}: differs from {runs[0]} in {', '.join(changed)} (members may differ in "
                              f"{' and '.join(MEMBER_FIELDS)} only)")
@@ -43,11 +43,10 @@ def _check_members(runs: list[Path], loaded: list[tuple[Preset, Path]]) -> None:
 
 def join_inv_ids(runs: list[Path], out: Path, cache_dir: Path | None = None) -> dict[str, Any]:
     """Write run `out` holding the mean of `runs`' best Inv-Ids; returns its saved result."""
-    loaded = [load_run(run) for run in runs]
-    _check_members(runs, loaded)
+    contexts = [run_context(run, cache_dir) for run in runs]
+    _check_members(runs, contexts)
     if (out / CONFIG_FILE).exists():
         raise FileExistsError(f"{out}: already a run")
-    contexts = [_context(preset, data, run, cache_dir, None) for run, (preset, data) in zip(runs, loaded, strict=True)]
     require_one_code_table([ctx.load("generator")["codes"] for ctx in contexts])
     saved = [best_inv_id(ctx) for ctx in contexts]
     if len({result["mode"] for result in saved}) > 1:
@@ -55,15 +54,15 @@ def join_inv_ids(runs: list[Path], out: Path, cache_dir: Path | None = None) -> 
     steps = [result.get("steps", ctx.preset.inv_id_steps) for ctx, result in zip(contexts, saved, strict=True)]
     preset = dataclasses.replace(contexts[0].preset, inv_id_members=len(runs), inv_id_steps=sum(steps))
     out.mkdir(parents=True, exist_ok=True)
-    source_config = json.loads((runs[0] / CONFIG_FILE).read_text())
-    config: dict[str, Any] = {key: source_config[key] for key in (GENERATOR_FROM,) if key in source_config}
+    first = contexts[0]
+    config: dict[str, Any] = {} if first.generator_export is None else {GENERATOR_FROM: str(first.generator_export)}
     config[MEMBERS] = [{"run": str(run.resolve()), "inv_id_seed": ctx.preset.inv_id_rng_seed, "inv_id_steps": count,
                         "validation_mAP": result["validation"]["mAP"]}
                        for run, ctx, result, count in zip(runs, contexts, saved, steps, strict=True)]
-    config.update({"preset": preset.as_dict(), "data": source_config["data"]})
+    config.update({"preset": preset.as_dict(), "data": str(first.data_root)})
     write_text_atomic(out / CONFIG_FILE, json.dumps(config, indent=2))
     link_stages(runs[0], out, [stage for stage, (marker, _) in REUSABLE.items() if (runs[0] / marker).is_file()])
-    joined = _context(preset, contexts[0].data_root, out, cache_dir, None)
+    joined = _context(preset, first.data_root, out, cache_dir, None)
     model = joined.new_inv_id()
     for member, result in zip(model.members, saved, strict=True):
         member.load_state_dict(result["model"])
