@@ -51,6 +51,9 @@ class Preset:
     # Inv-Id's trunk widths where they differ from Inv-Noise's (`inv_widths`); (): the same. Apart, a wider Inv-Id
     # trains on another run's generator, samples and Inv-Noise (`genreid train --from`) without retraining them.
     inv_id_widths: tuple[int, ...] = ()
+    # BNNeck (Luo et al., "Bag of Tricks"): the code is a BatchNorm of Inv-Id's last layer; the triplet term reads the
+    # feature before the norm, the code-pull, softmax and distillation the code after it.
+    inv_id_bnneck: bool = False
     # A finished Inv-Id (its inv_id_<mode>.pt, of any input size) whose weights start this one: a 128x64 Inv-Id
     # fine-tuned from a 64x32 one costs a fraction of one trained from scratch (progressive resizing). "": none.
     inv_id_init: str = ""

@@ -62,12 +62,13 @@ class RunRecord:
 
 def inv_id_trunk_changes(preset: dict[str, Any]) -> list[str]:
     """How Inv-Id's trunk departs from Inv-Noise's, in words (its own widths, a patch input conv, no pooling before
-    the bottleneck): in variant names and on the model card. `preset` as a dict, since the card reads it back from
-    JSON; older ones lack these fields."""
+    the bottleneck, a BatchNorm neck): in variant names and on the model card. `preset` as a dict, since the card
+    reads it back from JSON; older ones lack these fields."""
     widths, stride = tuple(preset.get("inv_id_widths") or ()), preset.get("inv_id_stem_stride", 1)
     own = [f"trunk widths {'-'.join(map(str, widths))}"] if widths and widths != tuple(preset["inv_widths"]) else []
     last = ["last stride 1"] * (preset.get("inv_id_last_stride", 2) == 1)
-    return own + [f"{stride}x{stride} patch input conv"] * (stride > 1) + last
+    neck = ["BNNeck"] * preset.get("inv_id_bnneck", False)
+    return own + [f"{stride}x{stride} patch input conv"] * (stride > 1) + last + neck
 
 
 def generator_origin(saved: Mapping[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""The discriminative ablation (no generator) and an Inv-Id reading a higher resolution than the generator draws."""
+"""The discriminative ablation (no generator), an Inv-Id reading a higher resolution than the generator draws, and
+Inv-Id's other network variants (patch input conv, last stride 1, BNNeck)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+from training.export import export_run
 from training.networks.classifiers import CodeTableHead, cosine_logits, mean_nearest_distance, new_classifier
 from training.onnx_weights import onnx_weights
 from training.pipeline import link_stages, reusable_stages, run_stages, stage_table
 from training.presets import get_preset
+from training.run_ledger import variant_name
 from training.stages.inverters import (
     InvIdPlan,
     augment_real,
+    batch_hard_triplet,
+    inv_id_loss,
     inv_id_plan,
     inv_id_setup,
     reconstruction_error,
@@ -211,3 +216,27 @@ def test_inv_id_seed_varies_inv_id_alone_on_one_generator(tiny_stages, tmp_path)
                          "hybrid").model.state_dict()
     assert all(torch.equal(same[key], unset[key]) for key in same)
     assert not torch.equal(other["trunk.stem.weight"], unset["trunk.stem.weight"])
+
+
+def test_bnneck_codes_start_at_the_tables_spread_and_the_triplet_reads_the_feature_before_the_norm(tiny_stages,
+                                                                                                  tmp_path):
+    """With `inv_id_bnneck` the code is a BatchNorm of the last layer, started at the code table's per-dimension
+    mean and spread (the scale its codes regress onto); the triplet term reads the feature before the norm, the
+    code-pull the code after it. A trained one exports like any Inv-Id (export checks ONNX against torch)."""
+    preset = get_preset("tiny", inv_id_bnneck=True, inv_id_steps=8)
+    ctx = _beside(tiny_stages, tmp_path / "run", preset)
+    run = inv_id_setup(ctx, "hybrid")
+    table = run.identity.head.table.cpu()
+    crops = torch.rand((16, 3, *preset.inv_id_resolution), generator=torch.Generator().manual_seed(0))
+    feature, code = run.model.cpu().train()(crops, with_feature=True)
+    torch.testing.assert_close(code.mean(0), table.mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(code.std(0, unbiased=False), table.std(0), atol=0, rtol=0.2)  # BatchNorm's eps
+    labels = torch.arange(4).repeat_interleave(4)
+    plain, _ = inv_id_loss(code, None, labels, 0, run.identity.head, run.identity.margin, preset)
+    necked, metrics = inv_id_loss(code, None, labels, 0, run.identity.head, run.identity.margin, preset,
+                                  feature=feature)
+    assert metrics["triplet"] == pytest.approx(batch_hard_triplet(feature, labels, margin=run.identity.margin).item())
+    assert not torch.isclose(plain, necked)
+    train_inv_id(ctx, "hybrid")
+    assert variant_name(preset, "hybrid") == "hybrid, BNNeck, 8 steps"
+    export_run(ctx, tmp_path / "models")

@@ -15,12 +15,13 @@ class InvId(nn.Module):
     `stripes` > 0 first averages the feature map into that many horizontal stripes (head, torso, legs...):
     the vertical layout survives with a fraction of the dense weights, which overfit less. `stem_stride` 2 reads
     2x2 patches at the input (see Encoder): the trunk then costs what it costs at half the resolution;
-    `last_stride` 1 keeps the last map at twice the rows and columns.
+    `last_stride` 1 keeps the last map at twice the rows and columns. `neck` ends in a BatchNorm (re-ID's BNNeck):
+    the code is the normalised feature, and training can put its triplet term on the feature before the norm.
     """
 
     def __init__(
         self, widths: tuple[int, ...], blocks: int, resolution: tuple[int, int], code_dim: int = 32, stripes: int = 0,
-        *, stem_stride: int = 1, last_stride: int = 2,
+        *, stem_stride: int = 1, last_stride: int = 2, neck: bool = False,
     ):
         super().__init__()
         if last_stride not in (1, 2):
@@ -43,10 +44,23 @@ class InvId(nn.Module):
             nn.SiLU(),
             nn.Linear(128, code_dim),
         )
+        self.neck = nn.BatchNorm1d(code_dim) if neck else nn.Identity()
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, *, with_feature: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The identity code; with `with_feature`, (feature before the neck, code): the same tensor twice without
+        a neck."""
         features, _ = self.trunk(images)
-        return self.head(features)
+        feature = self.head(features)
+        code = self.neck(feature)
+        return (feature, code) if with_feature else code
+
+    @torch.no_grad()
+    def match_neck(self, codes: torch.Tensor) -> None:
+        """Start the neck's output at the per-dimension mean and spread of `codes`, the table its codes regress onto:
+        from BatchNorm's unit spread (about 40 times the generator table's) Adam's small steps would take thousands
+        of steps to get there."""
+        self.neck.weight.copy_(codes.std(0))
+        self.neck.bias.copy_(codes.mean(0))
 
     def load_finished(self, state: dict[str, torch.Tensor]) -> None:
         """Start from a finished Inv-Id's weights (progressive resizing). A 1x1 input conv is spread evenly over

@@ -108,7 +108,8 @@ class StageContext:
         preset = self.preset
         members = [InvId(preset.inv_id_widths or preset.inv_widths, preset.blocks, preset.inv_id_resolution,
                          preset.code_dim, preset.inv_id_stripes, stem_stride=preset.inv_id_stem_stride,
-                         last_stride=preset.inv_id_last_stride) for _ in range(preset.inv_id_members)]
+                         last_stride=preset.inv_id_last_stride, neck=preset.inv_id_bnneck)
+                   for _ in range(preset.inv_id_members)]
         return members[0] if len(members) == 1 else InvIdMean(members)
 
     def new_inv_noise(self) -> InvNoise:

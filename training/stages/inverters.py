@@ -210,11 +210,12 @@ def inv_id_optimiser(
 def inv_id_loss(
     predicted: torch.Tensor, targets: torch.Tensor | None, labels: torch.Tensor | None, generated: int,
     logits_fn: Callable[[torch.Tensor], torch.Tensor], margin: float, preset: Preset,
-    teacher: torch.Tensor | None = None,
+    teacher: torch.Tensor | None = None, feature: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """MSE to the regressed codes (when there are any); for the real crops (the rows after the first `generated`),
-    label-smoothed cross-entropy over the training identities, the weighted batch-hard triplet loss and, with a
-    `teacher`'s codes of them, the weighted cosine distance to those (retrieval compares codes by direction)."""
+    label-smoothed cross-entropy over the training identities, the weighted batch-hard triplet loss (on `feature`,
+    the rows before a BNNeck, when given) and, with a `teacher`'s codes of them, the weighted cosine distance to
+    those (retrieval compares codes by direction)."""
     loss = predicted.new_zeros(())
     metrics: dict[str, float] = {}
     if targets is not None:
@@ -227,7 +228,7 @@ def inv_id_loss(
         loss = loss + ce
         metrics["ce"] = ce.item()
         if preset.triplet_weight:
-            triplet = batch_hard_triplet(real_codes, labels, margin=margin)
+            triplet = batch_hard_triplet((predicted if feature is None else feature)[generated:], labels, margin=margin)
             loss = loss + preset.triplet_weight * triplet
             metrics["triplet"] = triplet.item()
     if teacher is not None:
@@ -285,6 +286,8 @@ def inv_id_setup(ctx: StageContext, mode: str) -> InvIdTraining:
         model.load_finished(finished_inv_id_weights(Path(preset.inv_id_init), model))
     identity = identity_targets(ctx, mode, train)
     head = identity.head
+    if preset.inv_id_bnneck and isinstance(head, CodeTableHead):
+        model.match_neck(head.table)
     labels = np.searchsorted(identity.person_ids, train.person_ids)
     groups = group_by_label(labels)
     wrapped = runtime.wrap(model)
@@ -346,9 +349,11 @@ def inv_id_step(ctx: StageContext, run: InvIdTraining, index: int) -> dict[str, 
     rng, gen = step_generator(ctx.preset.inv_id_rng_seed, index, ctx.runtime.rank, salt=4)
     batch = inv_id_batch(ctx, run, index, rng, gen)
     with ctx.runtime.autocast():
-        predicted = run.wrapped(torch.cat(batch.images).contiguous(memory_format=torch.channels_last)).float()
-    loss, metrics = inv_id_loss(predicted, batch.targets, batch.labels, run.plan.generated, run.logits_fn,
-                                run.identity.margin, ctx.preset, batch.teacher)
+        feature, predicted = run.wrapped(torch.cat(batch.images).contiguous(memory_format=torch.channels_last),
+                                         with_feature=True)
+    loss, metrics = inv_id_loss(predicted.float(), batch.targets, batch.labels, run.plan.generated, run.logits_fn,
+                                run.identity.margin, ctx.preset, batch.teacher,
+                                feature.float() if ctx.preset.inv_id_bnneck else None)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
