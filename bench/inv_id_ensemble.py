@@ -37,20 +37,24 @@ class RunCodes:
     codes: dict[str, np.ndarray]  # val_query, val_gallery, test_query, test_gallery
 
 
-def run_codes(run_dir: Path, args: argparse.Namespace) -> tuple[RunCodes, dict[str, ImageSet]]:
+def run_codes(run_dir: Path, args: argparse.Namespace, *, with_train: bool = False
+              ) -> tuple[RunCodes, dict[str, ImageSet]]:
+    """With `with_train`, also the codes of the crops Inv-Id trained on (the training identities), as 'train'."""
     ctx = run_context(run_dir, args.cache_dir)
     preset, device = ctx.preset, ctx.runtime.device
     model = saved_inv_id(ctx, best_inv_id(ctx))
-    _, val = ctx.inv_id_splits
+    train, val = ctx.inv_id_splits
     query, gallery = (ctx.split(split, preset.inv_id_resolution) for split in ("query", "gallery"))
     if args.quick:
-        val, query, gallery = (s.subset(np.arange(min(100, len(s)))) for s in (val, query, gallery))
+        train, val, query, gallery = (s.subset(np.arange(min(100, len(s)))) for s in (train, val, query, gallery))
     validation = validation_evaluator(val, preset.split_seed, lambda split: embed(model, split, device))
     test = Evaluator(lambda split: embed(model, split, device), query, gallery)
     codes = {"val_query": validation.q_codes, "val_gallery": validation.g_codes,
              "test_query": test.q_codes, "test_gallery": test.g_codes}
     splits = {"val_query": validation.query, "val_gallery": validation.gallery,
               "test_query": test.query, "test_gallery": test.gallery}
+    if with_train:
+        codes["train"], splits["train"] = embed(model, train, device), train
     return RunCodes(run_dir.name, ctx.load("generator")["codes"], codes), splits
 
 
