@@ -20,14 +20,11 @@ import numpy as np
 from _common import accuracy_bench, accuracy_cells
 from inv_id_ensemble import run_codes, score
 
+from service.similarity import unit_length
 from training.stages.inverters import require_one_code_table
 
 SPLITS = ("val_query", "val_gallery", "test_query", "test_gallery")
 WHITENING_FLOOR = 0.1  # eigenvalues below this fraction of the largest are floored (0.01 scored lower still)
-
-
-def unit(codes: np.ndarray) -> np.ndarray:
-    return codes / np.linalg.norm(codes, axis=1, keepdims=True)
 
 
 def camera_centred(codes: np.ndarray, cameras: np.ndarray, train: np.ndarray, train_cameras: np.ndarray) -> np.ndarray:
@@ -48,7 +45,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     members, crops = zip(*(run_codes(run_dir, args, with_train=True) for run_dir in args.runs), strict=True)
     require_one_code_table([m.table for m in members])
     splits = crops[0]
-    codes = {key: unit(np.mean([m.codes[key] for m in members], axis=0)) for key in ("train", *SPLITS)}
+    codes = {key: unit_length(np.mean([m.codes[key] for m in members], axis=0)) for key in ("train", *SPLITS)}
     train, train_cameras = codes["train"], splits["train"].cameras
     by_camera = {key: camera_centred(codes[key], splits[key].cameras, train, train_cameras) for key in SPLITS}
     whiten = whitening(train, WHITENING_FLOOR)

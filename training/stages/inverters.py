@@ -352,8 +352,7 @@ def inv_id_step(ctx: StageContext, run: InvIdTraining, index: int) -> dict[str, 
         feature, predicted = run.wrapped(torch.cat(batch.images).contiguous(memory_format=torch.channels_last),
                                          with_feature=True)
     loss, metrics = inv_id_loss(predicted.float(), batch.targets, batch.labels, run.plan.generated, run.logits_fn,
-                                run.identity.margin, ctx.preset, batch.teacher,
-                                feature.float() if ctx.preset.inv_id_bnneck else None)
+                                run.identity.margin, ctx.preset, batch.teacher, feature.float())
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
