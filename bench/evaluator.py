@@ -1,4 +1,4 @@
-"""Wall time of service.evaluation.evaluate_codes at the official Market-1501 test size.
+"""Wall time of genreid.service.core.evaluation.evaluate_codes at the official Market-1501 test size.
 
 `genreid evaluate` and every Inv-Id validation go through this function, so its cost bounds how often a
 model can be scored. The official protocol has 3,368 queries against a 15,913-crop gallery (junk crops,
@@ -24,8 +24,8 @@ from _common import (
     write_result,
 )
 
-from service.evaluation import evaluate_codes, evaluate_ranking
-from service.similarity import code_distances
+from genreid.service.core.evaluation import evaluate_codes, evaluate_ranking
+from genreid.service.core.similarity import code_distances
 
 TARGET_SECONDS = 10.0
 

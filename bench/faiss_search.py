@@ -2,7 +2,7 @@
 (IVF-Flat by default, or HNSW) at 10M with its recall@10 against exact search.
 
 The service searches one query at a time on an exact index, so the number that matters for /query is the
-single-query time of the service's own `service.store.faiss_index.VectorIndex` (a byte-code scan, an exact
+single-query time of the service's own `genreid.service.store.faiss_index.VectorIndex` (a byte-code scan, an exact
 re-rank and a certificate; its share of queries that needed the second, float scan is `second_scans`, and its
 `recall_at_10` is against the float flat scan) at the service's default FAISS thread count
 (`Settings.search_threads`); batched search (many queries in one call) is reported beside it. The alternatives
@@ -44,8 +44,8 @@ from _common import (
     write_result,
 )
 
-from service.settings import Settings
-from service.store.faiss_index import VectorIndex
+from genreid.service.settings import Settings
+from genreid.service.store.faiss_index import VectorIndex
 
 TARGET_1M_MS = 10.0
 K = 10

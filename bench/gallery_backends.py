@@ -2,7 +2,7 @@
 and Milvus on a milvus-lite server with FLAT, HNSW and IVF_FLAT), then /query p50 and ingest over HTTP at one
 gallery size on each backend, with one and two replicas sharing a milvus-lite server.
 
-Every gallery is filled through the store interface the service uses (service.store), with identity-like codes
+Every gallery is filled through the store interface the service uses (genreid.service.store), with identity-like codes
 (clustered, bench/faiss_search.py's Vectors): `recall@10` is the share of the exact top 10 (numpy, by the
 service's distance) that the backend returns. Milvus searches are timed after a flush (sealed, indexed
 segments) and, as `unflushed_p50_ms`, right after the fill, while milvus-lite still buffers the rows. Memory is
@@ -37,12 +37,12 @@ from _common import (
 from faiss_search import Vectors
 from http_service import drive, gallery_body, load_crops, query_body, running_server
 
-from service.encoders import ModelMetadata
-from service.settings import default_models
-from service.similarity import code_distances, unit_length
-from service.store import GalleryStore, NewEntry
-from service.store.embedded import EmbeddedStore
-from service.store.milvus_lite import SERVER_ARGS as MILVUS_LITE_SERVER_ARGS
+from genreid.service.core.similarity import code_distances, unit_length
+from genreid.service.encoders import ModelMetadata
+from genreid.service.settings import default_models
+from genreid.service.store import GalleryStore, NewEntry
+from genreid.service.store.embedded import EmbeddedStore
+from genreid.service.store.milvus_lite import SERVER_ARGS as MILVUS_LITE_SERVER_ARGS
 
 K = 10
 FILL_BATCH = 4096
@@ -126,7 +126,7 @@ def measure_search(store: GalleryStore, queries: np.ndarray, truth_ids: np.ndarr
 
 
 def bench_index(args: argparse.Namespace, workdir: Path) -> list[dict]:
-    from service.store.milvus import IndexSpec, MilvusStore
+    from genreid.service.store.milvus import IndexSpec, MilvusStore
 
     rows = []
     for size in args.sizes:
@@ -161,7 +161,7 @@ def bench_index(args: argparse.Namespace, workdir: Path) -> list[dict]:
 
 def bench_http(args: argparse.Namespace, workdir: Path) -> list[dict]:
     """/query p50 (one client, k=10, no noise) and ingest (one crop per request, one client per replica)."""
-    from service.store.milvus import MilvusStore
+    from genreid.service.store.milvus import MilvusStore
 
     crops, source = load_crops(args.data_root, args.pool, workdir)
     model = ModelMetadata.load(args.models)

@@ -1,11 +1,11 @@
 """The service over HTTP on loopback against raw ONNX Runtime inference of the same crops, in one run.
 
-It starts a real `genreid serve` (python -m service.cli serve) on 127.0.0.1 at a free port with a fresh
+It starts a real `genreid serve` (python -m genreid.service.cli serve) on 127.0.0.1 at a free port with a fresh
 gallery directory, fills the gallery to --gallery-size entries, then measures:
 
   /query    latency p50/p99 and throughput at each --concurrency (1 and 16), with include_noise=false and
             include_noise=true, always the same crop, k=10; beside it, in this process, raw inference of that
-            crop: service.imaging.preprocess + Encoders.identity (+ Encoders.noise for the noise variant),
+            crop: genreid.service.core.imaging.preprocess + Encoders.identity (+ Encoders.noise for the noise variant),
             one crop at a time, p50. Target: p50 (no noise, concurrency 1) <= 1.5 x raw p50 + 2 ms.
   /gallery  ingest throughput (crops/s) with POSTs of 1, 16 and 64 crops from 1 and 4 concurrent clients
             (whose crops the server may batch into one run), against raw batched preprocess + identity at the
@@ -20,7 +20,7 @@ request count and a time limit, and the server is stopped at the end, on error t
 Models: --models (default: the repo's models/, written by `genreid export`), or --untrained-preset NAME to
 export randomly initialised networks of a training preset (same architecture, so the same cost) when no
 trained model exists yet; they are cached in bench/.cache/. Crops: --data-root (a Market-1501 folder, or its
-bounding_box_test) or procedural Market-style JPEGs (training.data.synthetic).
+bounding_box_test) or procedural Market-style JPEGs (genreid.training.data.synthetic).
 
     python bench/http_service.py --data-root ../shared/data/market1501-subset
     python bench/http_service.py --untrained-preset cpu        # before a trained model exists
@@ -59,13 +59,13 @@ from _common import (
     write_result,
 )
 
-from service.encoders import METADATA_FILE, Encoders, ModelMetadata
-from service.imaging import decode_rgb, preprocess, resized, to_chw_float
-from service.settings import default_models
-from service.similarity import unit_length
-from service.store import NewEntry
-from service.store.embedded import EmbeddedStore
-from service.store.faiss_index import VectorIndex
+from genreid.service.core.imaging import decode_rgb, preprocess, resized, to_chw_float
+from genreid.service.core.similarity import unit_length
+from genreid.service.encoders import METADATA_FILE, Encoders, ModelMetadata
+from genreid.service.settings import default_models
+from genreid.service.store import NewEntry
+from genreid.service.store.embedded import EmbeddedStore
+from genreid.service.store.faiss_index import VectorIndex
 
 HOST = "127.0.0.1"
 QUERY_TARGET_FACTOR, QUERY_TARGET_EXTRA_MS = 1.5, 2.0
@@ -79,17 +79,17 @@ CACHE_DIR = BENCH_DIR / ".cache"
 
 def export_untrained(preset_name: str, directory: Path) -> Path:
     """Randomly initialised Inv-Id, Inv-Noise and denoiser of a preset, exported the way `genreid export`
-    exports trained ones (training.export's exporter), with a model.json; reused when already there."""
+    exports trained ones (genreid.training.export's exporter), with a model.json; reused when already there."""
     marker = directory / METADATA_FILE
     if marker.is_file() and ModelMetadata.load(directory).extra.get("untrained_preset") == preset_name:
         return directory
     import torch
 
-    from service.schedule import Schedule
-    from training.export import Denoiser, _examples, _export, _quiet_exporter_logs
-    from training.networks.inverters import InvId, InvNoise
-    from training.networks.unet import UNet
-    from training.presets import get_preset
+    from genreid.service.core.schedule import Schedule
+    from genreid.training.export import Denoiser, _examples, _export, _quiet_exporter_logs
+    from genreid.training.networks.inverters import InvId, InvNoise
+    from genreid.training.networks.unet import UNet
+    from genreid.training.presets import get_preset
 
     preset = get_preset(preset_name)
     torch.manual_seed(preset.seed)
@@ -138,12 +138,12 @@ def load_crops(data_root: Path | None, count: int, workdir: Path) -> tuple[list[
         if not paths:
             raise SystemExit(f"{folder}: no .jpg/.png crops")
         return [p.read_bytes() for p in paths], str(folder)
-    from training.data.synthetic import write_synthetic_market
+    from genreid.training.data.synthetic import write_synthetic_market
 
     root = write_synthetic_market(workdir / "synthetic", train_identities=0,
                                   test_identities=max(1, math.ceil(count / 9)), cameras=3, per_camera=3)
     paths = sorted(root.rglob("*.jpg"))[:count]
-    return [p.read_bytes() for p in paths], "procedural (training.data.synthetic, 128x64 JPEG)"
+    return [p.read_bytes() for p in paths], "procedural (genreid.training.data.synthetic, 128x64 JPEG)"
 
 
 # ---------------------------------------------------------------- the server
@@ -161,7 +161,7 @@ def running_server(args: argparse.Namespace, models: Path, data_dir: Path, log_p
     """`genreid serve` on loopback (`extra`: more flags, e.g. a gallery URI); yields its base URL and always stops
     it (SIGTERM, then SIGKILL)."""
     port = free_port()
-    command = [sys.executable, "-m", "service.cli", "serve", "--host", HOST, "--port", str(port),
+    command = [sys.executable, "-m", "genreid.service.cli", "serve", "--host", HOST, "--port", str(port),
                "--models", str(models), "--data", str(data_dir), "--device", args.device,
                "--threads", str(args.threads), "--log-level", args.server_log_level, *extra]
     with log_path.open("wb") as log:

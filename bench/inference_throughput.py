@@ -1,10 +1,11 @@
-"""Inv-Id crops/s through `service.encoders.Encoders`, float32 against INT8, at several batch sizes.
+"""Inv-Id crops/s through `genreid.service.encoders.Encoders`, float32 against INT8, at several batch sizes.
 
 Every crop the service enrols or queries goes through Inv-Id, so its throughput bounds ingest. Both precisions
 load from the same model directory into one process (one ONNX Runtime pool, as in the server) and are timed in
 alternating windows, so a machine that gets busier during the run slows both alike; each cell reports the best
-window (the machine's speed) and the median one. Inputs are preprocessed crops (`service.imaging.preprocess`,
-not timed): Market-1501 crops with --data-root, else seeded random pixels (the cost does not depend on them).
+window (the machine's speed) and the median one. Inputs are preprocessed crops
+(`genreid.service.core.imaging.preprocess`, not timed): Market-1501 crops with --data-root, else seeded
+random pixels (the cost does not depend on them).
 
     python bench/inference_throughput.py --data-root ../shared/data/market1501-subset
     python bench/inference_throughput.py --quick
@@ -19,9 +20,9 @@ import time
 import numpy as np
 from _common import REPO_ROOT, add_common_arguments, announced_machine, print_table, write_result
 
-from service.encoders import Encoders
-from service.imaging import preprocess
-from service.market import read_split
+from genreid.service.core.imaging import preprocess
+from genreid.service.core.market import read_split
+from genreid.service.encoders import Encoders
 
 PRECISIONS = ("float", "int8")
 

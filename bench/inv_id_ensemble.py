@@ -21,11 +21,17 @@ import numpy as np
 import torch
 from _common import accuracy_bench, accuracy_cells
 
-from service.evaluation import Evaluator, RetrievalMetrics, evaluate_ranking
-from service.similarity import code_distances
-from training.cli import run_context
-from training.data.cache import ImageSet
-from training.stages.inverters import best_inv_id, embed, require_one_code_table, saved_inv_id, validation_evaluator
+from genreid.service.core.evaluation import Evaluator, RetrievalMetrics, evaluate_ranking
+from genreid.service.core.similarity import code_distances
+from genreid.training.data.cache import ImageSet
+from genreid.training.runs import run_context
+from genreid.training.stages.inverters import (
+    best_inv_id,
+    embed,
+    require_one_code_table,
+    saved_inv_id,
+    validation_evaluator,
+)
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ timed; the cost does not depend on the pixels):
 
 - OSNet-x0.25 in torch, float32 under `torch.inference_mode`, NCHW and channels_last;
 - OSNet-x0.25 exported to ONNX as training/export.py exports ours (dynamo, dynamic batch) in ONNX Runtime, float32
-  and INT8 made by our own quantiser (`training.quantize.quantize_network`: QDQ, per-channel int8 weights, uint8
+  and INT8 made by our own quantiser (`genreid.training.quantize.quantize_network`: QDQ, per-channel int8 weights, uint8
   activations calibrated on --calibration-crops training crops), on the same process-wide pool as the service;
-- our Inv-Id through `service.encoders.Encoders`, float32 and INT8 (as bench/inference_throughput.py).
+- our Inv-Id through `genreid.service.encoders.Encoders`, float32 and INT8 (as bench/inference_throughput.py).
 
 The peer is torchreid's own `osnet_x0_25` (pretrained=False: random weights, which cost what trained ones do;
 --peer-weights loads a state_dict) behind the ImageNet normalisation it is trained with, so that both networks take
@@ -108,7 +108,7 @@ def calibration_crops(data_root: str | None, count: int, resolution: tuple[int, 
     """`count` training crops (bounding_box_train, a seeded pick) decoded as the service decodes them, else
     seeded random pixels."""
     if data_root is not None:
-        from service.imaging import preprocess
+        from genreid.service.core.imaging import preprocess
 
         folder = Path(data_root)
         folder = folder / "bounding_box_train" if (folder / "bounding_box_train").is_dir() else folder
@@ -138,14 +138,14 @@ def measure(threads: int, models: str, peer: dict[str, str], batches: list[int],
     """One thread setting, in a fresh process: every variant built here, then timed in alternating windows."""
     import torch
 
-    from service.encoders import Encoders, open_session
+    from genreid.service.encoders import Encoders, open_session
 
     if threads:
         torch.set_num_threads(threads)
     cpu = ["CPUExecutionProvider"]
     ours = {p: Encoders(models, device="cpu", threads=threads, precision=p) for p in ("float", "int8")}
     resolution = ours["float"].identity_resolution
-    # The peer's ONNX files on the same process-wide ONNX Runtime pool as ours (service.encoders.open_session).
+    # The peer's ONNX files on the same process-wide ONNX Runtime pool as ours (genreid.service.encoders.open_session).
     sessions = {p: open_session(Path(peer[p]), cpu, threads) for p in ("float", "int8")}
     net = peer_model()
     net.load_state_dict(torch.load(peer["state_dict"], map_location="cpu"))
@@ -214,7 +214,7 @@ def build_peer(args: argparse.Namespace, directory: Path, resolution: tuple[int,
     """The peer's torch weights, its float ONNX and its INT8 ONNX (our quantiser) under `directory`."""
     import torch
 
-    from training.quantize import model_id, quantize_network
+    from genreid.training.quantize import model_id, quantize_network
 
     torch.manual_seed(0)
     model = peer_model(args.peer_weights)
@@ -271,7 +271,7 @@ def main() -> None:
     if args.quick:
         args.batches, args.repeats, args.seconds, args.calibration_crops = [1, 16], 2, 0.2, 16
     osnet_module()  # fail early, with the install command, when torchreid is absent
-    from service.encoders import ModelMetadata
+    from genreid.service.encoders import ModelMetadata
 
     metadata = ModelMetadata.load(args.models)
     resolution = metadata.identity_resolution

@@ -1,7 +1,8 @@
 """Re-ranking measured: accuracy with and without it, that /query ranks as `genreid evaluate --rerank` does, and
 /query latency with and without it by gallery size.
 
-1. Accuracy on the subset's test split through `genreid evaluate`'s own path (service.evaluation.Evaluator, the
+1. Accuracy on the subset's test split through `genreid evaluate`'s own path
+   (genreid.service.core.evaluation.Evaluator, the
    model's re-ranking parameters): code distance, re-ranked per query as /query does, all queries together (a
    reference). Validation: the record `genreid tune-rerank` (or export) wrote into model.json.
 2. Agreement: a real `genreid serve` with the test gallery enrolled over HTTP in file order; every query crop through
@@ -36,15 +37,15 @@ from _common import (
 )
 from http_service import gallery_body, query_body, running_server
 
-from service.cli import LabelledCrops, evaluate_command
-from service.encoders import Encoders, ModelMetadata
-from service.evaluation import Evaluator
-from service.imaging import preprocess
-from service.market import check_layout
-from service.reranking import RerankParams
-from service.settings import default_models
-from service.store import NewEntry
-from service.store.embedded import EmbeddedStore
+from genreid.service.cli import LabelledCrops, evaluate_command
+from genreid.service.core.evaluation import Evaluator
+from genreid.service.core.imaging import preprocess
+from genreid.service.core.market import check_layout
+from genreid.service.core.reranking import RerankParams
+from genreid.service.encoders import Encoders, ModelMetadata
+from genreid.service.settings import default_models
+from genreid.service.store import NewEntry
+from genreid.service.store.embedded import EmbeddedStore
 
 AGREEMENT_K = 1000  # /query's largest k
 

@@ -1,7 +1,7 @@
 """Training throughput per stage (items/s) for a preset, on the CPU and, when torch sees one, on a CUDA GPU.
 
-Runs the real pipeline (training.pipeline.run_stages) for a few steps per stage on the procedural data set
-(training.data.synthetic, 64x32 like Market-1501 after preprocessing) and reads what the trainer itself
+Runs the real pipeline (genreid.training.pipeline.run_stages) for a few steps per stage on the procedural data set
+(genreid.training.data.synthetic, 64x32 like Market-1501 after preprocessing) and reads what the trainer itself
 measures: the `items_per_s` windows of log.jsonl (the first window, `--warmup` steps, is left out) and, for
 the sampler, the stage's wall time in timings.json (model loading and the first chunk included). The data
 change no shape and so no cost; nothing here copies a training step, so the numbers follow the trainer.
@@ -27,13 +27,13 @@ from pathlib import Path
 import torch
 from _common import add_common_arguments, machine, print_machine, print_table, warn_if_busy, write_result
 
-from training.allocator import SWITCH, current_allocator, reexec_under_jemalloc
-from training.data.synthetic import write_synthetic_market
-from training.pipeline import run_stages
-from training.presets import PRESETS, get_preset
-from training.stages.context import StageContext
-from training.stages.samples import CHUNK
-from training.trainer import Runtime
+from genreid.training.allocator import SWITCH, current_allocator, reexec_under_jemalloc
+from genreid.training.data.synthetic import write_synthetic_market
+from genreid.training.pipeline import run_stages
+from genreid.training.presets import PRESETS, get_preset
+from genreid.training.stages.context import StageContext
+from genreid.training.stages.samples import CHUNK
+from genreid.training.trainer import Runtime
 
 # log.jsonl stage name -> (row name, unit)
 TRAINED = {"generator": ("generator", "images/s"), "codes": ("codes", "codes/s"),

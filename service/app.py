@@ -12,10 +12,11 @@ from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service.audit import AuditLog
-from service.dependencies import ImageReader, Services, require_api_key, require_metrics_key
-from service.encoders import Encoders
-from service.errors import (
+from genreid.service.audit import AuditLog
+from genreid.service.core.imaging import stored_crop_size
+from genreid.service.dependencies import ImageReader, Services, require_api_key, require_metrics_key
+from genreid.service.encoders import Encoders
+from genreid.service.errors import (
     UploadLimit,
     error_responses,
     invalid_entry,
@@ -23,13 +24,12 @@ from service.errors import (
     unknown_entries,
     validation_error,
 )
-from service.imaging import stored_crop_size
-from service.metrics import Metrics
-from service.observability import RequestContext
-from service.retention import retention
-from service.routes import gallery, health, metrics, query, transfer, ui
-from service.settings import Settings
-from service.store import InvalidEntry, StoreUnavailable, UnknownEntries, open_gallery
+from genreid.service.metrics import Metrics
+from genreid.service.observability import RequestContext
+from genreid.service.retention import retention
+from genreid.service.routes import gallery, health, metrics, query, transfer, ui
+from genreid.service.settings import Settings
+from genreid.service.store import InvalidEntry, StoreUnavailable, UnknownEntries, open_gallery
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         version=version("genreid"),
         description="Person re-identification by inverting a conditional diffusion model.",
         lifespan=lifespan,
-        docs_url=None,  # service.routes.ui serves /docs from local files, not a CDN; no /redoc (it needs one)
+        docs_url=None,  # genreid.service.routes.ui serves /docs from local files, not a CDN; no /redoc (it needs one)
         redoc_url=None,
     )
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-    from service.encoders import Precision
-    from service.evaluation import EvalProtocol
-    from service.settings import Settings
+    from genreid.service.core.evaluation import EvalProtocol
+    from genreid.service.encoders import Precision
+    from genreid.service.settings import Settings
 
 TRAINING_COMMANDS = ("train", "export", "figures", "card", "tune-rerank", "record-run", "join-inv-ids")
 
@@ -36,7 +36,7 @@ class LabelledCrops:
     def read(cls, root: Path, split: str) -> LabelledCrops:
         import numpy as np
 
-        from service.market import read_split
+        from genreid.service.core.market import read_split
 
         crops = read_split(root, split)
         return cls([crop.path for crop in crops], np.array([crop.person_id for crop in crops]),
@@ -50,11 +50,11 @@ def evaluate_command(data: Path, models: Path, device: str, *, rerank: bool, pre
     service's code) and with all queries re-ranked together (the evaluation tools' variant, for reference)."""
     import numpy as np
 
-    from service.encoders import Encoders, ModelError
-    from service.evaluation import Evaluator
-    from service.imaging import preprocess
-    from service.market import check_layout
-    from service.reranking import RerankParams
+    from genreid.service.core.evaluation import Evaluator
+    from genreid.service.core.imaging import preprocess
+    from genreid.service.core.market import check_layout
+    from genreid.service.core.reranking import RerankParams
+    from genreid.service.encoders import Encoders, ModelError
 
     root = check_layout(data, ("query", "gallery"))
     encoders = Encoders(models, device=device, precision=precision)
@@ -131,8 +131,8 @@ def add_gallery_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from service.encoders import PRECISIONS
-    from service.evaluation import PROTOCOLS
+    from genreid.service.core.evaluation import PROTOCOLS
+    from genreid.service.encoders import PRECISIONS
 
     parser = argparse.ArgumentParser(prog="genreid", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -160,12 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv and argv[0] == "serve":
-        from service.server import main as serve_main
+        from genreid.service.server import main as serve_main
 
         return serve_main(argv[1:])
     if argv and argv[0] in TRAINING_COMMANDS:
         try:
-            from training.cli import main as training_main
+            from genreid.training.cli import main as training_main
         except ImportError as err:
             print(f"genreid {argv[0]}: needs the train extra (pip install -e '.[train]'): {err}", file=sys.stderr)
             return 2
@@ -173,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "gallery":
         return gallery_command(args)
-    from service.encoders import ModelError
-    from service.market import MarketLayoutError
-    from service.settings import default_models
+    from genreid.service.core.market import MarketLayoutError
+    from genreid.service.encoders import ModelError
+    from genreid.service.settings import default_models
 
     try:
         result = evaluate_command(args.data, args.models or default_models(), args.device, rerank=args.rerank,
@@ -191,7 +191,7 @@ def gallery_settings(*, data: Path | None, uri: str | None, collection: str | No
                      device: str | None = None) -> Settings:
     """Settings for one gallery: the flags given, GENREID_* variables and defaults for the rest (an explicit
     --data means the embedded gallery even where GENREID_GALLERY_URI names another)."""
-    from service.settings import Settings
+    from genreid.service.settings import Settings
 
     given = {"data": data, "gallery_uri": uri, "gallery_collection": collection, "models": models, "device": device}
     values = {name: value for name, value in given.items() if value is not None}
@@ -204,13 +204,13 @@ def gallery_command(args: argparse.Namespace) -> int:
     """`genreid gallery ACTION`: a JSON summary on stdout, or one line on stderr and exit code 2."""
     from pydantic import ValidationError
 
-    from service import gallery_tools
-    from service.audit import AuditLogError
-    from service.encoders import ModelError
-    from service.imaging import ImageError
-    from service.retention import prune_gallery
-    from service.settings import describe_errors
-    from service.store import GalleryError
+    from genreid.service import gallery_tools
+    from genreid.service.audit import AuditLogError
+    from genreid.service.core.imaging import ImageError
+    from genreid.service.encoders import ModelError
+    from genreid.service.retention import prune_gallery
+    from genreid.service.settings import describe_errors
+    from genreid.service.store import GalleryError
 
     try:
         if args.action == "export":

@@ -14,14 +14,14 @@ from fastapi import Depends, HTTPException, Query, Request, Security, UploadFile
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime
 
-from service.audit import AuditLog, AuditRecord
-from service.encoders import Encoders, ImageNetwork
-from service.imaging import ImageError, decode_rgb, resized, stored_crop, to_chw_float
-from service.keys import ApiKey, Role, key_ring, match
-from service.observability import KEY_NAME, request_id, route_of
-from service.settings import Settings
-from service.store import EntryFilter, GalleryStore
-from service.store.base import utc
+from genreid.service.audit import AuditLog, AuditRecord
+from genreid.service.core.imaging import ImageError, decode_rgb, resized, stored_crop, to_chw_float
+from genreid.service.encoders import Encoders, ImageNetwork
+from genreid.service.keys import ApiKey, Role, key_ring, match
+from genreid.service.observability import KEY_NAME, request_id, route_of
+from genreid.service.settings import Settings
+from genreid.service.store import EntryFilter, GalleryStore
+from genreid.service.store.base import utc
 
 API_KEY_HEADER = "X-API-Key"
 
@@ -134,7 +134,7 @@ async def authenticate(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> ApiKey | None:
     """The key presented in X-API-Key or as Authorization: Bearer (None on a server without keys); 401 when it
-    is missing or matches no key (service.keys.match compares in constant time)."""
+    is missing or matches no key (genreid.service.keys.match compares in constant time)."""
     if not services.keys:
         return None
     presented = key if key is not None else None if bearer is None else bearer.credentials
@@ -147,7 +147,7 @@ async def authenticate(
 
 
 def requires(role: Role) -> Callable[..., Awaitable[ApiKey | None]]:
-    """A dependency that lets through keys of `role` or above (service.keys.ROLES); 403 naming both roles."""
+    """A dependency that lets through keys of `role` or above (genreid.service.keys.ROLES); 403 naming both roles."""
 
     async def require(key: Annotated[ApiKey | None, Depends(authenticate)]) -> ApiKey | None:
         if key is not None and not key.allows(role):

@@ -23,8 +23,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from service.batching import Coalescer
-from service.schedule import Schedule, ddim_sample
+from genreid.service.batching import Coalescer
+from genreid.service.core.schedule import Schedule, ddim_sample
 
 log = logging.getLogger(__name__)
 

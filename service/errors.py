@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.store import InvalidEntry, StorageFull, StoreUnavailable, UnknownEntries
+from genreid.service.store import InvalidEntry, StorageFull, StoreUnavailable, UnknownEntries
 
 
 class ErrorBody(BaseModel):

@@ -39,13 +39,13 @@ from typing import IO, Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from service.audit import AuditLog, AuditRecord
-from service.encoders import Encoders, ModelMetadata
-from service.imaging import ImageError, preprocess
-from service.settings import Settings
-from service.store import Entry, GalleryError, GalleryStore, NewEntry, UnknownEntries, open_gallery
-from service.store.factory import backend_name
-from service.store.snapshot import Batch, EmbeddedSnapshot
+from genreid.service.audit import AuditLog, AuditRecord
+from genreid.service.core.imaging import ImageError, preprocess
+from genreid.service.encoders import Encoders, ModelMetadata
+from genreid.service.settings import Settings
+from genreid.service.store import Entry, GalleryError, GalleryStore, NewEntry, UnknownEntries, open_gallery
+from genreid.service.store.factory import backend_name
+from genreid.service.store.snapshot import Batch, EmbeddedSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -446,7 +446,7 @@ def reembed_gallery(*, source: Settings, target: Settings, skip_missing_crops: b
     gallery keeps serving meanwhile, an embedded one too). The model and the new gallery are opened exactly as
     `genreid serve` will open them on `target`. Entries without a crop are refused before anything is opened or
     written, or left out (`skipped`) with `skip_missing_crops`."""
-    from service.app import open_services  # the server's own loading of models and store (FastAPI: serve extra)
+    from genreid.service.app import open_services  # the server's own loading of models and store (FastAPI: serve extra)
 
     if _same_gallery(source, target):
         raise GalleryError("the source and target are the same gallery: re-embed into a new one")

@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.dependencies import Services
-from service.store import GalleryError
+from genreid.service.dependencies import Services
+from genreid.service.store import GalleryError
 
 log = logging.getLogger(__name__)
 

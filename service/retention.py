@@ -17,10 +17,10 @@ from functools import partial
 
 from starlette.concurrency import run_in_threadpool
 
-from service.audit import AuditLog, AuditRecord
-from service.encoders import ModelMetadata
-from service.settings import Settings
-from service.store import GalleryError, GalleryStore, open_gallery
+from genreid.service.audit import AuditLog, AuditRecord
+from genreid.service.encoders import ModelMetadata
+from genreid.service.settings import Settings
+from genreid.service.store import GalleryError, GalleryStore, open_gallery
 
 log = logging.getLogger(__name__)
 

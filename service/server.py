@@ -10,8 +10,8 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from service.observability import configure_logging
-from service.settings import ENV_PREFIX, Settings, describe_errors
+from genreid.service.observability import configure_logging
+from genreid.service.settings import ENV_PREFIX, Settings, describe_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,10 +57,10 @@ def main(argv: list[str]) -> int:
         return 2
     configure_logging(level=settings.log_level, fmt=settings.log_format)
 
-    from service.app import create_app, open_services
-    from service.audit import AuditLogError
-    from service.encoders import ModelError
-    from service.store import GalleryError
+    from genreid.service.app import create_app, open_services
+    from genreid.service.audit import AuditLogError
+    from genreid.service.encoders import ModelError
+    from genreid.service.store import GalleryError
 
     try:
         services = open_services(settings)

@@ -9,8 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.imaging import DEFAULT_MAX_PIXELS
-from service.keys import key_ring
+from genreid.service.core.imaging import DEFAULT_MAX_PIXELS
+from genreid.service.keys import key_ring
 
 ENV_PREFIX = "GENREID_"
 # Where the shipped models are: beside the package in a source checkout (editable install), or where a wheel

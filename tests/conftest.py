@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.store.milvus_lite import SERVER_ARGS as MILVUS_LITE_SERVER_ARGS
+from genreid.service.store.milvus_lite import SERVER_ARGS as MILVUS_LITE_SERVER_ARGS
 
 HAS_MILVUS = all(importlib.util.find_spec(name) for name in ("pymilvus", "milvus_lite"))
 NEEDS_MILVUS = pytest.mark.skipif(not HAS_MILVUS, reason="needs the milvus extra (pip install -e '.[milvus]')")
@@ -32,13 +32,13 @@ STARTUP_SECONDS = 90
 
 
 class GenreidServer:
-    """`genreid serve` as a user starts it (`python -m service.cli serve`), on a free port of 127.0.0.1."""
+    """`genreid serve` as a user starts it (`python -m genreid.service.cli serve`), on a free port of 127.0.0.1."""
 
     def __init__(self, args: Sequence[str], log: Path, env: dict[str, str], api_key: str | None = None):
         self.port = free_port()
         self.log = log
-        command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                   *args]
+        command = [sys.executable, "-m", "genreid.service.cli", "serve", "--host", "127.0.0.1",
+                   "--port", str(self.port), *args]
         # GENREID_DATA: a directory of this server's own unless a flag names one, so nothing (a Milvus-backed
         # server's audit log) is written under the working directory.
         environment = {**os.environ, "GENREID_THREADS": "1", "GENREID_DEVICE": "cpu",

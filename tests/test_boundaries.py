@@ -17,8 +17,9 @@ SHIPPED = REPO / "models"
 def test_service_never_imports_torch():
     code = (
         "import sys\n"
-        "import service.app, service.cli, service.server, service.evaluation, service.market, service.gallery_tools\n"
-        "from service.settings import Settings\n"
+        "import genreid.service.app, genreid.service.cli, genreid.service.server, genreid.service.gallery_tools\n"
+        "import genreid.service.core.evaluation, genreid.service.core.market\n"
+        "from genreid.service.settings import Settings\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
@@ -26,7 +27,7 @@ def test_service_never_imports_torch():
 
 def test_training_commands_fail_in_one_line_on_bad_data(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "train", "--data", str(tmp_path), "--out", str(tmp_path / "run")],
+        [sys.executable, "-m", "genreid.service.cli", "train", "--data", str(tmp_path), "--out", str(tmp_path / "run")],
         capture_output=True, text=True,
     )
     assert result.returncode == 2
@@ -39,7 +40,7 @@ def test_training_commands_fail_in_one_line_on_bad_data(tmp_path):
 def test_shipped_model_evaluates_on_the_subset():
     """The shipped model ranks the subset's test identities far better than chance (about 0.02 mAP)."""
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "evaluate", "--data", str(SUBSET), "--models", str(SHIPPED),
+        [sys.executable, "-m", "genreid.service.cli", "evaluate", "--data", str(SUBSET), "--models", str(SHIPPED),
          "--device", "cpu"],
         capture_output=True, text=True, check=True,
     )
@@ -52,7 +53,7 @@ def test_shipped_model_evaluates_on_the_subset():
     assert metrics["mAP"] == pytest.approx(served["mAP"], abs=1e-4)
     assert card["test"][card["shipped_inv_id"]] == card["precision"]["inv_id"]["test"]["float32"]
     forced = subprocess.run(
-        [sys.executable, "-m", "service.cli", "evaluate", "--data", str(SUBSET), "--models", str(SHIPPED),
+        [sys.executable, "-m", "genreid.service.cli", "evaluate", "--data", str(SUBSET), "--models", str(SHIPPED),
          "--device", "cpu", "--precision", "float"],
         capture_output=True, text=True, check=True,
     )
@@ -66,7 +67,7 @@ def test_shipped_model_evaluates_under_the_papers_lenient_protocol():
     """`genreid evaluate --protocol lenient` (every gallery crop kept) reproduces the card's lenient numbers, which
     differ from its standard ones: the subset's gallery holds same-camera crops of the query people."""
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "evaluate", "--data", str(SUBSET), "--models", str(SHIPPED),
+        [sys.executable, "-m", "genreid.service.cli", "evaluate", "--data", str(SUBSET), "--models", str(SHIPPED),
          "--device", "cpu", "--precision", "float", "--protocol", "lenient"],
         capture_output=True, text=True, check=True,
     )

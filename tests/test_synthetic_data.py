@@ -1,5 +1,5 @@
 """The synthetic Market-1501 writer, the decoded-split cache and the identity / query-gallery splits
-(training.data); torch-free."""
+(genreid.training.data); torch-free."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import training.data.cache as cache_module
-from service.imaging import decode_resized, preprocess
-from service.market import check_layout, read_split
-from training.data.cache import ImageSet, hold_out_identities, load_split, query_gallery_split
-from training.data.synthetic import write_synthetic_market
+import genreid.training.data.cache as cache_module
+from genreid.service.core.imaging import decode_resized, preprocess
+from genreid.service.core.market import check_layout, read_split
+from genreid.training.data.cache import ImageSet, hold_out_identities, load_split, query_gallery_split
+from genreid.training.data.synthetic import write_synthetic_market
 
 TRAIN_IDS, TEST_IDS, CAMERAS, PER_CAMERA = 4, 3, 2, 3
 SIZE = (64, 32)

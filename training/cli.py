@@ -7,13 +7,11 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-from training.presets import Preset, get_preset
+from genreid.training.presets import Preset
+from genreid.training.runs import prepare_run, run_context, run_or_models_context
 
 DEFAULT_LEDGER = Path("docs/results/inv_id_runs.jsonl")  # in the repository; run from its root
-
-CONFIG_FILE = "config.json"
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -29,157 +27,25 @@ def _override(text: str) -> tuple[str, object]:
     return key, tuple(parsed) if isinstance(parsed, list) else parsed
 
 
-def load_run(run_dir: Path) -> tuple[Preset, Path]:
-    """The preset and data folder a run was started with (saved in its config.json)."""
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a training run (no {CONFIG_FILE})")
-    config = json.loads(path.read_text())
-    preset = config["preset"]
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in preset.items()}
-    return Preset(**values), Path(config["data"])
-
-
-GENERATOR_FROM = "generator_from"  # config.json: the export a run's generator was recovered from
-MEMBERS = "inv_id_members"  # config.json: each member's run, seed, steps and validation mAP
-# What members may differ in; anything else would make their mean a mean of different things.
-MEMBER_FIELDS = ("inv_id_seed", "inv_id_steps")
-
-
-def joined_members(run: Path) -> list[dict[str, Any]]:
-    """The members a joined run was made of (config.json), in order; empty for a run that trained its own Inv-Id
-    (or a run directory without a config, as a test's context)."""
-    config = run / CONFIG_FILE
-    return json.loads(config.read_text()).get(MEMBERS, []) if config.is_file() else []
-
-
-def _context(preset: Preset, data: Path, run_dir: Path, cache_dir: Path | None, stop_after: int | None):
-    from training.stages.context import StageContext
-    from training.trainer import setup_runtime
-
-    config = run_dir / CONFIG_FILE
-    export = json.loads(config.read_text()).get(GENERATOR_FROM) if config.is_file() else None
-    return StageContext(preset, data, run_dir, setup_runtime(), cache_dir, stop_after,
-                        generator_export=None if export is None else Path(export))
-
-
-def run_context(run_dir: Path, cache_dir: Path | None):
-    """The stage context of an existing run, with the preset and data its config.json names."""
-    preset, data = load_run(run_dir)
-    return _context(preset, data, run_dir, cache_dir, None)
-
-
-def is_export(path: Path) -> bool:
-    """A model directory `genreid export` wrote, as opposed to a training run."""
-    from service.encoders import METADATA_FILE
-
-    return (path / METADATA_FILE).is_file() and not (path / CONFIG_FILE).is_file()
-
-
-def _source_preset(source: Path, data: Path | None) -> tuple[Preset, Path]:
-    """The preset and data a run started `--from` source begins with: a run's own, or an export's (its card's
-    preset, and the data folder it was trained on, which only the caller knows)."""
-    if not is_export(source):
-        if data is not None:
-            raise ValueError("--from takes the data and preset of the run it starts from; change fields with --set")
-        return load_run(source)
-    if data is None:
-        raise ValueError(f"--from {source} is an export: add --data, the Market-1501 folder it was trained on")
-    from training.model_card import card_preset
-
-    return card_preset(source), data
-
-
-def _check_same_start(run_dir: Path, preset: Preset, start: Preset, overrides: list[tuple[str, object]] | None) -> None:
-    """The command that started a run from another one resumes it; a changed one is refused, not half-applied."""
-    if dataclasses.replace(start, **dict(overrides or [])) != preset:
-        raise ValueError(f"{run_dir} was started with other settings; resume it with the command that started it, "
-                         f"or with `genreid train --out {run_dir}`")
-
-
 def train(args: argparse.Namespace) -> int:
-    from service.market import check_layout
+    from genreid.training.pipeline import run_stages
 
-    run_dir: Path = args.out
-    config: dict[str, object] = {}
-    reused: list[str] = []
-    if args.source and args.preset:
-        raise ValueError("--from takes the preset of the run or export it starts from; change fields with --set")
-    if (run_dir / CONFIG_FILE).is_file():
-        preset, data = load_run(run_dir)
-        config = json.loads((run_dir / CONFIG_FILE).read_text())
-        if args.source:
-            _check_same_start(run_dir, preset, _source_preset(args.source, args.data)[0], args.set)
-        else:
-            if args.preset and args.preset != preset.name:
-                raise ValueError(f"{run_dir} was started with preset {preset.name!r}, not {args.preset!r}")
-            if args.set:
-                preset = dataclasses.replace(preset, **dict(args.set))
-    elif args.source:
-        from training.pipeline import GENERATOR_FIELDS, link_stages, reusable_stages
-
-        start, data = _source_preset(args.source, args.data)
-        preset = dataclasses.replace(start, **dict(args.set or []))
-        if is_export(args.source):
-            data = check_layout(data, ("train",)).resolve()
-            if changed := [name for name in GENERATOR_FIELDS if getattr(preset, name) != getattr(start, name)]:
-                raise ValueError(f"{args.source}: its generator was trained with other {', '.join(changed)}")
-            config[GENERATOR_FROM] = str(args.source.resolve())
-        else:
-            reused = reusable_stages(args.source, start, preset)
-            source_config = json.loads((args.source / CONFIG_FILE).read_text())
-            if GENERATOR_FROM in source_config:  # its generator (linked here) is an export's
-                config[GENERATOR_FROM] = source_config[GENERATOR_FROM]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        link_stages(args.source, run_dir, reused)
-    else:
-        if args.data is None:
-            raise ValueError("--data is required to start a new run")
-        data = check_layout(args.data, ("train",)).resolve()
-        preset = get_preset(args.preset or "cpu", **dict(args.set or []))
-        run_dir.mkdir(parents=True, exist_ok=True)
-    from training.pipeline import run_stages
-    from training.trainer import write_text_atomic
-
-    # Stages of one run may start in parallel processes that read it.
-    config.update({"preset": preset.as_dict(), "data": str(data)})
-    write_text_atomic(run_dir / CONFIG_FILE, json.dumps(config, indent=2))
-    if reused:
-        print(f"genreid train: reusing {', '.join(reused)} of {args.source}", file=sys.stderr)
-
-    run_stages(_context(preset, data, run_dir, args.cache_dir, args.stop_after), args.stage)
+    ctx = prepare_run(out=args.out, data=args.data, preset_name=args.preset, overrides=args.set or [],
+                      source=args.source, cache_dir=args.cache_dir, stop_after=args.stop_after)
+    run_stages(ctx, args.stage)
     return 0
 
 
-def models_context(models_dir: Path, data: Path | None, cache_dir: Path | None):
-    """A context for a model directory whose training run is gone: the run's preset as the model card recorded
-    it (so the same validation identities), and the data folder given."""
-    from service.market import check_layout
-    from training.model_card import card_preset
-
-    if data is None:
-        raise ValueError("without a run directory, --data (the Market-1501 folder it was trained on) is required")
-    return _context(card_preset(models_dir), check_layout(data, ("train",)).resolve(), models_dir, cache_dir, None)
-
-
-def _run_or_models_context(args: argparse.Namespace, models_dir: Path):
-    if args.run_dir is None:
-        return models_context(models_dir, args.data, args.cache_dir)
-    if args.data is not None:
-        raise ValueError("--data is for a model directory without its run; a run knows its data")
-    return run_context(args.run_dir, args.cache_dir)
-
-
 def export(args: argparse.Namespace) -> int:
-    from training.rerank import tune_rerank
+    from genreid.training.rerank import tune_rerank
 
-    ctx = _run_or_models_context(args, args.to)
+    ctx = run_or_models_context(run_dir=args.run_dir, models_dir=args.to, data=args.data, cache_dir=args.cache_dir)
     if args.run_dir is None:
-        from training.quantize import quantize_models
+        from genreid.training.quantize import quantize_models
 
         metadata = quantize_models(ctx, args.to).as_dict()
     else:
-        from training.export import export_run
+        from genreid.training.export import export_run
 
         metadata = export_run(ctx, args.to)
     rerank = tune_rerank(ctx, args.to)  # on the codes a CPU serves, so after the INT8 Inv-Id is decided
@@ -189,15 +55,17 @@ def export(args: argparse.Namespace) -> int:
 
 
 def rerank_command(args: argparse.Namespace) -> int:
-    from training.rerank import tune_rerank
+    from genreid.training.rerank import tune_rerank
 
-    record = tune_rerank(_run_or_models_context(args, args.models), args.models)
+    ctx = run_or_models_context(run_dir=args.run_dir, models_dir=args.models, data=args.data,
+                                cache_dir=args.cache_dir)
+    record = tune_rerank(ctx, args.models)
     print(json.dumps({key: record[key] for key in ("k1", "k2", "lambda", "candidates", "validation")}))
     return 0
 
 
 def figures(args: argparse.Namespace) -> int:
-    from training.figures import make_figures
+    from genreid.training.figures import make_figures
 
     for path in make_figures(run_context(args.run_dir, args.cache_dir), args.out, args.models):
         print(path)
@@ -205,15 +73,16 @@ def figures(args: argparse.Namespace) -> int:
 
 
 def card(args: argparse.Namespace) -> int:
-    from training.model_card import write_card
+    from genreid.training.model_card import write_card
 
-    print(write_card(_run_or_models_context(args, args.models), args.models, from_run=args.run_dir is not None,
+    print(write_card(run_or_models_context(run_dir=args.run_dir, models_dir=args.models, data=args.data,
+                                     cache_dir=args.cache_dir), args.models, from_run=args.run_dir is not None,
                      ledger=args.ledger))
     return 0
 
 
 def record_run_command(args: argparse.Namespace) -> int:
-    from training.run_ledger import append_records, record_run
+    from genreid.training.run_ledger import append_records, record_run
 
     records = record_run(run_context(args.run_dir, args.cache_dir), note=args.note)
     if not records:
@@ -224,7 +93,7 @@ def record_run_command(args: argparse.Namespace) -> int:
 
 
 def join_command(args: argparse.Namespace) -> int:
-    from training.join import join_inv_ids
+    from genreid.training.join import join_inv_ids
 
     result = join_inv_ids(args.runs, args.out, args.cache_dir)
     print(json.dumps({"run": str(args.out), "mode": result["mode"], "validation": result["validation"]}))
@@ -292,10 +161,10 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
     jemalloc, which a caller's Python process must never do."""
     args = build_parser().parse_args(argv)
     if own_process and args.command == "train":
-        from training.allocator import reexec_under_jemalloc
+        from genreid.training.allocator import reexec_under_jemalloc
 
         reexec_under_jemalloc()
-    from service.market import MarketLayoutError
+    from genreid.service.core.market import MarketLayoutError
 
     try:
         return args.handler(args)

@@ -1,4 +1,4 @@
-"""Training-side view of the diffusion scheduler (service/schedule.py holds the schedule and the DDIM loop,
+"""Training-side view of the diffusion scheduler (service/core/schedule.py holds the schedule and the DDIM loop,
 shared with the service): per-sample rates, noising, and sampling with a torch denoiser."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from service.schedule import Schedule, ddim_sample
+from genreid.service.core.schedule import Schedule, ddim_sample
 
 TorchDenoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

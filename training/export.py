@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.encoders import MODEL_FILES, ModelMetadata, input_sizes, open_session
-from training.networks.unet import UNet
-from training.quantize import quantize_models
-from training.stages.context import StageContext
-from training.stages.from_export import CODES_FILE
-from training.stages.inverters import best_inv_id, reconstruction_error
+from genreid.service.encoders import MODEL_FILES, ModelMetadata, input_sizes, open_session
+from genreid.training.networks.unet import UNet
+from genreid.training.quantize import quantize_models
+from genreid.training.stages.context import StageContext
+from genreid.training.stages.from_export import CODES_FILE
+from genreid.training.stages.inverters import best_inv_id, reconstruction_error
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-4

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from service.encoders import Encoders
-from service.imaging import noise_preview
-from service.similarity import code_distances
-from training.data.cache import load_split
-from training.stages.context import StageContext
-from training.stages.samples import generate
+from genreid.service.core.imaging import noise_preview
+from genreid.service.core.similarity import code_distances
+from genreid.service.encoders import Encoders
+from genreid.training.data.cache import load_split
+from genreid.training.stages.context import StageContext
+from genreid.training.stages.samples import generate
 
 log = logging.getLogger(__name__)
 SCALE = 3  # 64x32 crops are tiny on screen

@@ -13,11 +13,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training.cli import CONFIG_FILE, GENERATOR_FROM, MEMBER_FIELDS, MEMBERS, _context, run_context
-from training.pipeline import REUSABLE, link_stages
-from training.stages.context import StageContext
-from training.stages.inverters import best_inv_id, require_one_code_table, validate_inv_id
-from training.trainer import (
+from genreid.training.runs import (
+    CONFIG_FILE,
+    GENERATOR_FROM,
+    MEMBER_FIELDS,
+    MEMBERS,
+    REUSABLE,
+    link_stages,
+    run_context,
+    stage_context,
+)
+from genreid.training.stages.context import StageContext
+from genreid.training.stages.inverters import best_inv_id, require_one_code_table, validate_inv_id
+from genreid.training.trainer import (
     MACHINES_FILE,
     TIMINGS_FILE,
     read_stage_record,
@@ -62,7 +70,7 @@ def join_inv_ids(runs: list[Path], out: Path, cache_dir: Path | None = None) -> 
     config.update({"preset": preset.as_dict(), "data": str(first.data_root)})
     write_text_atomic(out / CONFIG_FILE, json.dumps(config, indent=2))
     link_stages(runs[0], out, [stage for stage, (marker, _) in REUSABLE.items() if (runs[0] / marker).is_file()])
-    joined = _context(preset, first.data_root, out, cache_dir, None)
+    joined = stage_context(preset, first.data_root, out, cache_dir, None)
     model = joined.new_inv_id()
     for member, result in zip(model.members, saved, strict=True):
         member.load_state_dict(result["model"])

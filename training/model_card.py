@@ -18,18 +18,25 @@ from typing import Any
 
 import numpy as np
 
-from service.encoders import Encoders, ModelMetadata
-from service.evaluation import Evaluator
-from service.reranking import RerankParams
-from training.cli import MEMBER_FIELDS, joined_members
-from training.data.cache import ImageSet
-from training.presets import Preset, get_preset
-from training.run_ledger import RunRecord, Spread, generator_origin, inv_id_trunk_changes, read_ledger, summarise
-from training.stages.context import StageContext
-from training.stages.inverters import finished_inv_ids, inv_id_evaluator
-from training.trainer import MACHINES_FILE, TIMINGS_FILE, hardware, machine_name, read_stage_record
+from genreid.service.core.evaluation import Evaluator
+from genreid.service.core.reranking import RerankParams
+from genreid.service.encoders import Encoders, ModelMetadata
+from genreid.training.data.cache import ImageSet
+from genreid.training.presets import get_preset
+from genreid.training.run_ledger import (
+    RunRecord,
+    Spread,
+    generator_origin,
+    inv_id_trunk_changes,
+    read_ledger,
+    summarise,
+)
+from genreid.training.runs import CARD_JSON, MEMBER_FIELDS, joined_members
+from genreid.training.stages.context import StageContext
+from genreid.training.stages.inverters import finished_inv_ids, inv_id_evaluator
+from genreid.training.trainer import MACHINES_FILE, TIMINGS_FILE, hardware, machine_name, read_stage_record
 
-CARD_FILE, CARD_JSON = "MODEL_CARD.md", "MODEL_CARD.json"
+CARD_FILE = "MODEL_CARD.md"
 SUBSET = "market1501-subset"
 SUBSET_NOTE = ("The subset's 150 test identities were carved from Market-1501's training split: this is not the "
                "official query/test split, so these numbers are not comparable to published Market-1501 results.")
@@ -211,7 +218,7 @@ def render_inputs(sizes: dict[str, list[int]]) -> str:
 
 def template(name: str) -> Template:
     """One of the card's prose templates (training/templates/, shipped in the wheel as package data)."""
-    return Template(resources.files("training").joinpath("templates", name).read_text(encoding="utf-8"))
+    return Template(resources.files("genreid.training").joinpath("templates", name).read_text(encoding="utf-8"))
 
 
 def render_lenient(card: dict[str, Any]) -> str:
@@ -335,15 +342,6 @@ def render_markdown(card: dict[str, Any]) -> str:
         # Cards from before the precision was recorded were all trained on an AVX-512 Xeon, in bf16.
         precision=hw.get("precision", "bf16 autocast"),
     )
-
-
-def card_preset(models_dir: Path) -> Preset:
-    """The preset a model directory's run trained with, as its model card recorded it."""
-    card = models_dir / CARD_JSON
-    if not card.is_file():
-        raise FileNotFoundError(f"{card}: no model card to read the run's preset from; pass the run directory")
-    values = json.loads(card.read_text())["preset"]
-    return Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def write_card(ctx: StageContext, models_dir: Path, *, from_run: bool = True, ledger: Path | None = None) -> Path:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-HALF_SUFFIX = "_fp16"  # what training.export.store_weights_as_half appends
+HALF_SUFFIX = "_fp16"  # what genreid.training.export.store_weights_as_half appends
 
 
 def onnx_weights(path: Path) -> dict[str, torch.Tensor]:

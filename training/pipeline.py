@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from training.model_card import card_preset
-from training.presets import Preset
-from training.stages.codes import train_codes
-from training.stages.context import StageContext
-from training.stages.from_export import generator_from_export, import_inv_noise
-from training.stages.generator import train_generator
-from training.stages.inverters import train_inv_id, train_inv_noise, uses_generator
-from training.stages.samples import make_samples
-from training.trainer import MACHINES_FILE, TIMINGS_FILE, machine_description, read_stage_record, record_stage
+from genreid.training.runs import REUSABLE, export_preset
+from genreid.training.stages.codes import train_codes
+from genreid.training.stages.context import StageContext
+from genreid.training.stages.from_export import generator_from_export, import_inv_noise
+from genreid.training.stages.generator import train_generator
+from genreid.training.stages.inverters import train_inv_id, train_inv_noise, uses_generator
+from genreid.training.stages.samples import make_samples
+from genreid.training.trainer import MACHINES_FILE, TIMINGS_FILE, machine_description, record_stage
 
 log = logging.getLogger(__name__)
 
@@ -47,58 +43,16 @@ def stage_table(ctx: StageContext) -> dict[str, tuple[str, Callable[[], None]]]:
     return table
 
 
-# Stage -> (the file that marks it finished, the preset fields its result depends on beyond those of the stages
-# above it). No Inv-Id field is among them, so Inv-Id experiments can share one generator (`genreid train --from`).
-GENERATOR_FIELDS = ("resolution", "code_dim", "widths", "blocks", "generator_steps", "generator_batch", "generator_lr",
-                    "code_lr", "code_l2", "ema", "val_identities", "seed", "split_seed")
-REUSABLE: dict[str, tuple[str, tuple[str, ...]]] = {
-    "generator": ("generator.pt", GENERATOR_FIELDS),
-    "codes": ("codes.pt", ("codes_steps", "codes_batch", "codes_hidden", "codes_lr")),
-    "samples": ("samples.npz", ("samples", "sample_steps")),
-    "inv_noise": ("inv_noise.pt", ("inv_widths", "inv_noise_steps", "inv_noise_batch", "inv_noise_lr")),
-}
-
-
 def inv_noise_stage(ctx: StageContext) -> Callable[[], None]:
     """Train Inv-Noise, or, in a run from an export whose samples and Inv-Noise settings are the export's own,
     take the export's (it inverts the same denoiser)."""
     export = ctx.generator_export
     if export is not None:
-        start = card_preset(export)
+        start = export_preset(export)
         fields = REUSABLE["samples"][1] + REUSABLE["inv_noise"][1]
         if all(getattr(ctx.preset, name) == getattr(start, name) for name in fields):
             return lambda: import_inv_noise(ctx, export)
     return lambda: train_inv_noise(ctx)
-
-
-def reusable_stages(source: Path, source_preset: Preset, preset: Preset) -> list[str]:
-    """`source`'s finished generator, codes, samples and Inv-Noise, in that order, as far as `preset` agrees with
-    `source_preset` on everything each depends on. Raises ValueError, saying why, when not even the generator is."""
-    stages: list[str] = []
-    for stage, (marker, fields) in REUSABLE.items():
-        changed = [name for name in fields if getattr(preset, name) != getattr(source_preset, name)]
-        if changed or not (source / marker).is_file():
-            if not stages:
-                why = f"{', '.join(changed)} differ" if changed else f"its {stage} stage has not finished"
-                raise ValueError(f"{source}: nothing to reuse, {why}")
-            break
-        stages.append(stage)
-    return stages
-
-
-def link_stages(source: Path, target: Path, stages: list[str]) -> None:
-    """Give `target` the results of `source`'s `stages` (hard links where the file system allows) and their wall
-    times, so a run started on them (an Inv-Id experiment on a finished generator) skips their hours."""
-    records = {name: read_stage_record(source / name) for name in (TIMINGS_FILE, MACHINES_FILE)}
-    for stage in stages:
-        marker = REUSABLE[stage][0]
-        try:
-            os.link(source / marker, target / marker)  # results are replaced atomically, never written in place
-        except OSError:
-            shutil.copy2(source / marker, target / marker)
-        for name, record in records.items():
-            if stage in record:
-                record_stage(target / name, stage, record[stage])
 
 
 def run_stages(ctx: StageContext, only: str | None = None) -> None:

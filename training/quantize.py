@@ -26,9 +26,9 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from service.encoders import MODEL_FILES, MODEL_ID_KEY, Encoders, ModelMetadata
-from training.stages.context import StageContext
-from training.stages.inverters import validate_inv_id
+from genreid.service.encoders import MODEL_FILES, MODEL_ID_KEY, Encoders, ModelMetadata
+from genreid.training.stages.context import StageContext
+from genreid.training.stages.inverters import validate_inv_id
 
 log = logging.getLogger(__name__)
 CALIBRATION_BATCH = 32
@@ -100,7 +100,7 @@ def quantize_network(float_path: Path, out_path: Path, calibration: np.ndarray, 
     """Write the INT8 (QDQ) variant of a one-input float network, calibrated on `calibration` (N, 3, H, W) in
     [0, 1], and stamp it with the float model's `identity` so a server can tell a stale variant from a fresh one.
     Runs in a fresh process: ONNX Runtime's quantiser opens sessions with their own thread pools, which it refuses
-    in a process whose sessions already share the global pool (service.encoders.open_session)."""
+    in a process whose sessions already share the global pool (genreid.service.encoders.open_session)."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         pool.submit(_quantize_here, float_path, out_path, calibration, identity).result()
     return out_path

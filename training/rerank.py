@@ -15,10 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from service.encoders import Encoders, ModelMetadata
-from service.reranking import RerankParams
-from training.stages.context import StageContext
-from training.stages.inverters import validation_evaluator
+from genreid.service.core.reranking import RerankParams
+from genreid.service.encoders import Encoders, ModelMetadata
+from genreid.training.stages.context import StageContext
+from genreid.training.stages.inverters import validation_evaluator
 
 log = logging.getLogger(__name__)
 GRID = {"candidates": (10, 20, 30, 50, 100), "k1": (6, 10, 15, 20), "k2": (3, 6, 10), "lambda_": (0.1, 0.3)}

@@ -16,10 +16,10 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from training.presets import Preset, get_preset
-from training.stages.context import StageContext
-from training.stages.inverters import finished_inv_ids, inv_id_evaluator, inv_id_plan, uses_generator
-from training.trainer import TIMINGS_FILE, machine_description, read_stage_record
+from genreid.training.presets import Preset, get_preset
+from genreid.training.stages.context import StageContext
+from genreid.training.stages.inverters import finished_inv_ids, inv_id_evaluator, inv_id_plan, uses_generator
+from genreid.training.trainer import TIMINGS_FILE, machine_description, read_stage_record
 
 METRICS = ("mAP", "rank1", "mINP")
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from training.allocator import current_allocator
+from genreid.training.allocator import current_allocator
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from typing import Annotated
 from fastapi import APIRouter, Body, File, Form, HTTPException, Path, Query, Response, UploadFile
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, TypeAdapter, ValidationError
 
-from service.dependencies import AdminDep, EncodersDep, EntryFilterDep, GalleryDep, ReaderDep, ServicesDep
-from service.errors import error_responses
-from service.store import Entry, NewEntry
-from service.store.base import MAX_LABEL
+from genreid.service.dependencies import AdminDep, EncodersDep, EntryFilterDep, GalleryDep, ReaderDep, ServicesDep
+from genreid.service.errors import error_responses
+from genreid.service.store import Entry, NewEntry
+from genreid.service.store.base import MAX_LABEL
 
 router = APIRouter(prefix="/gallery", tags=["gallery"])
 

@@ -7,8 +7,8 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from service.dependencies import ServicesDep
-from service.reranking import RerankParams
+from genreid.service.core.reranking import RerankParams
+from genreid.service.dependencies import ServicesDep
 
 router = APIRouter(tags=["health"])
 

@@ -1,6 +1,6 @@
 """/query: rank the gallery for a crop (or a stored entry, or many crops at once) by the distance between
-identity codes (service.similarity), optionally within some cameras or a time window, optionally re-ranked
-(service.reranking)."""
+identity codes (genreid.service.core.similarity), optionally within some cameras or a time window, optionally re-ranked
+(genreid.service.core.reranking)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
 from pydantic import BaseModel, Field
 
-from service import imaging
-from service.dependencies import EncodersDep, EntryFilterDep, GalleryDep, ReaderDep, ServicesDep
-from service.encoders import Encoders, ImageNetwork
-from service.errors import error_responses
-from service.reranking import RankedMatch, RerankParams, rerank_search
-from service.routes.gallery import MAX_ENTRY_ID
-from service.settings import Settings
-from service.store import EntryFilter, GalleryStore
+from genreid.service.core import imaging
+from genreid.service.core.reranking import RankedMatch, RerankParams, rerank_search
+from genreid.service.dependencies import EncodersDep, EntryFilterDep, GalleryDep, ReaderDep, ServicesDep
+from genreid.service.encoders import Encoders, ImageNetwork
+from genreid.service.errors import error_responses
+from genreid.service.routes.gallery import MAX_ENTRY_ID
+from genreid.service.settings import Settings
+from genreid.service.store import EntryFilter, GalleryStore
 
 router = APIRouter(prefix="/query", tags=["query"])
 

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile
 
-from service.dependencies import EncodersDep, GalleryDep, ReaderDep
-from service.errors import error_responses
-from service.imaging import to_png
-from service.routes.gallery import MAX_ENTRY_ID
+from genreid.service.core.imaging import to_png
+from genreid.service.dependencies import EncodersDep, GalleryDep, ReaderDep
+from genreid.service.errors import error_responses
+from genreid.service.routes.gallery import MAX_ENTRY_ID
 
 router = APIRouter(tags=["transfer"])
 

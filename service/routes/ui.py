@@ -36,7 +36,7 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-PAGE_ROOT = files("service.ui")
+PAGE_ROOT = files("genreid.service.ui")
 PAGE_FILES = frozenset({"index.html", "app.js", "style.css", "icon.svg"})
 # fastapi-offline ships Swagger UI 5 (OpenAPI 3.1, which FastAPI writes); only its files are used.
 DOCS_ROOT = files("fastapi_offline").joinpath("static")

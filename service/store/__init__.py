@@ -1,6 +1,6 @@
 """The gallery store: one contract (base.py), its backends, and the factory that picks one from the settings."""
 
-from service.store.base import (
+from genreid.service.store.base import (
     Entry,
     EntryFilter,
     EntryPage,
@@ -13,7 +13,7 @@ from service.store.base import (
     StoreUnavailable,
     UnknownEntries,
 )
-from service.store.factory import open_gallery
+from genreid.service.store.factory import open_gallery
 
 __all__ = ["Entry", "EntryFilter", "EntryPage", "GalleryError", "GalleryStore", "InvalidEntry", "Match", "NewEntry",
            "StorageFull", "StoreUnavailable", "UnknownEntries", "open_gallery"]

@@ -1,7 +1,7 @@
 """The gallery store contract every backend honours; routes, re-ranking and the gallery tools see only this.
 
 A backend writes and reads entries and answers one question about codes: the squared Euclidean distances of
-the k nearest *unit-length* codes (`_nearest`). The comparison rule itself (service.similarity: unit length,
+the k nearest *unit-length* codes (`_nearest`). The comparison rule itself (core.similarity: unit length,
 then the distance) is applied here, once, so no backend re-implements it. docs/GALLERY_STORE.md states what
 each backend guarantees.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from service.similarity import unit_length
+from genreid.service.core.similarity import unit_length
 
 MAX_LABEL = 256  # characters of a person id, camera or track id
 
@@ -71,14 +71,14 @@ class NewEntry:
     camera: str | None = None
     seen_at: datetime | None = None
     track_id: str | None = None
-    crop: bytes | None = None  # the small stored image (service.imaging.stored_crop)
+    crop: bytes | None = None  # the small stored image (genreid.service.core.imaging.stored_crop)
     enrolled_at: datetime | None = None  # None: now; an imported entry keeps its own, so a move resets no retention
 
 
 @dataclass(frozen=True)
 class Match:
     entry: Entry
-    distance: float  # between unit-length codes, in [0, 2] (service.similarity)
+    distance: float  # between unit-length codes, in [0, 2] (genreid.service.core.similarity)
 
 
 @dataclass(frozen=True)

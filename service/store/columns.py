@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from service.store.base import EntryFilter, to_micros
+from genreid.service.store.base import EntryFilter, to_micros
 
 NO_CAMERA = -1
 NO_TIME = np.iinfo(np.int64).min

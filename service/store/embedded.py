@@ -21,8 +21,8 @@ from typing import Any, TextIO, TypeVar
 
 import numpy as np
 
-from service.similarity import unit_length
-from service.store.base import (
+from genreid.service.core.similarity import unit_length
+from genreid.service.store.base import (
     NO_FILTER,
     Entry,
     EntryFilter,
@@ -38,8 +38,8 @@ from service.store.base import (
     to_micros,
     utc,
 )
-from service.store.columns import FilterColumns
-from service.store.faiss_index import SearchCopy, VectorIndex
+from genreid.service.store.columns import FilterColumns
+from genreid.service.store.faiss_index import SearchCopy, VectorIndex
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from service.settings import Settings
-from service.store.base import GalleryError, GalleryStore
+from genreid.service.settings import Settings
+from genreid.service.store.base import GalleryError, GalleryStore
 
 # backend name -> opener(settings, code_dim, model_id)
 Opener = Callable[[Settings, int, "str | None"], GalleryStore]
 
 
 def _embedded(settings: Settings, code_dim: int, model_id: str | None) -> GalleryStore:
-    from service.store.embedded import EmbeddedStore
-    from service.store.faiss_index import gpu_search_copy
+    from genreid.service.store.embedded import EmbeddedStore
+    from genreid.service.store.faiss_index import gpu_search_copy
 
     return EmbeddedStore(settings.data, code_dim=code_dim, model_id=model_id,
                          search_copy=gpu_search_copy(settings.device), search_threads=settings.search_threads,
@@ -23,7 +23,7 @@ def _embedded(settings: Settings, code_dim: int, model_id: str | None) -> Galler
 
 def _milvus(settings: Settings, code_dim: int, model_id: str | None) -> GalleryStore:
     try:
-        from service.store.milvus import IndexSpec, MilvusStore
+        from genreid.service.store.milvus import IndexSpec, MilvusStore
     except ImportError as err:
         raise GalleryError(f"--gallery-uri needs the milvus extra (pip install -e '.[milvus]'): {err}") from None
     assert settings.gallery_uri is not None

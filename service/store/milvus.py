@@ -35,7 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
-from service.store.base import (
+from genreid.service.store.base import (
     MAX_LABEL,
     NO_FILTER,
     Entry,
@@ -52,7 +52,7 @@ from service.store.base import (
     to_micros,
     utc,
 )
-from service.store.milvus_lite import engine_lock, is_in_process
+from genreid.service.store.milvus_lite import engine_lock, is_in_process
 
 log = logging.getLogger(__name__)
 

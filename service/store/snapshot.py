@@ -17,8 +17,8 @@ from types import TracebackType
 
 import numpy as np
 
-from service.store.base import Entry, GalleryError
-from service.store.embedded import ADDED_COLUMNS, DATABASE_FILE, ENTRY_SELECT, entry_of, id_chunks, placeholders
+from genreid.service.store.base import Entry, GalleryError
+from genreid.service.store.embedded import ADDED_COLUMNS, DATABASE_FILE, ENTRY_SELECT, entry_of, id_chunks, placeholders
 
 
 @dataclass(frozen=True)

@@ -1,2 +1,2 @@
-"""The operator page's static files (HTML, CSS, JS), shipped as package data and served by service.routes.ui:
+"""The operator page's static files (HTML, CSS, JS), shipped as package data and served by genreid.service.routes.ui:
 no front-end build step, nothing fetched from outside the server."""

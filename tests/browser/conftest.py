@@ -49,7 +49,7 @@ def _serve(data: Path, keys: dict[str, str] | None = None, extra: tuple[str, ...
     """`genreid serve` on the shipped models, as an operator starts it (`extra`: more flags); its output goes to a
     log beside `data`."""
     port = _free_port()
-    command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+    command = [sys.executable, "-m", "genreid.service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--models", str(ROOT / "models"), "--data", str(data), "--device", "cpu", "--threads", "1",
                "--log-level", "warning", *extra]
     keys = keys or {}

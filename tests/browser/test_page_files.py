@@ -8,9 +8,9 @@ from html.parser import HTMLParser
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.routes.ui import DOCS_FILES, PAGE_FILES
-from service.settings import Settings
+from genreid.service.app import create_app
+from genreid.service.routes.ui import DOCS_FILES, PAGE_FILES
+from genreid.service.settings import Settings
 
 
 @pytest.fixture(scope="module")

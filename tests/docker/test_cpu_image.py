@@ -104,7 +104,10 @@ def test_the_healthcheck_passes_and_the_service_is_unprivileged(container: Conta
 
 def test_the_image_carries_no_torch_and_stays_small(podman: Podman, cpu_image: str) -> None:
     result = podman.run("run", "--rm", cpu_image, "python", "-c",
-                        "import importlib.util as u; print(u.find_spec('torch') is None, u.find_spec('service'))")
-    no_torch, service = result.stdout.split(maxsplit=1)
-    assert no_torch == "True" and "site-packages" in service
+                        "import importlib.util as u; print(u.find_spec('torch') is None,"
+                        " u.find_spec('genreid.training') is None,"
+                        " u.find_spec('service') is None, u.find_spec('genreid.service').origin)")
+    no_torch, no_training, no_bare_service, service = result.stdout.split(maxsplit=3)
+    assert no_torch == no_training == no_bare_service == "True", result.stdout
+    assert "site-packages/genreid/service/" in service, "the service is installed as genreid.service, not editable"
     assert podman.image_size(cpu_image) < IMAGE_SIZE_LIMIT

@@ -602,7 +602,7 @@ def test_nginx_config_fronts_every_replica() -> None:
     for where, children in locations.items():
         assert [args for _, args, _ in directives(children, "proxy_pass")] == [[f"http://{upstream[1][0]}"]], where
 
-    from service.settings import Settings
+    from genreid.service.settings import Settings
 
     limit = Settings.model_fields["max_upload_bytes"].default
     (size,) = directives(body, "client_max_body_size")
@@ -708,12 +708,12 @@ def test_build_context_holds_what_the_images_copy_and_nothing_else() -> None:
 
 @pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
 def test_build_stage_copies_what_the_package_build_reads(flavour: str) -> None:
-    """`pip install .` in the build stage reads pyproject.toml's data files: each must have been copied there."""
+    """`pip install .` in the build stage reads pyproject.toml, setup.py and the data files: each must be there."""
     import tomllib
 
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    needed = {"pyproject.toml"} | {source.split("/")[0] for sources in setuptools.get("data-files", {}).values()
-                                   for source in sources}
+    data_files = [source for sources in setuptools.get("data-files", {}).values() for source in sources]
+    needed = {"pyproject.toml", "setup.py"} | {source.split("/")[0] for source in data_files}
     build = next(stage for stage in stages(DOCKERFILES[flavour]) if any("pip" in run for run in stage.runs)
                  and any(a.startswith(".[") or a == "." for a in pip_install_args(flavour)))
     copied = {source.rstrip("/").split("/")[0] for args in build.copies if not any(a.startswith("--from") for a in args)

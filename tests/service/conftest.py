@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from service.app import create_app
-from service.encoders import MODEL_FILES, ModelMetadata
-from service.schedule import Schedule
-from service.settings import Settings
+from genreid.service.app import create_app
+from genreid.service.core.schedule import Schedule
+from genreid.service.encoders import MODEL_FILES, ModelMetadata
+from genreid.service.settings import Settings
 
 HEIGHT, WIDTH, CODE_DIM = 64, 32, 32
 MATCH_THRESHOLD = 0.2  # between the fake models' same-person (<= 0.14) and other-person (>= 0.27) distances

@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
 
-from service.app import create_app
-from service.keys import match, parse_api_keys
-from service.settings import Settings, describe_errors
+from genreid.service.app import create_app
+from genreid.service.keys import match, parse_api_keys
+from genreid.service.settings import Settings, describe_errors
 
 KEYS = "ops:admin:admin-secret,viewer:query:query-secret,prom:metrics:scrape-secret,old:admin:old:secret"
 ADMIN, QUERY, SCRAPE = ({"X-API-Key": secret} for secret in ("admin-secret", "query-secret", "scrape-secret"))

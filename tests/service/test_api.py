@@ -11,7 +11,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
+from genreid.service.app import create_app
 
 from .conftest import MATCH_THRESHOLD
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from service.audit import AuditLog, AuditRecord
+from genreid.service.audit import AuditLog, AuditRecord
 
 
 @pytest.mark.parametrize("power_safe", [False, True])

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from genreid.service.app import create_app
 
 KEY = "s3cret-key"
 

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
+from genreid.service.app import create_app
 
 MAX_UPLOAD = 20_000
 MAX_FILES = 3

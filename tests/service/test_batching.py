@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.batching import Coalescer
+from genreid.service.batching import Coalescer
 
 
 class SlowDouble:

@@ -1,4 +1,4 @@
-"""The app's upload reader (service.dependencies.ImageReader): one decode per file, one resize per distinct
+"""The app's upload reader (genreid.service.dependencies.ImageReader): one decode per file, one resize per distinct
 input size among the networks a route feeds, each batch equal to the one preprocessing path's output."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from fastapi import HTTPException, UploadFile
 from PIL import Image
 
-from service.dependencies import ImageReader
-from service.imaging import preprocess
+from genreid.service.core.imaging import preprocess
+from genreid.service.dependencies import ImageReader
 
 FINER = {"inv_id": (128, 64), "inv_noise": (64, 32), "denoiser": (64, 32)}
 

@@ -21,10 +21,10 @@ from fastapi.testclient import TestClient
 from onnx import helper
 from PIL import Image
 
-from service.app import create_app
-from service.encoders import MODEL_FILES, Encoders, ModelError, ModelMetadata, open_session
-from service.gallery_tools import embed_crops
-from service.imaging import preprocess
+from genreid.service.app import create_app
+from genreid.service.core.imaging import preprocess
+from genreid.service.encoders import MODEL_FILES, Encoders, ModelError, ModelMetadata, open_session
+from genreid.service.gallery_tools import embed_crops
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models"
 GENERATOR, FINER = (64, 32), (128, 64)

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from service.encoders import MODEL_FILES, MODEL_ID_KEY, Encoders, ModelError, ModelMetadata
+from genreid.service.encoders import MODEL_FILES, MODEL_ID_KEY, Encoders, ModelError, ModelMetadata
 
 from .conftest import build_models
 

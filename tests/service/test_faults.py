@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app, open_services
-from service.dependencies import Services
-from service.encoders import MODEL_FILES
-from service.settings import Settings
-from service.store.embedded import EmbeddedStore
+from genreid.service.app import create_app, open_services
+from genreid.service.dependencies import Services
+from genreid.service.encoders import MODEL_FILES
+from genreid.service.settings import Settings
+from genreid.service.store.embedded import EmbeddedStore
 
 
 @dataclass
@@ -117,14 +117,14 @@ def test_an_unhandled_error_is_a_json_500_with_the_request_id(served: Served, mo
     assert response.headers["content-type"] == "application/json"
     assert response.json()["request_id"] == response.headers["X-Request-ID"] == "trace-42"
     assert "fire" not in response.text  # the cause goes to the log, not to the client
-    logged = [r for r in caplog.records if r.name == "service.observability"]
+    logged = [r for r in caplog.records if r.name == "genreid.service.observability"]
     assert "trace-42" in logged[0].getMessage() and logged[0].exc_info[1].args == ("disk controller on fire",)
     monkeypatch.undo()
     assert served.client.get("/gallery").status_code == 200
 
 
 def serve(*flags: str, level: str = "warning") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "service.cli", "serve", "--log-level", level, *flags],
+    return subprocess.run([sys.executable, "-m", "genreid.service.cli", "serve", "--log-level", level, *flags],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "GENREID_DEVICE": "cpu"})
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.cli import main
-from service.encoders import Encoders
-from service.gallery_tools import (
+from genreid.service.cli import main
+from genreid.service.core.imaging import decode_rgb, resized, stored_crop, stored_crop_size, to_chw_float
+from genreid.service.encoders import Encoders
+from genreid.service.gallery_tools import (
     ENTRIES,
     Copied,
     GalleryFile,
@@ -25,10 +26,9 @@ from service.gallery_tools import (
     import_gallery,
     reembed_gallery,
 )
-from service.imaging import decode_rgb, resized, stored_crop, stored_crop_size, to_chw_float
-from service.settings import Settings
-from service.store import Entry, GalleryError, GalleryStore, NewEntry, open_gallery
-from service.store.snapshot import Batch, EmbeddedSnapshot
+from genreid.service.settings import Settings
+from genreid.service.store import Entry, GalleryError, GalleryStore, NewEntry, open_gallery
+from genreid.service.store.snapshot import Batch, EmbeddedSnapshot
 
 START = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
 ENTRY_COUNT = 12
@@ -36,7 +36,7 @@ WITHOUT_CROP = (5,)  # positions of the entries enrolled without a crop
 
 
 def _milvus_missing() -> str | None:
-    for module in ("pymilvus", "milvus_lite", "service.store.milvus"):
+    for module in ("pymilvus", "milvus_lite", "genreid.service.store.milvus"):
         if importlib.util.find_spec(module) is None:
             return f"{module} is not importable (the Milvus round trip needs the milvus extra and the Milvus store)"
     return None

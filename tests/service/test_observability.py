@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
-from service.observability import JsonFormatter
+from genreid.service.app import create_app
+from genreid.service.observability import JsonFormatter
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

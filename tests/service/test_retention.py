@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app, open_services
-from service.audit import AuditLog
-from service.retention import prune, prune_periodically
-from service.store import NewEntry
-from service.store.embedded import EmbeddedStore
+from genreid.service.app import create_app, open_services
+from genreid.service.audit import AuditLog
+from genreid.service.retention import prune, prune_periodically
+from genreid.service.store import NewEntry
+from genreid.service.store.embedded import EmbeddedStore
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 DAY = 24 * 3600.0
@@ -108,8 +108,9 @@ def test_gallery_prune_command(models_dir: Path, tmp_path: Path):
     store.close()
 
     def prune_command(*flags: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "service.cli", "gallery", "prune", *flags, "--data", str(data),
-                               "--models", str(models_dir)], capture_output=True, text=True, timeout=60,
+        return subprocess.run([sys.executable, "-m", "genreid.service.cli", "gallery", "prune", *flags,
+                               "--data", str(data), "--models", str(models_dir)],
+                              capture_output=True, text=True, timeout=60,
                               env={**os.environ, "GENREID_DEVICE": "cpu"})
 
     refused = prune_command("--older-than-days", "0")

@@ -42,7 +42,7 @@ def test_start_up_failures_are_one_line_and_a_non_zero_exit(models_dir: Path, tm
         "Milvus gallery http://127.0.0.1:9 collection genreid": ["--models", str(models_dir), "--gallery-uri", "http://127.0.0.1:9"],
     }
     for expected, flags in cases.items():
-        result = subprocess.run([sys.executable, "-m", "service.cli", "serve", *flags], capture_output=True,
+        result = subprocess.run([sys.executable, "-m", "genreid.service.cli", "serve", *flags], capture_output=True,
                                 text=True, timeout=120, env={**os.environ, "GENREID_DEVICE": "cpu"})
         assert result.returncode == 2, result.stderr
         assert expected in result.stderr and "Traceback" not in result.stderr
@@ -51,7 +51,7 @@ def test_start_up_failures_are_one_line_and_a_non_zero_exit(models_dir: Path, tm
 
 def test_bad_settings_stop_the_command_with_a_clear_error(models_dir: Path):
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--max-files", "0", "--models", str(models_dir)],
+        [sys.executable, "-m", "genreid.service.cli", "serve", "--max-files", "0", "--models", str(models_dir)],
         capture_output=True, text=True, timeout=60, env={**os.environ, "GENREID_DEVICE": "gpu-please"},
     )
     assert result.returncode == 2
@@ -59,7 +59,7 @@ def test_bad_settings_stop_the_command_with_a_clear_error(models_dir: Path):
 
 
 def test_every_setting_has_a_flag():
-    result = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--help"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "genreid.service.cli", "serve", "--help"], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0
     for option in ("--host", "--port", "--models", "--data", "--device", "--max-upload-bytes", "--max-files",
@@ -73,7 +73,7 @@ def test_the_listening_socket_says_tcp_so_connections_get_tcp_nodelay():
     import asyncio
     import socket
 
-    from service.server import listening_socket
+    from genreid.service.server import listening_socket
 
     sock = listening_socket("127.0.0.1", 0)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.server import build_parser
-from service.settings import Settings, default_models
+from genreid.service.server import build_parser
+from genreid.service.settings import Settings, default_models
 
 
 def from_flags(*argv: str) -> Settings:

@@ -1,4 +1,4 @@
-"""All ONNX Runtime sessions of a process share one intra-op pool (service.encoders.open_session)."""
+"""All ONNX Runtime sessions of a process share one intra-op pool (genreid.service.encoders.open_session)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .conftest import build_models
 SCRIPT = """
 import sys
 import numpy as np
-from service.encoders import Encoders
+from genreid.service.encoders import Encoders
 
 first = Encoders(sys.argv[1], device="cpu", threads=1)
 second = Encoders(sys.argv[1], device="cpu", threads=2)

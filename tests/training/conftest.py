@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from training.data.synthetic import write_synthetic_market
-from training.presets import Preset, get_preset
-from training.stages.context import StageContext
-from training.trainer import setup_runtime
+from genreid.training.data.synthetic import write_synthetic_market
+from genreid.training.presets import Preset, get_preset
+from genreid.training.stages.context import StageContext
+from genreid.training.trainer import setup_runtime
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,8 @@ def make_context(preset: Preset, data: Path, run_dir: Path, cache: Path, stop_af
 def train_member(tiny_stages: StageContext, run_dir: Path, **overrides) -> StageContext:
     """A finished run of a 3-step hybrid Inv-Id (unless `overrides` say otherwise) on the tiny run's generator,
     with its config.json, as `genreid train --from` makes one."""
-    from training.cli import CONFIG_FILE
-    from training.pipeline import link_stages, reusable_stages, run_stages
+    from genreid.training.pipeline import run_stages
+    from genreid.training.runs import CONFIG_FILE, link_stages, reusable_stages
 
     preset = get_preset("tiny", **{"inv_id_steps": 3, "inv_id_modes": ("hybrid",)} | overrides)
     ctx = make_context(preset, tiny_stages.data_root, run_dir, tiny_stages.cache_dir)
@@ -53,7 +53,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_stages(synthetic_root, cache_dir, tmp_path_factory) -> StageContext:
     """generator -> identity generator -> samples -> both Inv-Ids -> Inv-Noise."""
-    from training.pipeline import run_stages
+    from genreid.training.pipeline import run_stages
 
     ctx = make_context(get_preset("tiny"), synthetic_root, tmp_path_factory.mktemp("run"), cache_dir)
     run_stages(ctx)
@@ -63,7 +63,7 @@ def tiny_stages(synthetic_root, cache_dir, tmp_path_factory) -> StageContext:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_stages, tmp_path_factory) -> TinyRun:
     """The trained tiny stages, exported to ONNX."""
-    from training.export import export_run
+    from genreid.training.export import export_run
 
     models = tmp_path_factory.mktemp("models")
     return TinyRun(tiny_stages, models, export_run(tiny_stages, models))

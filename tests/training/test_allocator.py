@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.allocator import LIBRARY, MALLOC_CONF, SWITCH, find_jemalloc, jemalloc_environment
+from genreid.training.allocator import LIBRARY, MALLOC_CONF, SWITCH, find_jemalloc, jemalloc_environment
 
 LIB = Path("/usr/lib/x86_64-linux-gnu") / LIBRARY
 
@@ -30,7 +30,7 @@ def test_find_jemalloc_looks_only_in_the_given_folders(tmp_path):
 
 CHILD = """
 import sys
-from training.allocator import current_allocator, reexec_under_jemalloc
+from genreid.training.allocator import current_allocator, reexec_under_jemalloc
 reexec_under_jemalloc()
 print(sys.argv[1:], 'jemalloc' in open('/proc/self/maps').read(), current_allocator())
 """

@@ -17,16 +17,16 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-import training.rerank
-from service.app import create_app
-from service.encoders import MODEL_FILES, Encoders, open_session
-from service.gallery_tools import embed_crops
-from service.imaging import preprocess
-from service.settings import Settings
-from training.export import export_run
-from training.presets import get_preset
-from training.quantize import INT8_FILES
-from training.stages.inverters import train_inv_id
+import genreid.training.rerank
+from genreid.service.app import create_app
+from genreid.service.core.imaging import preprocess
+from genreid.service.encoders import MODEL_FILES, Encoders, open_session
+from genreid.service.gallery_tools import embed_crops
+from genreid.service.settings import Settings
+from genreid.training.export import export_run
+from genreid.training.presets import get_preset
+from genreid.training.quantize import INT8_FILES
+from genreid.training.stages.inverters import train_inv_id
 
 from .conftest import TinyRun, make_context
 
@@ -102,15 +102,16 @@ def test_the_service_enrols_queries_and_transfers_with_the_finer_inv_id(finer_ru
 
 def test_evaluate_card_figures_and_rerank_encode_identity_at_128x64(finer_run: TinyRun, synthetic_root: Path,
                                                                    tmp_path: Path, monkeypatch) -> None:
-    from training.figures import make_figures
-    from training.model_card import CARD_JSON, write_card
-    from training.rerank import tune_rerank
+    from genreid.training.figures import make_figures
+    from genreid.training.model_card import CARD_JSON, write_card
+    from genreid.training.rerank import tune_rerank
 
-    evaluated = subprocess.run([sys.executable, "-m", "service.cli", "evaluate", "--data", str(synthetic_root),
+    evaluated = subprocess.run([sys.executable, "-m", "genreid.service.cli", "evaluate", "--data", str(synthetic_root),
                                 "--models", str(finer_run.models), "--device", "cpu"],
                                capture_output=True, text=True, check=True)
     assert json.loads(evaluated.stdout)["gallery"] == 6 * 3 * 2
-    monkeypatch.setattr(training.rerank, "GRID", {"candidates": (5,), "k1": (3,), "k2": (1,), "lambda_": (0.3,)})
+    monkeypatch.setattr(genreid.training.rerank, "GRID",
+                        {"candidates": (5,), "k1": (3,), "k2": (1,), "lambda_": (0.3,)})
     assert tune_rerank(finer_run.ctx, finer_run.models)["validation"]["reranked"]["queries"] > 0
     text = write_card(finer_run.ctx, finer_run.models).read_text()
     card = json.loads((finer_run.models / CARD_JSON).read_text())

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from training.cli import CONFIG_FILE, GENERATOR_FROM
-from training.data.synthetic import write_synthetic_market
-from training.export import round_weights_to_half
-from training.model_card import write_card
-from training.onnx_weights import onnx_weights
-from training.stages.context import normalise, to_device_floats
-from training.stages.from_export import CODES_FILE, inv_id_agreement
-from training.stages.generator import generator_loss, noisy_batch
+from genreid.training.data.synthetic import write_synthetic_market
+from genreid.training.export import round_weights_to_half
+from genreid.training.model_card import write_card
+from genreid.training.onnx_weights import onnx_weights
+from genreid.training.runs import CONFIG_FILE, GENERATOR_FROM
+from genreid.training.stages.context import normalise, to_device_floats
+from genreid.training.stages.from_export import CODES_FILE, inv_id_agreement
+from genreid.training.stages.generator import generator_loss, noisy_batch
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,9 @@ def export_dir(full_export, tmp_path_factory):
 
 
 def _train_from(source, out, cache, *args):
-    return subprocess.run([sys.executable, "-m", "training.cli", "train", "--from", str(source), "--out", str(out),
-                           "--cache-dir", str(cache), *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "genreid.training.cli", "train", "--from", str(source),
+                           "--out", str(out), "--cache-dir", str(cache), *args],
+                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +85,10 @@ def _objective(ctx, unet, saved, codes):
 def test_recovered_codes_minimise_the_generators_loss_under_the_frozen_denoiser(tiny_run, recovered):
     """The recovery optimises what the generator's training did, over the codes alone: the recovered table does
     better than no identity at all (zero codes) and than its own rows given to the wrong identities."""
-    from training.cli import _context, load_run
+    from genreid.training.runs import load_run, stage_context
 
     preset, data = load_run(recovered)
-    ctx = _context(preset, data, recovered, tiny_run.ctx.cache_dir, None)
+    ctx = stage_context(preset, data, recovered, tiny_run.ctx.cache_dir, None)
     unet, saved = ctx.generator()
     assert np.array_equal(saved["person_ids"], tiny_run.ctx.load("generator")["person_ids"])
     codes = saved["codes"]
@@ -112,9 +113,9 @@ def test_later_stages_and_the_ledger_follow(tiny_run, export_dir, finished):
     """The same command resumes the run through the identity generator, samples, the hybrid Inv-Id and Inv-Noise
     (the export's own: same denoiser, same settings), and the run exports as a servable model. Its ledger record
     names the recovered generator, so it never averages with runs of trained generators."""
-    from training.cli import _context, load_run
-    from training.export import export_run
-    from training.run_ledger import record_run
+    from genreid.training.export import export_run
+    from genreid.training.run_ledger import record_run
+    from genreid.training.runs import load_run, stage_context
 
     for name in ("codes.pt", "samples.npz", "inv_id_hybrid.pt"):
         assert (finished / name).is_file(), name
@@ -124,7 +125,7 @@ def test_later_stages_and_the_ledger_follow(tiny_run, export_dir, finished):
     assert all(torch.equal(value, exported[key]) for key, value in inv_noise["model"].items()
                if not key.endswith("num_batches_tracked"))
     preset, data = load_run(finished)
-    ctx = _context(preset, data, finished, tiny_run.ctx.cache_dir, None)
+    ctx = stage_context(preset, data, finished, tiny_run.ctx.cache_dir, None)
     [record] = record_run(ctx)
     assert record.variant == "hybrid, 3 steps, on an exported generator (codes recovered)"
     metadata = export_run(ctx, finished.parent / "models")
@@ -136,8 +137,8 @@ def test_later_stages_and_the_ledger_follow(tiny_run, export_dir, finished):
 
 def test_an_export_keeps_its_code_table_and_a_run_from_it_takes_the_table_as_is(tiny_run, full_export, tmp_path):
     """No inversion when the export kept the table: the run's generator is the original one, codes and all."""
-    from training.cli import load_run
-    from training.run_ledger import generator_origin, variant_name
+    from genreid.training.run_ledger import generator_origin, variant_name
+    from genreid.training.runs import load_run
 
     done = _train_from(full_export, tmp_path / "run", tiny_run.ctx.cache_dir, "--data", str(tiny_run.ctx.data_root),
                        "--set", 'inv_id_modes=["hybrid"]', "--stage", "generator")
@@ -162,15 +163,15 @@ def test_a_code_table_that_does_not_fit_the_data_is_refused(tiny_run, full_expor
 
 
 def test_inv_noise_is_trained_when_its_settings_differ_from_the_exports(tiny_run, finished, tmp_path):
-    from training.cli import _context, load_run
-    from training.pipeline import inv_noise_stage
+    from genreid.training.pipeline import inv_noise_stage
+    from genreid.training.runs import load_run, stage_context
 
     preset, data = load_run(finished)
     preset = dataclasses.replace(preset, inv_noise_steps=2)
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     (run / "inv_noise.pt").unlink()
-    inv_noise_stage(_context(preset, data, run, tiny_run.ctx.cache_dir, None))()
+    inv_noise_stage(stage_context(preset, data, run, tiny_run.ctx.cache_dir, None))()
     assert "imported_from" not in torch.load(run / "inv_noise.pt", weights_only=False)
 
 

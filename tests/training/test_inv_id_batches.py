@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.stages.inverters import batch_hard_triplet, group_by_label, identity_batch
+from genreid.training.stages.inverters import batch_hard_triplet, group_by_label, identity_batch
 
 
 def test_identity_batch_draws_distinct_identities_with_k_crops_each():

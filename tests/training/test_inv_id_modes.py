@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from training.export import export_run
-from training.networks.classifiers import CodeTableHead, cosine_logits, mean_nearest_distance, new_classifier
-from training.onnx_weights import onnx_weights
-from training.pipeline import link_stages, reusable_stages, run_stages, stage_table
-from training.presets import get_preset
-from training.run_ledger import variant_name
-from training.stages.inverters import (
+from genreid.training.export import export_run
+from genreid.training.networks.classifiers import CodeTableHead, cosine_logits, mean_nearest_distance, new_classifier
+from genreid.training.onnx_weights import onnx_weights
+from genreid.training.pipeline import run_stages, stage_table
+from genreid.training.presets import get_preset
+from genreid.training.run_ledger import variant_name
+from genreid.training.runs import link_stages, reusable_stages
+from genreid.training.stages.inverters import (
     InvIdPlan,
     augment_real,
     batch_hard_triplet,

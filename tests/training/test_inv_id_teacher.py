@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from training.cli import CONFIG_FILE
-from training.presets import get_preset
-from training.run_ledger import variant_name
-from training.stages.inverters import TEACHER_CODES, embed, inv_id_plan, saved_inv_id
+from genreid.training.presets import get_preset
+from genreid.training.run_ledger import variant_name
+from genreid.training.runs import CONFIG_FILE
+from genreid.training.stages.inverters import TEACHER_CODES, embed, inv_id_plan, saved_inv_id
 
 from .conftest import train_member
 

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from service.encoders import open_session
-from training.cli import CONFIG_FILE, MEMBERS, load_run
-from training.export import PARITY_TOLERANCE, export_run
-from training.join import join_inv_ids
-from training.model_card import CARD_JSON, write_card
-from training.presets import get_preset
-from training.run_ledger import variant_name
-from training.stages.inverters import inv_id_setup
-from training.trainer import MACHINES_FILE, read_stage_record
+from genreid.service.encoders import open_session
+from genreid.training.export import PARITY_TOLERANCE, export_run
+from genreid.training.join import join_inv_ids
+from genreid.training.model_card import CARD_JSON, write_card
+from genreid.training.presets import get_preset
+from genreid.training.run_ledger import variant_name
+from genreid.training.runs import CONFIG_FILE, MEMBERS, load_run
+from genreid.training.stages.inverters import inv_id_setup
+from genreid.training.trainer import MACHINES_FILE, read_stage_record
 
 from .conftest import make_context, train_member
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import TRAINING_COMMANDS, build_parser
-from training.cli import build_parser as training_parser
-from training.model_card import render_markdown, template
+from genreid.service.cli import TRAINING_COMMANDS, build_parser
+from genreid.training.cli import build_parser as training_parser
+from genreid.training.model_card import render_markdown, template
 
 CARDS = Path(__file__).parent / "cards"
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def test_templates_are_package_data():
     assert templates
     for path in templates:
         relative = path.relative_to(ROOT / "training").as_posix()
-        assert any(fnmatch(relative, pattern) for pattern in package_data["training"]), relative
+        assert any(fnmatch(relative, pattern) for pattern in package_data["genreid.training"]), relative
 
 
 def test_card_names_the_precision_the_run_trained_in():

@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from service.encoders import MODEL_FILES
-from training.export import round_weights_to_half
-from training.networks.unet import UNet
-from training.onnx_weights import load_onnx_weights
+from genreid.service.encoders import MODEL_FILES
+from genreid.training.export import round_weights_to_half
+from genreid.training.networks.unet import UNet
+from genreid.training.onnx_weights import load_onnx_weights
 
 
 def test_the_exported_denoiser_loads_back_as_the_weights_it_was_exported_from(tiny_run):

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from service.encoders import Encoders, ModelMetadata
-from training.cli import CONFIG_FILE
-from training.export import parity, round_weights_to_half
-from training.pipeline import reusable_stages, stage_table
-from training.stages.codes import sample_codes
-from training.stages.inverters import embed
-from training.stages.samples import generate
-from training.trainer import machine_description
+from genreid.service.encoders import Encoders, ModelMetadata
+from genreid.training.export import parity, round_weights_to_half
+from genreid.training.pipeline import stage_table
+from genreid.training.runs import CONFIG_FILE, reusable_stages
+from genreid.training.stages.codes import sample_codes
+from genreid.training.stages.inverters import embed
+from genreid.training.stages.samples import generate
+from genreid.training.trainer import machine_description
 
 
 def test_every_stage_finished_timed_and_placed(tiny_run):
@@ -72,7 +72,7 @@ def test_onnx_matches_torch_on_batches_of_1_and_7(tiny_run):
     inv_id, inv_noise = ctx.new_inv_id(), ctx.new_inv_noise()
     inv_id.load_state_dict(ctx.load(f"inv_id_{tiny_run.metadata['inv_id_mode']}")["model"])
     inv_noise.load_state_dict(ctx.load("inv_noise")["model"])
-    from training.export import Denoiser
+    from genreid.training.export import Denoiser
 
     # What export ships: the trained weights rounded to float16 (stored as such), computing in float32.
     modules = {name: round_weights_to_half(module.eval()) for name, module in
@@ -102,7 +102,7 @@ def test_export_serves_through_onnx_runtime(tiny_run, synthetic_root):
 
 def test_evaluate_command_prints_metrics(tiny_run, synthetic_root):
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "evaluate", "--data", str(synthetic_root), "--models",
+        [sys.executable, "-m", "genreid.service.cli", "evaluate", "--data", str(synthetic_root), "--models",
          str(tiny_run.models), "--device", "cpu"],
         capture_output=True, text=True, check=True,
     )
@@ -113,7 +113,7 @@ def test_evaluate_command_prints_metrics(tiny_run, synthetic_root):
 
 
 def test_figures_are_written(tiny_run, tmp_path):
-    from training.figures import make_figures
+    from genreid.training.figures import make_figures
 
     written = make_figures(tiny_run.ctx, tmp_path, tiny_run.models)
     names = {path.name for path in written}
@@ -126,7 +126,7 @@ def test_figures_are_written(tiny_run, tmp_path):
 
 
 def test_model_card_reports_both_inv_id_variants(tiny_run):
-    from training.model_card import CARD_JSON, write_card
+    from genreid.training.model_card import CARD_JSON, write_card
 
     path = write_card(tiny_run.ctx, tiny_run.models)
     card = json.loads((tiny_run.models / CARD_JSON).read_text())
@@ -165,8 +165,8 @@ def test_train_from_a_finished_run_links_its_generator_and_trains_only_the_inv_i
 
     def train_from(out, *overrides):
         sets = [arg for field in ("inv_id_steps=3", 'inv_id_modes=["hybrid"]', *overrides) for arg in ("--set", field)]
-        return subprocess.run([sys.executable, "-m", "training.cli", "train", "--out", str(out), "--from", str(source),
-                               "--cache-dir", str(tiny_stages.cache_dir), *sets],
+        return subprocess.run([sys.executable, "-m", "genreid.training.cli", "train", "--out", str(out),
+                               "--from", str(source), "--cache-dir", str(tiny_stages.cache_dir), *sets],
                               capture_output=True, text=True, timeout=600)
 
     new = tmp_path / "finetune"

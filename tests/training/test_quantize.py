@@ -13,9 +13,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import training.quantize
-from service.encoders import MODEL_FILES, MODEL_ID_KEY, Encoders, ModelMetadata
-from training.quantize import CALIBRATION, INT8_FILES, MAX_MAP_LOSS, fold_half_casts, model_id, quantize_models
+import genreid.training.quantize
+from genreid.service.encoders import MODEL_FILES, MODEL_ID_KEY, Encoders, ModelMetadata
+from genreid.training.quantize import CALIBRATION, INT8_FILES, MAX_MAP_LOSS, fold_half_casts, model_id, quantize_models
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models"
 
@@ -89,7 +89,7 @@ def test_model_id_is_defined_by_the_numbers_not_the_file(tiny_run, tmp_path):
 
 def test_quantize_works_from_float_files_and_keeps_float_on_cpu_when_int8_loses(tiny_run, tmp_path, monkeypatch):
     models = _float_only(tiny_run.models, tmp_path / "models")
-    monkeypatch.setattr(training.quantize, "MAX_MAP_LOSS", -1.0)  # no INT8 model can pass: the gate must say no
+    monkeypatch.setattr(genreid.training.quantize, "MAX_MAP_LOSS", -1.0)  # no INT8 model can pass: the gate must say no
     metadata = quantize_models(tiny_run.ctx, models)
     assert metadata.model_id == ModelMetadata.load(tiny_run.models).model_id
     assert (models / INT8_FILES["inv_id"]).is_file()
@@ -99,8 +99,8 @@ def test_quantize_works_from_float_files_and_keeps_float_on_cpu_when_int8_loses(
 
 
 def test_a_model_directory_without_its_run_is_quantised_and_carded(tiny_run, synthetic_root, cache_dir, tmp_path):
-    from training.cli import main
-    from training.model_card import CARD_FILE, CARD_JSON, write_card
+    from genreid.training.cli import main
+    from genreid.training.model_card import CARD_FILE, CARD_JSON, write_card
 
     with_card = tmp_path / "with-card"
     shutil.copytree(tiny_run.models, with_card)

@@ -12,26 +12,26 @@ from pathlib import Path
 
 import pytest
 
-import training.data.cache
-import training.rerank
-import training.stages.context
-from service.encoders import ModelMetadata
-from service.reranking import RerankParams
-from training.rerank import TOLERANCE, tune_rerank
+import genreid.training.data.cache
+import genreid.training.rerank
+import genreid.training.stages.context
+from genreid.service.core.reranking import RerankParams
+from genreid.service.encoders import ModelMetadata
+from genreid.training.rerank import TOLERANCE, tune_rerank
 
 
 def test_tuning_reads_only_the_training_split_and_writes_what_the_service_reads(tiny_run, tmp_path: Path,
                                                                                monkeypatch: pytest.MonkeyPatch):
     models = tmp_path / "models"
     shutil.copytree(tiny_run.models, models)
-    load_split = training.data.cache.load_split
+    load_split = genreid.training.data.cache.load_split
 
     def train_only(root, split, *args, **kwargs):
         assert split == "train", f"tuning read the {split} split"
         return load_split(root, split, *args, **kwargs)
 
-    monkeypatch.setattr(training.stages.context, "load_split", train_only)
-    monkeypatch.setattr(training.rerank, "GRID", {"candidates": (5, 40), "k1": (3, 6), "k2": (1, 3),
+    monkeypatch.setattr(genreid.training.stages.context, "load_split", train_only)
+    monkeypatch.setattr(genreid.training.rerank, "GRID", {"candidates": (5, 40), "k1": (3, 6), "k2": (1, 3),
                                                   "lambda_": (0.3,)})
     ctx = dataclasses.replace(tiny_run.ctx)  # a fresh context: no split decoded yet
     record = tune_rerank(ctx, models)
@@ -54,13 +54,13 @@ def test_evaluate_rerank_reports_the_three_rankings_and_refuses_an_untuned_model
                                                                                  monkeypatch: pytest.MonkeyPatch):
     models = tmp_path / "models"
     shutil.copytree(tiny_run.models, models)
-    command = [sys.executable, "-m", "service.cli", "evaluate", "--data", str(synthetic_root), "--models",
+    command = [sys.executable, "-m", "genreid.service.cli", "evaluate", "--data", str(synthetic_root), "--models",
                str(models), "--device", "cpu", "--rerank"]
     refused = subprocess.run(command, capture_output=True, text=True)
     last_line = refused.stderr.strip().splitlines()[-1]  # after the INFO lines of loading the model
     assert refused.returncode == 2 and last_line.startswith("genreid evaluate:") and "tune-rerank" in last_line
 
-    monkeypatch.setattr(training.rerank, "GRID", {"candidates": (5, 40), "k1": (3,), "k2": (1, 3),
+    monkeypatch.setattr(genreid.training.rerank, "GRID", {"candidates": (5, 40), "k1": (3,), "k2": (1, 3),
                                                   "lambda_": (0.3,)})
     tune_rerank(dataclasses.replace(tiny_run.ctx), models)
     result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)

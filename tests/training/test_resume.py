@@ -9,10 +9,10 @@ import time
 import numpy as np
 import torch
 
-from training.pipeline import run_stages
-from training.presets import get_preset
-from training.stages.generator import train_generator
-from training.stages.samples import CHUNK
+from genreid.training.pipeline import run_stages
+from genreid.training.presets import get_preset
+from genreid.training.stages.generator import train_generator
+from genreid.training.stages.samples import CHUNK
 
 from .conftest import make_context
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from training.model_card import CARD_JSON, render_markdown, write_card
-from training.presets import get_preset
-from training.run_ledger import RunRecord, append_records, read_ledger, record_run, summarise, variant_name
+from genreid.training.model_card import CARD_JSON, render_markdown, write_card
+from genreid.training.presets import get_preset
+from genreid.training.run_ledger import RunRecord, append_records, read_ledger, record_run, summarise, variant_name
 
 ROOT = Path(__file__).resolve().parents[2]
 CARDS = Path(__file__).parent / "cards"
@@ -101,7 +101,7 @@ def test_the_shipped_card_carries_the_repository_ledger():
 
 
 def test_record_run_refuses_a_directory_that_is_not_a_run_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "service.cli", "record-run", str(tmp_path),
+    done = subprocess.run([sys.executable, "-m", "genreid.service.cli", "record-run", str(tmp_path),
                            "--ledger", str(tmp_path / "l.jsonl")], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]

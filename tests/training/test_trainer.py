@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from training.trainer import Runtime, hardware
+from genreid.training.trainer import Runtime, hardware
 
 
 @pytest.mark.parametrize(("capability", "dtype"), [("AVX512", torch.bfloat16), ("AVX2", torch.float32),

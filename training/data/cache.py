@@ -1,4 +1,4 @@
-"""Decoded image sets: every JPEG of a split decoded once through service.imaging and cached as a uint8
+"""Decoded image sets: every JPEG of a split decoded once through genreid.service.core.imaging and cached as a uint8
 array, so training epochs never re-decode. The cache lives in a cache directory, never beside the data."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from service.imaging import decode_resized, to_chw_float
-from service.market import read_split
+from genreid.service.core.imaging import decode_resized, to_chw_float
+from genreid.service.core.market import read_split
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.market import SPLIT_FOLDERS
+from genreid.service.core.market import SPLIT_FOLDERS
 
 HEIGHT, WIDTH = 128, 64
 

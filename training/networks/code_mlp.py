@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.networks.layers import NoiseEmbedding
+from genreid.training.networks.layers import NoiseEmbedding
 
 
 class CodeMLP(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.networks.unet import Encoder, UNet
+from genreid.training.networks.unet import Encoder, UNet
 
 
 class InvId(nn.Module):

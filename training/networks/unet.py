@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.networks.layers import NoiseEmbedding, ResidualBlock, broadcast
+from genreid.training.networks.layers import NoiseEmbedding, ResidualBlock, broadcast
 
 
 class Encoder(nn.Module):

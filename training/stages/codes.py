@@ -8,11 +8,11 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from training.diffusion import Diffusion
-from training.networks.code_mlp import CodeMLP
-from training.stages.context import StageContext
-from training.stages.generator import code_statistics
-from training.trainer import Checkpointed, batch_indices, save_atomic, step_generator
+from genreid.training.diffusion import Diffusion
+from genreid.training.networks.code_mlp import CodeMLP
+from genreid.training.stages.context import StageContext
+from genreid.training.stages.generator import code_statistics
+from genreid.training.trainer import Checkpointed, batch_indices, save_atomic, step_generator
 
 log = logging.getLogger(__name__)
 

@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.schedule import Schedule
-from training.data.cache import ImageSet, hold_out_identities, load_split
-from training.diffusion import Diffusion
-from training.networks.code_mlp import CodeMLP
-from training.networks.inverters import InvId, InvIdMean, InvNoise
-from training.networks.unet import UNet
-from training.presets import Preset
-from training.trainer import Checkpointed, Runtime, StageLoop
+from genreid.service.core.schedule import Schedule
+from genreid.training.data.cache import ImageSet, hold_out_identities, load_split
+from genreid.training.diffusion import Diffusion
+from genreid.training.networks.code_mlp import CodeMLP
+from genreid.training.networks.inverters import InvId, InvIdMean, InvNoise
+from genreid.training.networks.unet import UNet
+from genreid.training.presets import Preset
+from genreid.training.trainer import Checkpointed, Runtime, StageLoop
 
 
 @dataclass
@@ -126,7 +126,7 @@ def denormalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> 
 
 
 def to_device_floats(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1] on `device` (same as service.imaging.to_chw_float)."""
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1] on `device` (as core.imaging.to_chw_float)."""
     return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 

@@ -19,14 +19,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.encoders import MODEL_FILES, Encoders, ModelMetadata
-from service.imaging import to_chw_float
-from service.similarity import code_distances
-from training.networks.unet import UNet
-from training.onnx_weights import load_onnx_weights
-from training.stages.context import StageContext, normalise, to_device_floats
-from training.stages.generator import GeneratorCrops, code_statistics, generator_crops, generator_loss, noisy_batch
-from training.trainer import Checkpointed, batch_indices, save_atomic, step_generator
+from genreid.service.core.imaging import to_chw_float
+from genreid.service.core.similarity import code_distances
+from genreid.service.encoders import MODEL_FILES, Encoders, ModelMetadata
+from genreid.training.networks.unet import UNet
+from genreid.training.onnx_weights import load_onnx_weights
+from genreid.training.stages.context import StageContext, normalise, to_device_floats
+from genreid.training.stages.generator import (
+    GeneratorCrops,
+    code_statistics,
+    generator_crops,
+    generator_loss,
+    noisy_batch,
+)
+from genreid.training.trainer import Checkpointed, batch_indices, save_atomic, step_generator
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.data.cache import ImageSet
-from training.networks.unet import UNet
-from training.stages.context import StageContext, normalise, random_flip, to_device_floats
-from training.trainer import EMA, Checkpointed, batch_indices, save_atomic, step_generator, unwrap
+from genreid.training.data.cache import ImageSet
+from genreid.training.networks.unet import UNet
+from genreid.training.stages.context import StageContext, normalise, random_flip, to_device_floats
+from genreid.training.trainer import EMA, Checkpointed, batch_indices, save_atomic, step_generator, unwrap
 
 log = logging.getLogger(__name__)
 

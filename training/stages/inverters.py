@@ -24,17 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.evaluation import Evaluator
-from service.similarity import code_distances
-from training.cli import run_context
-from training.data.cache import ImageSet, query_gallery_split
-from training.networks.classifiers import CLASSIFIERS, CodeTableHead, new_classifier
-from training.networks.inverters import InvId
-from training.onnx_weights import onnx_state_dict
-from training.presets import Preset
-from training.stages.context import StageContext, random_flip, to_device_floats
-from training.stages.samples import Triples, generate, load_triples
-from training.trainer import Checkpointed, batch_indices, save_atomic, step_generator
+from genreid.service.core.evaluation import Evaluator
+from genreid.service.core.similarity import code_distances
+from genreid.training.data.cache import ImageSet, query_gallery_split
+from genreid.training.networks.classifiers import CLASSIFIERS, CodeTableHead, new_classifier
+from genreid.training.networks.inverters import InvId
+from genreid.training.onnx_weights import onnx_state_dict
+from genreid.training.presets import Preset
+from genreid.training.runs import run_context
+from genreid.training.stages.context import StageContext, random_flip, to_device_floats
+from genreid.training.stages.samples import Triples, generate, load_triples
+from genreid.training.trainer import Checkpointed, batch_indices, save_atomic, step_generator
 
 log = logging.getLogger(__name__)
 MODES = ("hybrid", "paper", "discriminative")

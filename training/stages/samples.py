@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.networks.unet import UNet
-from training.stages.codes import sample_codes
-from training.stages.context import StageContext, denormalise
+from genreid.training.networks.unet import UNet
+from genreid.training.stages.codes import sample_codes
+from genreid.training.stages.context import StageContext, denormalise
 
 log = logging.getLogger(__name__)
 CHUNK = 256

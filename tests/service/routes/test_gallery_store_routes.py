@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
-from service.encoders import ModelMetadata
+from genreid.service.app import create_app
+from genreid.service.encoders import ModelMetadata
 
 TIMES = ["2026-12-01T08:00:00Z", "2026-12-01T09:30:00+01:00", "", "2026-12-01T12:00:00Z", "2026-12-01T13:00:00Z"]
 PEOPLE = [(1, 0), (1, 5), (2, 0), (2, 9), (3, 0)]

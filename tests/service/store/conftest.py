@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from service.store import GalleryStore
-from service.store.embedded import EmbeddedStore
+from genreid.service.store import GalleryStore
+from genreid.service.store.embedded import EmbeddedStore
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def _sqlite_fails_after(store: GalleryStore, rows: int, table: str) -> Iterator[
 def _engine_fails_after(store: GalleryStore, rows: int, table: str) -> Iterator[None]:
     """The engine accepts `rows` more rows of this write, then fails (a crop is a field of its row in Milvus, so
     `table` makes no difference)."""
-    from service.store.milvus import MilvusStore
+    from genreid.service.store.milvus import MilvusStore
 
     assert isinstance(store, MilvusStore)
     insert = store._insert_rows
@@ -76,7 +76,7 @@ def _embedded(request: pytest.FixtureRequest) -> Backend:
     return Backend(
         name="embedded",
         open=lambda location, code_dim, model_id: EmbeddedStore(location, code_dim=code_dim, model_id=model_id),
-        open_source="from service.store.embedded import EmbeddedStore\n"
+        open_source="from genreid.service.store.embedded import EmbeddedStore\n"
                     "store = EmbeddedStore(location, code_dim=code_dim, model_id=model_id)",
         fail_after=_sqlite_fails_after,
     )
@@ -85,13 +85,13 @@ def _embedded(request: pytest.FixtureRequest) -> Backend:
 def _milvus_lite(request: pytest.FixtureRequest) -> Backend:
     """milvus-lite in the test's own process, on a .db path (one process per data directory)."""
     pytest.importorskip("pymilvus", reason="needs the milvus extra (pip install -e '.[milvus]')")
-    from service.store.milvus import MilvusStore
+    from genreid.service.store.milvus import MilvusStore
 
     return Backend(
         name="milvus",
         open=lambda location, code_dim, model_id: MilvusStore(f"{location}.db", collection="gallery",
                                                               code_dim=code_dim, model_id=model_id),
-        open_source="from service.store.milvus import MilvusStore\n"
+        open_source="from genreid.service.store.milvus import MilvusStore\n"
                     "store = MilvusStore(f'{location}.db', collection='gallery', code_dim=code_dim, "
                     "model_id=model_id)",
         fail_after=_engine_fails_after,
@@ -101,13 +101,13 @@ def _milvus_lite(request: pytest.FixtureRequest) -> Backend:
 def _milvus_server(request: pytest.FixtureRequest) -> Backend:
     """A `milvus-lite server` process on 127.0.0.1 that every client, in any process, talks to over gRPC."""
     server = request.getfixturevalue("milvus_server")
-    from service.store.milvus import MilvusStore
+    from genreid.service.store.milvus import MilvusStore
 
     return Backend(
         name="milvus",
         open=lambda location, code_dim, model_id: MilvusStore(server.uri, collection=_collection(location),
                                                               code_dim=code_dim, model_id=model_id),
-        open_source="from service.store.milvus import MilvusStore\n"
+        open_source="from genreid.service.store.milvus import MilvusStore\n"
                     f"store = MilvusStore({server.uri!r}, collection='t' + __import__('hashlib').sha1("
                     "str(location).encode()).hexdigest()[:16], code_dim=code_dim, model_id=model_id)",
         fail_after=_engine_fails_after,

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.similarity import code_distances
-from service.store import Entry, EntryFilter, GalleryError, GalleryStore, NewEntry, UnknownEntries
+from genreid.service.core.similarity import code_distances
+from genreid.service.store import Entry, EntryFilter, GalleryError, GalleryStore, NewEntry, UnknownEntries
 
 DIM = 8
 START = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
@@ -51,7 +51,7 @@ def filled(store: GalleryStore, n: int = 60, seed: int = 0) -> tuple[list[Entry]
 
 def brute_force(entries: list[Entry], stored: np.ndarray, queries: np.ndarray, k: int,
                 entry_filter: EntryFilter) -> list[list[tuple[int, float]]]:
-    """The reference answer: every admitted entry's distance by service.similarity, sorted."""
+    """The reference answer: every admitted entry's distance by genreid.service.core.similarity, sorted."""
     admitted = [i for i, entry in enumerate(entries) if entry_filter.admits(entry)]
     if not admitted:
         return [[] for _ in queries]
@@ -301,7 +301,7 @@ def _in_new_process(backend, location: Path, action: str) -> dict:
 
 DUMP = """
 import numpy as np
-from service.store import EntryFilter
+from genreid.service.store import EntryFilter
 rng = np.random.default_rng(11)
 queries = rng.normal(size=(3, code_dim)).astype(np.float32)
 page = store.list_entries(limit=1000)
@@ -328,7 +328,7 @@ def test_what_one_process_wrote_another_reads_after_a_restart(backend, tmp_path:
     written = _in_new_process(backend, location, """
         import numpy as np
         from datetime import datetime, timezone
-        from service.store import NewEntry
+        from genreid.service.store import NewEntry
         rng = np.random.default_rng(3)
         cams = ["c1", "c2", None]
         new = [NewEntry(f"p{i % 4}", cams[i % 3], datetime(2026, 12, 1, i, tzinfo=timezone.utc) if i % 2 else None,

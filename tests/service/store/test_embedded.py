@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.store import EntryFilter, GalleryError, NewEntry
-from service.store.embedded import DATABASE_FILE, EmbeddedStore
+from genreid.service.app import create_app
+from genreid.service.store import EntryFilter, GalleryError, NewEntry
+from genreid.service.store.embedded import DATABASE_FILE, EmbeddedStore
 
 DIM = 8
 

@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from service.store.faiss_index import FLT_MAX, GRID, VectorIndex, candidates, grid_error, to_grid
+from genreid.service.store.faiss_index import FLT_MAX, GRID, VectorIndex, candidates, grid_error, to_grid
 
 DIM = 32
 STEP = 1 / GRID  # one step of the scan's grid, per component

@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("pymilvus", reason="needs the milvus extra (pip install -e '.[milvus]')")
 
-from service.store import GalleryError  # noqa: E402
-from service.store.milvus import IndexSpec, MilvusStore, literal  # noqa: E402
+from genreid.service.store import GalleryError  # noqa: E402
+from genreid.service.store.milvus import IndexSpec, MilvusStore, literal  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -49,8 +49,8 @@ def test_a_milvus_lite_file_in_a_new_directory_is_created(tmp_path):
 IDLE_CLIENT = """
 import sys, time
 import numpy as np
-from service.store import NewEntry
-from service.store.milvus import MilvusStore
+from genreid.service.store import NewEntry
+from genreid.service.store.milvus import MilvusStore
 store = MilvusStore(sys.argv[1], collection="idle", code_dim=4, model_id=None)
 [entry] = store.add([NewEntry(person_id="p")], np.ones((1, 4), np.float32))
 time.sleep(40)  # three of pymilvus's 10 s keepalive periods, and then some

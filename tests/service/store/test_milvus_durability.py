@@ -20,8 +20,8 @@ import pytest
 
 pytest.importorskip("pymilvus", reason="needs the milvus extra (pip install -e '.[milvus]')")
 
-from service.store import GalleryStore, NewEntry, StoreUnavailable  # noqa: E402
-from service.store.milvus import MilvusStore  # noqa: E402
+from genreid.service.store import GalleryStore, NewEntry, StoreUnavailable  # noqa: E402
+from genreid.service.store.milvus import MilvusStore  # noqa: E402
 
 DIM = 8
 WRITERS = 6
@@ -31,8 +31,8 @@ ACKNOWLEDGED_BEFORE_KILL = 300
 WRITER_PROCESS = """
 import sys, threading
 import numpy as np
-from service.store import NewEntry
-from service.store.milvus import MilvusStore
+from genreid.service.store import NewEntry
+from genreid.service.store.milvus import MilvusStore
 store = MilvusStore(sys.argv[1], collection="g", code_dim={dim}, model_id=None)
 out = threading.Lock()
 def write(worker):

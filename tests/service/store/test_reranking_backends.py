@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service.reranking import RerankParams, rerank_search, reranked_distances
-from service.similarity import code_distances
-from service.store import EntryFilter, NewEntry
+from genreid.service.core.reranking import RerankParams, rerank_search, reranked_distances
+from genreid.service.core.similarity import code_distances
+from genreid.service.store import EntryFilter, NewEntry
 
 PARAMS = RerankParams(k1=6, k2=3, lambda_=0.3, candidates=20)
 

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar, get_args
 
 import numpy as np
 
-from service.similarity import code_distances
+from genreid.service.core.similarity import code_distances
 
 if TYPE_CHECKING:
-    from service.reranking import RerankParams
+    from genreid.service.core.reranking import RerankParams
 
 _CHUNK = 512  # queries per block: bounds memory at the official size (3,368 x 15,913)
 
@@ -127,7 +127,7 @@ def evaluate_codes(
     *,
     protocol: EvalProtocol = "standard",
 ) -> RetrievalMetrics:
-    """Rank the gallery as the service does (service.similarity) and score it."""
+    """Rank the gallery as the service does (genreid.service.core.similarity) and score it."""
     return evaluate_ranking(code_distances(q_codes, g_codes), q_pids, g_pids, q_cams, g_cams, protocol=protocol)
 
 
@@ -146,7 +146,7 @@ Split = TypeVar("Split", bound=Labelled)
 
 class Evaluator(Generic[Split]):
     """A query and a gallery split, embedded once, scored under either protocol by any ranking: by code
-    distance, re-ranked per query exactly as /query?rerank=true ranks (service.reranking.rerank_search over a
+    distance, re-ranked per query exactly as /query?rerank=true ranks (reranking.rerank_search over a
     gallery store holding the gallery codes), or re-ranked with all queries together (the evaluation tools'
     variant, a reference)."""
 
@@ -159,7 +159,7 @@ class Evaluator(Generic[Split]):
         if all_queries:
             if rerank is None:
                 raise ValueError("all_queries re-ranks: give the re-ranking parameters")
-            from service.reranking import rerank_all
+            from genreid.service.core.reranking import rerank_all
 
             dist = rerank_all(self.q_codes, self.g_codes, rerank)
         elif rerank is None:
@@ -174,9 +174,9 @@ class Evaluator(Generic[Split]):
     def served_orders(self, rerank: RerankParams) -> np.ndarray:
         """(Q, G) gallery indices, best first, as /query?rerank=true returns them with k = G: the gallery codes in
         a temporary embedded store (the service's default backend), searched and re-ranked by the service's code."""
-        from service.reranking import rerank_search
-        from service.store import NewEntry
-        from service.store.embedded import EmbeddedStore
+        from genreid.service.core.reranking import rerank_search
+        from genreid.service.store import NewEntry
+        from genreid.service.store.embedded import EmbeddedStore
 
         with tempfile.TemporaryDirectory(prefix="genreid-evaluate-") as scratch:
             store = EmbeddedStore(Path(scratch), code_dim=self.g_codes.shape[1], model_id=None)

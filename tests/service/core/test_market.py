@@ -1,4 +1,4 @@
-"""The Market-1501 folder reader (service.market): names, layout checks, splits, junk and distractors."""
+"""The Market-1501 folder reader (genreid.service.core.market): names, layout checks, splits, junk and distractors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.market import Crop, MarketLayoutError, check_layout, parse_name, read_split
+from genreid.service.core.market import Crop, MarketLayoutError, check_layout, parse_name, read_split
 
 REAL_SUBSET = Path(__file__).resolve().parents[1].parent / "shared/data/market1501-subset"
 

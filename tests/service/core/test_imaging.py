@@ -1,4 +1,4 @@
-"""The one preprocessing path (service.imaging): every PIL mode and common format to float32 (3, 64, 32) in
+"""The one preprocessing path (genreid.service.core.imaging): every PIL mode and common format to float32 (3, 64, 32) in
 [0, 1], resizing, the errors bad input gets, and the PNG / noise display helpers."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.imaging import (
+from genreid.service.core.imaging import (
     ImageError,
     decode_resized,
     decode_rgb,

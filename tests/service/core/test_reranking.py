@@ -1,5 +1,5 @@
-"""k-reciprocal re-ranking (service.reranking): a hand-made case it must reorder, agreement with the published
-algorithm's loops, the neighbourhood's limits (filters, K), and /query?rerank against the evaluation path."""
+"""k-reciprocal re-ranking (genreid.service.core.reranking): a hand-made case it must reorder, agreement with the
+published algorithm's loops, the neighbourhood's limits (filters, K), and /query?rerank against the evaluation path."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.encoders import Encoders, ModelMetadata
-from service.evaluation import Evaluator
-from service.reranking import RerankParams, rerank_all, rerank_search
-from service.store import EntryFilter, NewEntry
-from service.store.embedded import EmbeddedStore
+from genreid.service.app import create_app
+from genreid.service.core.evaluation import Evaluator
+from genreid.service.core.reranking import RerankParams, rerank_all, rerank_search
+from genreid.service.encoders import Encoders, ModelMetadata
+from genreid.service.store import EntryFilter, NewEntry
+from genreid.service.store.embedded import EmbeddedStore
 
 PARAMS = RerankParams(k1=3, k2=1, lambda_=0.3, candidates=100)
 
@@ -261,6 +261,6 @@ class _Split:
 
 
 def _pixels(encoders: Encoders, image: bytes) -> np.ndarray:
-    from service.imaging import decode_rgb, resized, to_chw_float
+    from genreid.service.core.imaging import decode_rgb, resized, to_chw_float
 
     return to_chw_float(resized(decode_rgb(image, 10**7), encoders.resolution))

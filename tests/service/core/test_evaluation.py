@@ -1,4 +1,4 @@
-"""Market-1501 retrieval metrics (service.evaluation) against hand-computed cases and a straight port of
+"""Market-1501 retrieval metrics (genreid.service.core.evaluation) against hand-computed cases and a straight port of
 torchreid's eval_market1501 loop, under the standard protocol and the paper's lenient one."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.evaluation import PROTOCOLS, EvalProtocol, RetrievalMetrics, evaluate_codes, evaluate_ranking
-from service.similarity import code_distances, euclidean_distances, unit_length
+from genreid.service.core.evaluation import PROTOCOLS, EvalProtocol, RetrievalMetrics, evaluate_codes, evaluate_ranking
+from genreid.service.core.similarity import code_distances, euclidean_distances, unit_length
 
 
 def reference_market1501(

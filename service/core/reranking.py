@@ -7,7 +7,7 @@ a query costs the same at 2,000 entries as at 100,000 apart from the store's sea
 entries are enrolled, and nothing is cached between requests (replicas sharing a Milvus gallery see each other's
 writes at once). Entries past the top K keep the code-distance order after the re-ranked ones.
 
-Distances inside the algorithm are d^2 / 4 for the code distance d (service.similarity), in [0, 1]: the same order
+Distances inside the algorithm are d^2 / 4 for the code distance d (core.similarity), in [0, 1]: the same order
 as d, and a fixed scale instead of the reference code's per-column maximum, which would depend on the neighbourhood.
 `rerank_all` runs the same algorithm with every query and gallery code as the world (the evaluation tools' variant,
 a reference row: it needs all queries at once and is quadratic in the gallery).
@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.similarity import unit_length
-from service.store.base import NO_FILTER, Entry, EntryFilter, GalleryStore, Match, UnknownEntries
+from genreid.service.core.similarity import unit_length
+from genreid.service.store.base import NO_FILTER, Entry, EntryFilter, GalleryStore, Match, UnknownEntries
 
 if TYPE_CHECKING:
-    from service.encoders import ModelMetadata
+    from genreid.service.encoders import ModelMetadata
 
 _CHUNK = 256  # rows per block of query expansion: bounds memory in the all-queries variant
 
@@ -65,7 +65,7 @@ class RerankParams:
 @dataclass(frozen=True)
 class RankedMatch:
     entry: Entry
-    distance: float  # between unit-length codes (service.similarity), as the store found it
+    distance: float  # between unit-length codes (genreid.service.core.similarity), as the store found it
     rerank_distance: float | None  # (1 - lambda) * Jaccard + lambda * distance^2 / 4; None past the top K
 
 
