@@ -1,4 +1,4 @@
-"""The `genreid` command.
+"""The `genreid` command: serve, evaluate and manage galleries, and train and export models.
 
 `serve`, `evaluate` and `gallery` need only the serve extra; `train`, `export`, `figures` and `card` import torch lazily
 through training/cli.py, so a serve-only install never touches it.
@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,16 @@ if TYPE_CHECKING:
     from genreid.service.encoders import Precision
     from genreid.service.settings import Settings
 
-TRAINING_COMMANDS = ("train", "export", "figures", "card", "tune-rerank", "record-run", "join-inv-ids")
+# Reached through training/cli.py (torch, lazily): command -> what it does, for `genreid --help`.
+TRAINING_COMMANDS = {
+    "train": "train a model's stages into a run directory (resumes one)",
+    "export": "export a finished run to ONNX + model.json, with the INT8 Inv-Id and re-ranking parameters",
+    "figures": "draw the paper's figures from a run",
+    "card": "write the model card (MODEL_CARD.md + .json)",
+    "tune-rerank": "choose the re-ranking parameters on validation identities",
+    "record-run": "append a run's finished Inv-Ids to the run ledger",
+    "join-inv-ids": "average the Inv-Ids of runs on one generator into a new run",
+}
 
 
 @dataclass(frozen=True)
@@ -134,13 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     from genreid.service.core.evaluation import PROTOCOLS
     from genreid.service.encoders import PRECISIONS
 
-    parser = argparse.ArgumentParser(prog="genreid", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the retrieval service (see `genreid serve --help`)", add_help=False)
+    parser = argparse.ArgumentParser(
+        prog="genreid", description="Person re-identification by inverting a generative model: a retrieval service "
+        "(enrol crops, query ranked identities, draw one person in another's pose) and the trainer of its models.",
+        epilog="`genreid COMMAND --help` describes each command.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('genreid')}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("serve", help="run the retrieval service (HTTP API, operator page)", add_help=False)
     evaluate = commands.add_parser("evaluate", help="Market-1501 metrics of a model, as JSON")
     evaluate.add_argument("--data", type=Path, required=True, help="Market-1501 folder (query/, bounding_box_test/)")
     evaluate.add_argument("--models", type=Path, default=None, help="exported model directory (default: shipped)")
-    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                          help="where Inv-Id runs (auto: a GPU when one is usable; default %(default)s)")
     evaluate.add_argument("--precision", choices=PRECISIONS, default="auto",
                           help="Inv-Id's precision (auto: as the service picks it, INT8 on CPUs if model.json says)")
     evaluate.add_argument("--rerank", action="store_true", help="also rank as /query?rerank=true does (the same "
@@ -149,9 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="standard: same-person same-camera gallery crops dropped per query (torchreid); "
                           "lenient: every crop kept, as the paper scored its 73 mAP (only to compare with it)")
     add_gallery_parser(commands)
-    for name in TRAINING_COMMANDS:
-        commands.add_parser(name, help=f"{name} (needs the train extra; see `genreid {name} --help`)",
-                            add_help=False)
+    for name, what in TRAINING_COMMANDS.items():
+        commands.add_parser(name, help=f"{what} (train extra)", add_help=False)
     return parser
 
 

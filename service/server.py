@@ -6,23 +6,39 @@ import argparse
 import logging
 import socket
 import sys
+from typing import Literal, get_args, get_origin
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from genreid.service.observability import configure_logging
 from genreid.service.settings import ENV_PREFIX, Settings, describe_errors
 
 
+def _default(field: FieldInfo) -> str:
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Generated from Settings so a new setting is a flag and a variable at once; pydantic parses values."""
-    parser = argparse.ArgumentParser(prog="genreid serve", description=__doc__.splitlines()[0],
-                                     argument_default=argparse.SUPPRESS)
+    """Generated from Settings so a new setting is a flag and a variable at once; pydantic parses values. An on/off
+    setting is a switch (`--rerank` / `--no-rerank`), a setting of a few values lists them."""
+    parser = argparse.ArgumentParser(
+        prog="genreid serve", argument_default=argparse.SUPPRESS,
+        description="Run the retrieval service: enrol crops, query, transfer; the operator page at /, the API at "
+        f"/docs. Every flag is also a {ENV_PREFIX}* variable; a flag overrides it.")
     for name, field in Settings.model_fields.items():
-        parser.add_argument(
-            f"--{name.replace('_', '-')}", dest=name, metavar=name.upper(),
-            help=f"{field.description} (env {ENV_PREFIX}{name.upper()}, default {field.default})",
-        )
+        flag = f"--{name.replace('_', '-')}"
+        help_text = f"{field.description} (env {ENV_PREFIX}{name.upper()}, default {_default(field)})"
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text)
+        elif get_origin(field.annotation) is Literal:
+            parser.add_argument(flag, dest=name, choices=get_args(field.annotation), help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, metavar=name.upper(), help=help_text)
     return parser
 
 
@@ -76,6 +92,8 @@ def main(argv: list[str]) -> int:
     # flight finish, then the lifespan closes the gallery.
     config = uvicorn.Config(create_app(settings, services), log_level=settings.log_level, log_config=None,
                             access_log=False)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    logging.getLogger(__name__).info("serving on http://%s:%d/ (the API at /docs)", host, sock.getsockname()[1])
     with sock:
         uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -95,8 +95,8 @@ class Settings(BaseSettings):
     )
     rerank: bool = Field(
         False, description="/query re-ranks by default (k-reciprocal, with the parameters in model.json; "
-        "a model without them serves code-distance order); ?rerank= overrides it per request. Off: with the "
-        "shipped K 100 it costs 4x /query's p50 at 20,000 entries and 9x at 100,000 (docs/BENCHMARKS.md)",
+        "a model without them serves code-distance order); ?rerank= overrides it per request. Off by default: it "
+        "adds several times /query's p50 on large galleries (docs/BENCHMARKS.md)",
     )
 
     @field_validator("api_key", "api_keys", "gallery_token", "gallery_uri", "audit_log", "retention_days",

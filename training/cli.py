@@ -100,10 +100,16 @@ def join_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _subcommand(commands: argparse._SubParsersAction, name: str, *, help: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help starts with what it does (the line `genreid --help` shows for it)."""
+    return commands.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genreid")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("train", help="train every stage in order (resumes an existing run)")
+
+    run = _subcommand(commands, "train", help="train every stage in order (resumes an existing run)")
     run.add_argument("--data", type=Path, help="Market-1501 folder (bounding_box_train/ is used)")
     run.add_argument("--preset", choices=("tiny", "cpu", "paper"), help="configuration (default cpu)")
     run.add_argument("--out", type=Path, required=True, help="run directory: checkpoints, logs, results")
@@ -117,32 +123,32 @@ def build_parser() -> argparse.ArgumentParser:
                      "again resumes it")
     run.add_argument("--stop-after", type=int, help="checkpoint and stop after this many steps of a stage")
     run.set_defaults(handler=train)
-    out = commands.add_parser("export", help="export a finished run to ONNX + model.json, with the model identity "
+    out = _subcommand(commands, "export", help="export a finished run to ONNX + model.json, with the model identity "
                               "and the INT8 Inv-Id; without RUN_DIR, add those to the float ONNX files in --to")
     out.add_argument("run_dir", type=Path, nargs="?")
     out.add_argument("--to", type=Path, default=Path("models"), help="model directory to write")
     out.set_defaults(handler=export)
-    fig = commands.add_parser("figures", help="the paper's figures as PNG files")
+    fig = _subcommand(commands, "figures", help="the paper's figures as PNG files")
     fig.add_argument("run_dir", type=Path)
     fig.add_argument("--out", type=Path, default=Path("docs/figures"))
     fig.add_argument("--models", type=Path, default=Path("models"), help="exported models (for retrieval)")
     fig.set_defaults(handler=figures)
-    model_card = commands.add_parser("card", help="write MODEL_CARD.md (+ .json): training facts and test metrics; "
+    model_card = _subcommand(commands, "card", help="write MODEL_CARD.md (+ .json): training facts and test metrics; "
                                      "without RUN_DIR, the training facts come from the card already in --models")
     model_card.add_argument("run_dir", type=Path, nargs="?")
     model_card.add_argument("--models", type=Path, default=Path("models"), help="the exported model directory")
     model_card.set_defaults(handler=card)
-    rerank = commands.add_parser("tune-rerank", help="choose the re-ranking parameters on the validation identities "
+    rerank = _subcommand(commands, "tune-rerank", help="choose the re-ranking parameters on the validation identities "
                                  "and write them into model.json (export does this too)")
     rerank.add_argument("run_dir", type=Path, nargs="?")
     rerank.add_argument("--models", type=Path, default=Path("models"), help="the exported model directory")
     rerank.set_defaults(handler=rerank_command)
-    ledger = commands.add_parser("record-run", help="append each finished Inv-Id of a run (validation, test, cost) "
+    ledger = _subcommand(commands, "record-run", help="append each finished Inv-Id of a run (validation, test, cost) "
                                  "to the run ledger that the model card's variant table is computed from")
     ledger.add_argument("run_dir", type=Path)
     ledger.add_argument("--note", default="", help="what the run was for, kept with its record")
     ledger.set_defaults(handler=record_run_command)
-    join = commands.add_parser("join-inv-ids", help="a new run whose Inv-Id is the mean of runs' Inv-Ids on one "
+    join = _subcommand(commands, "join-inv-ids", help="a new run whose Inv-Id is the mean of runs' Inv-Ids on one "
                                "generator (seeds or steps of one recipe), scored on validation; export it as any run")
     join.add_argument("runs", type=Path, nargs="+", help="finished runs on one generator")
     join.add_argument("--out", type=Path, required=True, help="the new run directory")

@@ -28,11 +28,15 @@ the top k and its ties, which is ranked exactly. For unit-length codes E <= sqrt
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import partial
 
-import faiss
 import numpy as np
+
+# faiss logs at INFO each instruction-set build it could not load before the one it does: noise on every command.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+import faiss  # noqa: E402
 
 # Makes a search-only copy of the master index (e.g. on a GPU); None searches the master itself.
 SearchCopy = Callable[[faiss.Index], faiss.Index]

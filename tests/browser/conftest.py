@@ -122,9 +122,9 @@ def empty_server(tmp_path: Path) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def codes_only_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server that stores codes only (--store-crops false): its entries have no crop to show."""
+    """A server that stores codes only (--no-store-crops): its entries have no crop to show."""
     _need_chromium()
-    with _serve(tmp_path_factory.mktemp("codes-only") / "data", extra=("--store-crops", "false")) as running:
+    with _serve(tmp_path_factory.mktemp("codes-only") / "data", extra=("--no-store-crops",)) as running:
         yield running
 
 
