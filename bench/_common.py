@@ -169,10 +169,20 @@ def write_result(name: str, args: argparse.Namespace, info: dict[str, Any], resu
     directory = Path(args.results_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}{'-quick' if args.quick else ''}.json"
-    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    arguments = {k: portable(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     payload = {"benchmark": name, "machine": info, "arguments": arguments, "results": results}
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
+
+
+def portable(path: Path) -> str:
+    """A path as a result file keeps it: relative to the repository (its data as ../shared/...), never this
+    machine's absolute path."""
+    resolved = Path(path).resolve()
+    for base, prefix in ((REPO_ROOT, ""), (REPO_ROOT.parent, "../")):
+        if resolved.is_relative_to(base):
+            return prefix + str(resolved.relative_to(base))
+    return Path(path).name
 
 
 def _cell(value: Any) -> str:

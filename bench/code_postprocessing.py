@@ -4,10 +4,11 @@ Camera-aware normalisation and whitening are common re-ID post-processing that, 
 function of its own crop (and its camera): subtract each camera's mean code, centre on the mean code, or whiten
 (PCA of the training codes, eigenvalues floored at a fraction of the largest). The statistics come from the codes of
 the crops Inv-Id trained on (never the validation or test identities); the runs' codes are averaged first, as a
-joined Inv-Id serves them. Scored by direction, standard protocol (docs/METHOD.md, "Where issue 18's 73 stands").
+joined Inv-Id serves them. Scored by direction, standard protocol (docs/experiments/inv-id-levers.md, "Where the
+73 mAP target stands").
 Reads training runs (torch weights): needs the `train` extra.
 
-    python bench/code_postprocessing.py /work/runs/h200-s1 /work/runs/shipped-128-5k --cache-dir /work/cache
+    python bench/code_postprocessing.py RUN_A RUN_B --cache-dir CACHE_DIR
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ from _common import (
 from faiss_search import Vectors
 from http_service import drive, gallery_body, load_crops, query_body, running_server
 
+from genreid.service.core.model_json import ModelMetadata
 from genreid.service.core.similarity import code_distances, unit_length
-from genreid.service.encoders import ModelMetadata
 from genreid.service.settings import default_models
 from genreid.service.store import GalleryStore, NewEntry
 from genreid.service.store.embedded import EmbeddedStore

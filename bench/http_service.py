@@ -59,9 +59,11 @@ from _common import (
     write_result,
 )
 
+from genreid.service.client import Client
 from genreid.service.core.imaging import decode_rgb, preprocess, resized, to_chw_float
+from genreid.service.core.model_json import METADATA_FILE, ModelMetadata
 from genreid.service.core.similarity import unit_length
-from genreid.service.encoders import METADATA_FILE, Encoders, ModelMetadata
+from genreid.service.encoders import Encoders
 from genreid.service.settings import default_models
 from genreid.service.store import NewEntry
 from genreid.service.store.embedded import EmbeddedStore
@@ -81,8 +83,11 @@ def export_untrained(preset_name: str, directory: Path) -> Path:
     """Randomly initialised Inv-Id, Inv-Noise and denoiser of a preset, exported the way `genreid export`
     exports trained ones (genreid.training.export's exporter), with a model.json; reused when already there."""
     marker = directory / METADATA_FILE
-    if marker.is_file() and ModelMetadata.load(directory).extra.get("untrained_preset") == preset_name:
+    if marker.is_file() and (metadata := ModelMetadata.load(directory)).inv_id_mode == "untrained" \
+            and metadata.preset_name == preset_name:
         return directory
+    from dataclasses import replace
+
     import torch
 
     from genreid.service.core.schedule import Schedule
@@ -94,7 +99,7 @@ def export_untrained(preset_name: str, directory: Path) -> Path:
     preset = get_preset(preset_name)
     torch.manual_seed(preset.seed)
     modules = {
-        "inv_id": InvId(preset.inv_widths, preset.blocks, preset.resolution, preset.code_dim, preset.inv_id_stripes),
+        "inv_id": InvId.from_preset(replace(preset, inv_id_resolution=preset.resolution)),
         "inv_noise": InvNoise(preset.inv_widths, preset.blocks),
         "denoiser": Denoiser(UNet(preset.widths, preset.blocks, preset.code_dim, embed_dim=64)),
     }
@@ -115,7 +120,7 @@ def export_untrained(preset_name: str, directory: Path) -> Path:
     ModelMetadata(
         resolution=preset.resolution, code_dim=preset.code_dim, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
         schedule=Schedule(), steps=preset.sample_steps, match_threshold=None,
-        extra={"untrained_preset": preset_name},
+        preset=preset.as_dict(), inv_id_mode="untrained",
     ).save(directory)
     return directory
 
@@ -204,7 +209,10 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 @dataclass(frozen=True)
 class Body:
-    """A multipart body encoded once, so the load generator spends its time sending, not encoding."""
+    """A multipart body encoded once, so the load generator spends its time sending, not encoding. The timed
+    requests are built here rather than with genreid.service.client, which encodes each request's body afresh and
+    parses each answer into dataclasses: client work that would share the cores with the server and land in the
+    latencies measured."""
 
     content: bytes
     headers: dict[str, str]
@@ -307,7 +315,8 @@ def drive(base_url: str, path: str, bodies: Sequence[Body], concurrency: int, re
 
 
 def gallery_entries(base_url: str) -> int:
-    return int(httpx.get(f"{base_url}/gallery", timeout=30.0).json()["entries"])
+    with Client(base_url) as client:
+        return client.counts().entries
 
 
 def fill_gallery(base_url: str, crops: Sequence[bytes], target: int, workers: int) -> dict:
@@ -315,18 +324,15 @@ def fill_gallery(base_url: str, crops: Sequence[bytes], target: int, workers: in
     have = gallery_entries(base_url)
     starts = list(range(have, target, FILL_BATCH))
     local = threading.local()
-    clients: list[httpx.Client] = []
+    clients: list[Client] = []
 
     def post(start: int) -> None:
-        if not hasattr(local, "client"):
-            local.client = httpx.Client(base_url=base_url, timeout=300.0)
+        if not hasattr(local, "client"):  # one keep-alive client per worker thread
+            local.client = Client(base_url, timeout=300.0)
             clients.append(local.client)
         count = min(FILL_BATCH, target - start)
-        body = gallery_body(cycle(crops, start, count), [f"p{(start + i) // 8}" for i in range(count)],
-                            [f"c{(start + i) % 6 + 1}" for i in range(count)])
-        response = local.client.post("/gallery", content=body.content, headers=body.headers)
-        if response.status_code != 201:
-            raise RuntimeError(f"POST /gallery: {response.status_code} {response.text[:300]}")
+        local.client.enrol(cycle(crops, start, count), person_ids=[f"p{(start + i) // 8}" for i in range(count)],
+                           cameras=[f"c{(start + i) % 6 + 1}" for i in range(count)])
 
     try:
         with Stopwatch() as watch, ThreadPoolExecutor(workers) as pool:

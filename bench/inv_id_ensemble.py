@@ -6,7 +6,7 @@ scores each run's best Inv-Id alone and the mean code of every combination of tw
 by direction, standard protocol), to price what averaging buys against what it costs (one Inv-Id pass per member
 for every enrolled and queried crop). Reads training runs (torch weights): needs the `train` extra.
 
-    python bench/inv_id_ensemble.py /work/runs/shipped-128-scratch /work/runs/h200-s1
+    python bench/inv_id_ensemble.py RUN_A RUN_B
     python bench/inv_id_ensemble.py RUN_A RUN_B --quick   # 100 crops a split
 """
 

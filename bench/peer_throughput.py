@@ -271,7 +271,7 @@ def main() -> None:
     if args.quick:
         args.batches, args.repeats, args.seconds, args.calibration_crops = [1, 16], 2, 0.2, 16
     osnet_module()  # fail early, with the install command, when torchreid is absent
-    from genreid.service.encoders import ModelMetadata
+    from genreid.service.core.model_json import ModelMetadata
 
     metadata = ModelMetadata.load(args.models)
     resolution = metadata.identity_resolution
@@ -293,7 +293,7 @@ def main() -> None:
     models = {
         PEER: {"parameters": peer["parameters"], "bytes": peer["bytes"], "weights": peer["weights"],
                "int8_calibration": peer["calibration"], "feature_dim": runs[0]["checks"]["feature_dims"][PEER]},
-        OURS: {"parameters": metadata.extra.get("parameters", {}).get("inv_id"),
+        OURS: {"parameters": metadata.parameters.get("inv_id"),
                "bytes": {k: p.stat().st_size for k, p in ours_files.items() if p.is_file()},
                "feature_dim": metadata.code_dim,
                "note": "inv_id.onnx stores its weights as float16 + Cast (training/export.py)"},

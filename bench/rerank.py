@@ -41,8 +41,9 @@ from genreid.service.cli import LabelledCrops, evaluate_command
 from genreid.service.core.evaluation import Evaluator
 from genreid.service.core.imaging import preprocess
 from genreid.service.core.market import check_layout
+from genreid.service.core.model_json import ModelMetadata
 from genreid.service.core.reranking import RerankParams
-from genreid.service.encoders import Encoders, ModelMetadata
+from genreid.service.encoders import Encoders
 from genreid.service.settings import default_models
 from genreid.service.store import NewEntry
 from genreid.service.store.embedded import EmbeddedStore
@@ -52,7 +53,7 @@ AGREEMENT_K = 1000  # /query's largest k
 
 def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     test = evaluate_command(args.data_root, args.models, args.device, rerank=True)
-    validation = ModelMetadata.load(args.models).extra["rerank"]["validation"]
+    validation = ModelMetadata.load(args.models).rerank["validation"]
     rows = [{"split": split, "ranking": ranking, "mAP": round(100 * m["mAP"], 2), "rank1": round(100 * m["rank1"], 2),
              "mINP": round(100 * m["mINP"], 2), "queries": m["queries"], "gallery": m["gallery"]}
             for split, record in (("validation", validation), ("test", test))
@@ -143,8 +144,7 @@ def with_candidates(models: Path, candidates: int, workdir: Path) -> Path:
         (copy / path.name).symlink_to(path.resolve())
     (copy / "model.json").unlink()
     metadata = ModelMetadata.load(models)
-    rerank = {**metadata.extra["rerank"], "candidates": candidates}
-    replace(metadata, extra={**metadata.extra, "rerank": rerank}).save(copy)
+    replace(metadata, rerank={**metadata.rerank, "candidates": candidates}).save(copy)
     return copy
 
 
@@ -154,7 +154,7 @@ def latency(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     crops = [path.read_bytes() for path in LabelledCrops.read(args.data_root, "query").paths]
     bodies = [query_body(crop) for crop in crops]
     metadata = ModelMetadata.load(args.models)
-    variants = {metadata.extra["rerank"]["candidates"]: args.models}
+    variants = {metadata.rerank["candidates"]: args.models}
     variants |= {k: with_candidates(args.models, k, workdir) for k in args.also_candidates if k not in variants}
     data_dir, stored, rows = workdir / "latency", 0, []
     for size in sorted(sizes):

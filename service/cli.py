@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from genreid.service.core.evaluation import EvalProtocol
-    from genreid.service.encoders import Precision
+    from genreid.service.core.model_json import Precision
     from genreid.service.settings import Settings
 
 # Reached through training/cli.py (torch, lazily): command -> what it does, for `genreid --help`.
@@ -63,8 +63,9 @@ def evaluate_command(data: Path, models: Path, device: str, *, rerank: bool, pre
     from genreid.service.core.evaluation import Evaluator
     from genreid.service.core.imaging import preprocess
     from genreid.service.core.market import check_layout
+    from genreid.service.core.model_json import ModelError
     from genreid.service.core.reranking import RerankParams
-    from genreid.service.encoders import Encoders, ModelError
+    from genreid.service.encoders import Encoders
 
     root = check_layout(data, ("query", "gallery"))
     encoders = Encoders(models, device=device, precision=precision)
@@ -142,7 +143,7 @@ def add_gallery_parser(commands: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from genreid.service.core.evaluation import PROTOCOLS
-    from genreid.service.encoders import PRECISIONS
+    from genreid.service.core.model_json import PRECISIONS
 
     parser = argparse.ArgumentParser(
         prog="genreid", description="Person re-identification by inverting a generative model: a retrieval service "
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gallery":
         return gallery_command(args)
     from genreid.service.core.market import MarketLayoutError
-    from genreid.service.encoders import ModelError
+    from genreid.service.core.model_json import ModelError
     from genreid.service.settings import default_models
 
     try:
@@ -221,7 +222,7 @@ def gallery_command(args: argparse.Namespace) -> int:
     from genreid.service import gallery_tools
     from genreid.service.audit import AuditLogError
     from genreid.service.core.imaging import ImageError
-    from genreid.service.encoders import ModelError
+    from genreid.service.core.model_json import ModelError
     from genreid.service.retention import prune_gallery
     from genreid.service.settings import describe_errors
     from genreid.service.store import GalleryError

@@ -6,17 +6,15 @@ ONNX interface (written by training/export.py); (H, W) is model.json's `resoluti
   inv_id.onnx    image [N,3,h,w] in [0,1]            -> code [N,D]
   inv_noise.onnx image [N,3,H,W] in [0,1]            -> noise [N,3,H,W]
   denoiser.onnx  noisy [N,3,H,W], noise_variance [N,1], code [N,D] -> eps [N,3,H,W]  (normalised space)
-A network may also ship an INT8 variant (`int8_files` in model.json, written by training/quantize.py) with the
+A network may also ship an INT8 variant (`int8_files` in model.json, made by training/quantize.py) with the
 same interface and code space, served on CPU where model.json's `cpu_precision` says so.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -24,29 +22,20 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from genreid.service.batching import Coalescer
-from genreid.service.core.schedule import Schedule, ddim_sample
+from genreid.service.core.model_json import (
+    MODEL_FILES,
+    ModelError,
+    ModelMetadata,
+    Precision,
+)
+from genreid.service.core.schedule import ddim_sample
 
 log = logging.getLogger(__name__)
 
-METADATA_FILE = "model.json"
 # Metadata key of a quantised ONNX file: the model_id of the float network it was made from.
 MODEL_ID_KEY = "genreid.model_id"
-# The float32 networks: every device can serve them, and a CUDA host always does.
-MODEL_FILES = {"inv_id": "inv_id.onnx", "inv_noise": "inv_noise.onnx", "denoiser": "denoiser.onnx"}
-Precision = Literal["auto", "float", "int8"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
 # The networks that read crops; each reads them at its own (H, W) (ModelMetadata.input_sizes).
 ImageNetwork = Literal["inv_id", "inv_noise"]
-
-
-def input_sizes(resolution: tuple[int, int], identity_resolution: tuple[int, int]) -> dict[str, tuple[int, int]]:
-    """network -> the (H, W) of the images it takes: Inv-Id its own, Inv-Noise and the denoiser (its noisy input)
-    the generator's `resolution`."""
-    return {"inv_id": identity_resolution, "inv_noise": resolution, "denoiser": resolution}
-
-
-class ModelError(RuntimeError):
-    """The model directory is missing, incomplete or unusable."""
 
 
 _pool_lock = threading.Lock()
@@ -78,101 +67,6 @@ def open_session(path: Path, providers: list[str], threads: int = 0) -> Any:
         raise ModelError(f"{path}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from err
 
 
-@dataclass(frozen=True)
-class ModelMetadata:
-    """What travels with the ONNX files: never re-derived at serve time."""
-
-    resolution: tuple[int, int]  # the generator's (H, W): Inv-Noise reads it, the denoiser draws it
-    code_dim: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    schedule: Schedule
-    steps: int
-    match_threshold: float | None = None
-    # The code space: codes of two models compare only when these agree (a gallery records it on first write).
-    model_id: str | None = None
-    # network -> its INT8 file, and network -> "int8" where that file serves CPUs by default (it kept the
-    # float model's accuracy); a network absent from either is served in float32.
-    int8_files: dict[str, str] = field(default_factory=dict)
-    cpu_precision: dict[str, str] = field(default_factory=dict)
-    # Inv-Id's input (H, W): it may read finer crops than the generator draws. None (a model.json without it, as
-    # older exports wrote) means `resolution`.
-    inv_id_resolution: tuple[int, int] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def identity_resolution(self) -> tuple[int, int]:
-        """Inv-Id's input (H, W)."""
-        return self.inv_id_resolution or self.resolution
-
-    @property
-    def input_sizes(self) -> dict[str, tuple[int, int]]:
-        return input_sizes(self.resolution, self.identity_resolution)
-
-    @classmethod
-    def load(cls, models_dir: str | Path) -> ModelMetadata:
-        path = Path(models_dir) / METADATA_FILE
-        if not path.is_file():
-            raise ModelError(f"{path}: no model metadata (export a model with `genreid export`)")
-        raw = json.loads(path.read_text())
-        schedule = raw["schedule"]
-        return cls(
-            resolution=tuple(raw["resolution"]),
-            code_dim=int(raw["code_dim"]),
-            mean=tuple(raw["mean"]),
-            std=tuple(raw["std"]),
-            schedule=Schedule(schedule["max_signal_rate"], schedule["min_signal_rate"]),
-            steps=int(raw["steps"]),
-            match_threshold=raw.get("match_threshold"),
-            model_id=raw.get("model_id"),
-            int8_files=dict(raw.get("int8_files", {})),
-            cpu_precision=dict(raw.get("cpu_precision", {})),
-            inv_id_resolution=tuple(raw["inv_id_resolution"]) if "inv_id_resolution" in raw else None,
-            extra={k: v for k, v in raw.items() if k not in cls.__dataclass_fields__},
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        sizes = {} if self.inv_id_resolution is None else {"inv_id_resolution": list(self.inv_id_resolution)}
-        return {
-            **self.extra,
-            "resolution": list(self.resolution),
-            **sizes,
-            "code_dim": self.code_dim,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "schedule": self.schedule.as_dict(),
-            "steps": self.steps,
-            "match_threshold": self.match_threshold,
-            "model_id": self.model_id,
-            "files": MODEL_FILES,
-            "int8_files": self.int8_files,
-            "cpu_precision": self.cpu_precision,
-        }
-
-    def precisions(self, precision: Precision, *, cuda: bool) -> dict[str, str]:
-        """network -> "int8" or "float32" for `precision` ("auto": model.json's `cpu_precision` on a CPU, float32
-        on CUDA; "float": float32 everywhere; "int8": every INT8 variant there is, Inv-Id's at least)."""
-        if precision not in PRECISIONS:
-            raise ModelError(f"precision {precision!r}: choose one of {PRECISIONS}")
-        if precision == "int8" and "inv_id" not in self.int8_files:
-            raise ModelError("precision 'int8' requested but model.json lists no INT8 Inv-Id "
-                             "(`genreid export --to MODELS --data MARKET` makes one)")
-        unknown = {name for name, kind in self.cpu_precision.items() if kind == "int8"} - set(self.int8_files)
-        if unknown:
-            raise ModelError(f"model.json serves {sorted(unknown)} in int8 on CPU but lists no INT8 file for them")
-        chosen = {
-            "float": {},
-            "int8": dict.fromkeys(self.int8_files, "int8"),
-            "auto": {} if cuda else self.cpu_precision,
-        }[precision]
-        return {name: chosen.get(name, "float32") for name in MODEL_FILES}
-
-    def save(self, models_dir: str | Path) -> Path:
-        path = Path(models_dir) / METADATA_FILE
-        path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
-        return path
-
-
 def choose_providers(device: str) -> list[str]:
     """ONNX Runtime providers for 'auto', 'cpu' or 'cuda' ('cuda' fails loudly when unavailable)."""
     import onnxruntime as ort
@@ -191,12 +85,13 @@ class Encoders:
     """Batched inference over the three exported networks."""
 
     def __init__(self, models_dir: str | Path, device: str = "auto", batch_size: int = 64, threads: int = 0,
-                 precision: Precision = "auto"):
+                 precision: Precision = "auto", metadata: ModelMetadata | None = None):
         """`threads` sizes the process-wide ONNX Runtime pool (see `open_session`). `precision` "auto" serves
         the INT8 variants model.json picks for CPUs (about twice as fast there) and float32 on CUDA; "float" or
         "int8" forces one (`self.precision` says what each network runs in)."""
         self.models_dir = Path(models_dir)
-        self.metadata = ModelMetadata.load(self.models_dir)
+        # An export being assembled passes the metadata it has not saved yet (training/export.py).
+        self.metadata = ModelMetadata.load(self.models_dir) if metadata is None else metadata
         self.batch_size = batch_size
         providers = choose_providers(device)
         self.precision = self.metadata.precisions(precision, cuda=providers[0] == "CUDAExecutionProvider")

@@ -41,7 +41,8 @@ from tqdm import tqdm
 
 from genreid.service.audit import AuditLog, AuditRecord
 from genreid.service.core.imaging import ImageError, preprocess
-from genreid.service.encoders import Encoders, ModelMetadata
+from genreid.service.core.model_json import ModelMetadata
+from genreid.service.encoders import Encoders
 from genreid.service.settings import Settings
 from genreid.service.store import Entry, GalleryError, GalleryStore, NewEntry, UnknownEntries, open_gallery
 from genreid.service.store.factory import backend_name

@@ -18,7 +18,7 @@ from functools import partial
 from starlette.concurrency import run_in_threadpool
 
 from genreid.service.audit import AuditLog, AuditRecord
-from genreid.service.encoders import ModelMetadata
+from genreid.service.core.model_json import ModelMetadata
 from genreid.service.settings import Settings
 from genreid.service.store import GalleryError, GalleryStore, open_gallery
 

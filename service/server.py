@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
 
     from genreid.service.app import create_app, open_services
     from genreid.service.audit import AuditLogError
-    from genreid.service.encoders import ModelError
+    from genreid.service.core.model_json import ModelError
     from genreid.service.store import GalleryError
 
     try:

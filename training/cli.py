@@ -37,29 +37,25 @@ def train(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    from genreid.training.rerank import tune_rerank
+    from genreid.service.core.model_json import ModelMetadata
+    from genreid.training.export import export_run, finish_export
 
     ctx = run_or_models_context(run_dir=args.run_dir, models_dir=args.to, data=args.data, cache_dir=args.cache_dir)
     if args.run_dir is None:
-        from genreid.training.quantize import quantize_models
-
-        metadata = quantize_models(ctx, args.to).as_dict()
+        metadata = finish_export(ctx, args.to, ModelMetadata.load(args.to))
     else:
-        from genreid.training.export import export_run
-
         metadata = export_run(ctx, args.to)
-    rerank = tune_rerank(ctx, args.to)  # on the codes a CPU serves, so after the INT8 Inv-Id is decided
-    print(json.dumps({"models": str(args.to), "model_id": metadata["model_id"], "validation": metadata["validation"],
-                      "cpu_precision": metadata["cpu_precision"], "rerank": rerank["validation"]["reranked"]}))
+    print(json.dumps({"models": str(args.to), "model_id": metadata.model_id, "validation": metadata.validation,
+                      "cpu_precision": metadata.cpu_precision, "rerank": metadata.rerank["validation"]["reranked"]}))
     return 0
 
 
 def rerank_command(args: argparse.Namespace) -> int:
-    from genreid.training.rerank import tune_rerank
+    from genreid.training.export import retune_rerank
 
     ctx = run_or_models_context(run_dir=args.run_dir, models_dir=args.models, data=args.data,
                                 cache_dir=args.cache_dir)
-    record = tune_rerank(ctx, args.models)
+    record = retune_rerank(ctx, args.models)
     print(json.dumps({key: record[key] for key in ("k1", "k2", "lambda", "candidates", "validation")}))
     return 0
 

@@ -1,11 +1,12 @@
 """Export a finished run to the service's model directory: three self-contained ONNX files with a dynamic
-batch dimension, model.json (each network's input size, schedule, normalisation, threshold, measurements), the
-generator's identity-code table, a parity check of ONNX Runtime against torch, then the model identity and INT8
-Inv-Id (training/quantize.py)."""
+batch dimension, the generator's identity-code table, a parity check of ONNX Runtime against torch, the model
+identity and INT8 Inv-Id (training/quantize.py) and the re-ranking parameters (training/rerank.py); model.json
+(service/core/model_json.py) is assembled from all of them and saved once, here and nowhere else."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from genreid.service.encoders import MODEL_FILES, ModelMetadata, input_sizes, open_session
+from genreid.service.core.model_json import MODEL_FILES, IdentityCodes, ModelMetadata, input_sizes
+from genreid.service.encoders import open_session
 from genreid.training.networks.unet import UNet
-from genreid.training.quantize import quantize_models
+from genreid.training.quantize import quantize_inv_id
+from genreid.training.rerank import tune_rerank
 from genreid.training.stages.context import StageContext
 from genreid.training.stages.from_export import CODES_FILE
 from genreid.training.stages.inverters import best_inv_id, reconstruction_error
@@ -112,7 +115,26 @@ def parity(modules: dict[str, nn.Module], models_dir: Path, sizes: dict[str, tup
     return worst
 
 
-def export_run(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
+def finish_export(ctx: StageContext, models_dir: Path, metadata: ModelMetadata) -> ModelMetadata:
+    """Quantise Inv-Id and tune re-ranking on the float files in `models_dir`, then save model.json with every
+    section: the one place it is written. Also what `genreid export --to MODELS` does for a directory whose run is
+    gone (its float files and model.json kept)."""
+    metadata = quantize_inv_id(ctx, models_dir, metadata)
+    # Re-ranking is tuned on the codes a CPU serves, so after the INT8 Inv-Id is decided.
+    metadata = replace(metadata, rerank=tune_rerank(ctx, models_dir, metadata))
+    metadata.save(models_dir)
+    return metadata
+
+
+def retune_rerank(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
+    """`genreid tune-rerank`: the re-ranking section of an existing export chosen again, the rest unchanged."""
+    metadata = ModelMetadata.load(models_dir)
+    record = tune_rerank(ctx, models_dir, metadata)
+    replace(metadata, rerank=record).save(models_dir)
+    return record
+
+
+def export_run(ctx: StageContext, models_dir: Path) -> ModelMetadata:
     """Write the ONNX files and model.json for the run in `ctx`; returns the metadata written."""
     preset = ctx.preset
     _quiet_exporter_logs()
@@ -153,21 +175,18 @@ def export_run(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
         schedule=ctx.diffusion.schedule,
         steps=preset.sample_steps,
         match_threshold=inv_id_saved["validation"]["threshold_fmr1"],
-        extra={
-            "preset": preset.name,
-            "inv_id_mode": inv_id_saved["mode"],
-            "validation": inv_id_saved["validation"],
-            "reconstruction": reconstruction,
-            "code_stats": generator["code_stats"],
-            "identities": len(generator["person_ids"]),
-            "identity_codes": {"file": CODES_FILE, "recovered": bool(generator.get("codes_recovered", False))},
-            "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()},
-            "onnx_parity_max_abs": differences,
-        },
+        preset=preset.as_dict(),
+        inv_id_mode=inv_id_saved["mode"],
+        validation=inv_id_saved["validation"],
+        reconstruction=reconstruction,
+        code_stats=generator["code_stats"],
+        identities=len(generator["person_ids"]),
+        identity_codes=IdentityCodes(file=CODES_FILE, recovered=bool(generator.get("codes_recovered", False))),
+        parameters={name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()},
+        onnx_parity_max_abs=differences,
     )
     # The code table is no network the service runs, but a run started from this export needs it (its denoiser is
     # conditioned on these codes): kept, it need not be recovered by inversion.
     np.save(models_dir / CODES_FILE, generator["codes"].float().cpu().numpy())
-    metadata.save(models_dir)
     log.info("exported %s to %s (parity %s)", ctx.run_dir, models_dir, differences)
-    return quantize_models(ctx, models_dir).as_dict()
+    return finish_export(ctx, models_dir, metadata)

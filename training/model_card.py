@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from genreid.service.core.evaluation import Evaluator
+from genreid.service.core.model_json import ModelMetadata
 from genreid.service.core.reranking import RerankParams
-from genreid.service.encoders import Encoders, ModelMetadata
+from genreid.service.encoders import Encoders
 from genreid.training.data.cache import ImageSet
 from genreid.training.presets import get_preset
 from genreid.training.run_ledger import (
@@ -58,7 +59,7 @@ def rerank_facts(metadata: ModelMetadata, served: Evaluator[ImageSet]) -> dict[s
     params = RerankParams.from_model(metadata)
     if params is None:
         return None
-    return {**metadata.extra["rerank"], "test": {
+    return {**metadata.rerank, "test": {
         "code_distance": served.metrics().as_dict(), "reranked": served.metrics(rerank=params).as_dict(),
         "reranked_all_queries": served.metrics(rerank=params, all_queries=True).as_dict()}}
 
@@ -113,10 +114,10 @@ def build_card(ctx: StageContext, models_dir: Path, *, from_run: bool) -> dict[s
     model directory and the data can measure: test metrics and reconstructions through ONNX Runtime in float32,
     and float32 against INT8 for the quantised Inv-Id."""
     metadata = ModelMetadata.load(models_dir)
-    quantization = metadata.extra.get("quantization", {}).get("inv_id")
+    quantization = metadata.quantization.get("inv_id")
     if quantization is None:
         raise ValueError(f"{models_dir}: no INT8 Inv-Id measured yet; run `genreid export --to {models_dir}` first")
-    shipped = metadata.extra["inv_id_mode"]
+    shipped = metadata.inv_id_mode
     # Inv-Id's test crops decoded at its own input size, as the service reads an upload.
     query, gallery = (ctx.split(split, metadata.identity_resolution) for split in ("query", "gallery"))
     drawn = ctx.split("query", metadata.resolution)
@@ -136,15 +137,15 @@ def build_card(ctx: StageContext, models_dir: Path, *, from_run: bool) -> dict[s
             "note": SUBSET_NOTE if ctx.data_root.name == SUBSET else "",
         },
         **facts,
-        "parameters": metadata.extra["parameters"],
+        "parameters": metadata.parameters,
         "shipped_inv_id": shipped,
         "test": {mode: test["float32"] if mode == shipped else facts["test"][mode] for mode in facts["validation"]},
         "test_lenient_protocol": lenient,
         "match_threshold": metadata.match_threshold,
-        "reconstruction": {"validation": metadata.extra["reconstruction"],
+        "reconstruction": {"validation": metadata.reconstruction,
                            "test_queries": reconstruction_on_test(floats, query, drawn),
                            "test_queries_int8_inv_id": reconstruction_on_test(int8, query, drawn)},
-        "code_stats": metadata.extra["code_stats"],
+        "code_stats": metadata.code_stats,
         "rerank": rerank_facts(metadata, served[cpu_kind]),
         "references": REFERENCES if ctx.data_root.name == SUBSET else {},
         "input_sizes": {"inv_id": list(metadata.identity_resolution), "generator": list(metadata.resolution)},
@@ -152,10 +153,10 @@ def build_card(ctx: StageContext, models_dir: Path, *, from_run: bool) -> dict[s
         "model_id": metadata.model_id,
         "precision": {
             "cpu": metadata.precisions("auto", cuda=False), "cuda": metadata.precisions("auto", cuda=True),
-            "max_validation_mAP_loss": quantization["max_validation_mAP_loss"],
-            "calibration_crops": quantization["calibration_crops"],
-            "calibration": quantization.get("calibration", MIN_MAX_CALIBRATION),
-            "inv_id": {"validation": quantization["validation"], "test": test},
+            "max_validation_mAP_loss": quantization.max_validation_mAP_loss,
+            "calibration_crops": quantization.calibration_crops,
+            "calibration": quantization.calibration,
+            "inv_id": {"validation": quantization.validation, "test": test},
         },
     }
 

@@ -41,6 +41,10 @@ class Preset:
     # 'hybrid' and 'paper' learn from the generator; 'discriminative' (the ablation) needs no generator at all.
     inv_id_modes: tuple[str, ...] = ("hybrid", "paper")
     inv_id_resolution: tuple[int, int] = (64, 32)  # Inv-Id's input (H, W); generated samples are upsampled to it
+    # Inv-Id's trunk, by name in training/networks/trunks.py: "unet" (the generator's encoder, the fields below) or
+    # "osnet" (omni-scale, about a tenth of the work per crop), whose channels `inv_id_trunk_width` scales.
+    inv_id_trunk: str = "unet"
+    inv_id_trunk_width: float = 1.0
     inv_id_stripes: int = 0  # 0: flatten the trunk's whole feature map; n: average it into n horizontal stripes
     # Inv-Id's input conv reads s x s patches: at 2, a 128x64 crop costs about what a 64x32 one does (its trunk
     # runs at 64x32), where a 1x1 input conv runs the whole trunk at 128x64, four times the work.

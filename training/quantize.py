@@ -19,14 +19,14 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
 
-from genreid.service.encoders import MODEL_FILES, MODEL_ID_KEY, Encoders, ModelMetadata
+from genreid.service.core.model_json import MODEL_FILES, ModelMetadata, Quantization
+from genreid.service.encoders import MODEL_ID_KEY, Encoders
 from genreid.training.stages.context import StageContext
 from genreid.training.stages.inverters import validate_inv_id
 
@@ -126,7 +126,7 @@ def _quantize_here(float_path: Path, out_path: Path, calibration: np.ndarray, id
                 str(prepared), str(out_path), _Batches(model.graph.input[0].name, calibration),
                 quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                 # Activation ranges at the 99.999th percentile, not the extremes: on the 128x64 Inv-Id min-max
-                # ranges lost 0.55 validation mAP points, these 0.14 (docs/METHOD.md, "INT8 calibration").
+                # ranges lost 0.55 validation mAP points, these 0.14 (docs/experiments/int8.md).
                 weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile,
                 reduce_range=True,
             )
@@ -149,19 +149,18 @@ class _Served(torch.nn.Module):
         return torch.from_numpy(self.encoders.identity(images.cpu().numpy()))
 
 
-def validate_served(models_dir: Path, ctx: StageContext, precision: str) -> dict[str, float]:
+def validate_served(models_dir: Path, metadata: ModelMetadata, ctx: StageContext, precision: str) -> dict[str, float]:
     """Validation metrics of the exported Inv-Id at one precision ("float" or "int8"), on the CPU."""
     _, val = ctx.inv_id_splits
-    served = _Served(Encoders(models_dir, device="cpu", precision=precision))
+    served = _Served(Encoders(models_dir, device="cpu", precision=precision, metadata=metadata))
     return validate_inv_id(served, val, torch.device("cpu"), ctx.preset.split_seed)
 
 
-def quantize_models(ctx: StageContext, models_dir: Path) -> ModelMetadata:
-    """Give an exported model directory its identity and its INT8 Inv-Id, from the float ONNX files alone:
-    calibrate on training crops decoded at Inv-Id's input size (as served), score float and INT8 on the validation
-    identities, and let CPUs serve INT8 only if it keeps the validation mAP within MAX_MAP_LOSS. Rewrites
-    model.json; returns what it wrote."""
-    metadata = ModelMetadata.load(models_dir)
+def quantize_inv_id(ctx: StageContext, models_dir: Path, metadata: ModelMetadata) -> ModelMetadata:
+    """Give an export its identity and its INT8 Inv-Id, from the float ONNX files alone: calibrate on training crops
+    decoded at Inv-Id's input size (as served), score float and INT8 on the validation identities, and let CPUs
+    serve INT8 only if it keeps the validation mAP within MAX_MAP_LOSS. Returns the metadata with those sections;
+    saving it is export's (training/export.py)."""
     identity = model_id(models_dir / MODEL_FILES["inv_id"])
     train, _ = ctx.inv_id_splits
     count = min(CALIBRATION_CROPS, len(train))
@@ -170,21 +169,17 @@ def quantize_models(ctx: StageContext, models_dir: Path) -> ModelMetadata:
     quantize_network(models_dir / MODEL_FILES["inv_id"], models_dir / INT8_FILES["inv_id"],
                      train.floats(np.sort(picked)), identity=identity)
     metadata = replace(metadata, model_id=identity, int8_files=dict(INT8_FILES), cpu_precision={})
-    metadata.save(models_dir)
-    validation = {"float32": validate_served(models_dir, ctx, "float"),
-                  "int8": validate_served(models_dir, ctx, "int8")}
-    picked_with = metadata.extra.get("validation", {}).get("mAP")
+    validation = {"float32": validate_served(models_dir, metadata, ctx, "float"),
+                  "int8": validate_served(models_dir, metadata, ctx, "int8")}
+    picked_with = metadata.validation.get("mAP")
     if picked_with is not None and abs(validation["float32"]["mAP"] - picked_with) > SPLIT_CHECK_TOLERANCE:
         raise ValueError(f"the float Inv-Id scores validation mAP {validation['float32']['mAP']:.4f} here but "
                          f"{picked_with:.4f} when it was picked: not the same validation identities (data or preset)")
     loss = validation["float32"]["mAP"] - validation["int8"]["mAP"]
     cpu = "int8" if loss <= MAX_MAP_LOSS else "float32"
-    report: dict[str, Any] = {"calibration_crops": len(picked), "calibration": CALIBRATION,
-                              "max_validation_mAP_loss": MAX_MAP_LOSS,
-                              "validation": validation}
-    metadata = replace(metadata, cpu_precision={"inv_id": cpu},
-                       extra={**metadata.extra, "quantization": {"inv_id": report}})
-    metadata.save(models_dir)
+    report = Quantization(calibration_crops=len(picked), calibration=CALIBRATION,
+                          max_validation_mAP_loss=MAX_MAP_LOSS, validation=validation)
+    metadata = replace(metadata, cpu_precision={"inv_id": cpu}, quantization={"inv_id": report})
     log.info("model %s: INT8 Inv-Id validation mAP %.4f (float %.4f); CPUs serve %s", identity,
              validation["int8"]["mAP"], validation["float32"]["mAP"], cpu)
     return metadata

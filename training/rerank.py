@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from genreid.service.core.model_json import ModelMetadata
 from genreid.service.core.reranking import RerankParams
-from genreid.service.encoders import Encoders, ModelMetadata
+from genreid.service.encoders import Encoders
 from genreid.training.stages.context import StageContext
 from genreid.training.stages.inverters import validation_evaluator
 
@@ -27,11 +27,12 @@ GRID = {"candidates": (10, 20, 30, 50, 100), "k1": (6, 10, 15, 20), "k2": (3, 6,
 TOLERANCE = 0.01
 
 
-def tune_rerank(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
-    """Score GRID on the validation identities, write the chosen parameters with their validation metrics (plain,
-    re-ranked per query, all queries together) and the best of each K into model.json; returns that record."""
+def tune_rerank(ctx: StageContext, models_dir: Path, metadata: ModelMetadata) -> dict[str, Any]:
+    """Score GRID on the validation identities; returns the chosen parameters with their validation metrics
+    (plain, re-ranked per query, all queries together) and the best of each K: model.json's `rerank` section,
+    which export saves (training/export.py)."""
     _, val = ctx.inv_id_splits
-    encoders = Encoders(models_dir, device="cpu")
+    encoders = Encoders(models_dir, device="cpu", metadata=metadata)
     evaluator = validation_evaluator(val, ctx.preset.split_seed, lambda split: encoders.identity(split.floats()))
     scored = [(params, evaluator.metrics(rerank=params))
               for params in (RerankParams(**dict(zip(GRID, values, strict=True)))
@@ -51,8 +52,6 @@ def tune_rerank(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
         "best_per_k": {str(k): {**params.as_dict(), "mAP": metrics.mAP, "rank1": metrics.rank1}
                        for k, (params, metrics) in best_per_k.items()},
     }
-    metadata = ModelMetadata.load(models_dir)
-    replace(metadata, extra={**metadata.extra, "rerank": record}).save(models_dir)
     log.info("re-ranking %s: validation mAP %.4f -> %.4f", chosen, record["validation"]["code_distance"]["mAP"],
              reranked.mAP)
     return record

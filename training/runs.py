@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the stages import torch; reading a run's config does not
     from genreid.training.stages.context import StageContext
 
 CONFIG_FILE = "config.json"
-CARD_JSON = "MODEL_CARD.json"  # an export's card: its run's preset, for runs started `--from` the export
+CARD_JSON = "MODEL_CARD.json"  # an export's card: the preset of exports older than model.json schema 2
 
 
 # Stage -> (the file that marks it finished, the preset fields its result depends on beyond those of the stages
@@ -66,11 +66,20 @@ def link_stages(source: Path, target: Path, stages: list[str]) -> None:
 
 
 def export_preset(models_dir: Path) -> Preset:
-    """The preset a model directory's run trained with, as its model card recorded it."""
-    card = models_dir / CARD_JSON
-    if not card.is_file():
-        raise FileNotFoundError(f"{card}: no model card to read the run's preset from; pass the run directory")
-    values = json.loads(card.read_text())["preset"]
+    """The preset an export's run trained with: model.json's (schema 2 keeps every field), or, for an older export
+    that kept only the preset's name, its model card's."""
+    from genreid.service.core.model_json import ModelError, ModelMetadata
+
+    try:
+        values = ModelMetadata.load(models_dir).preset
+    except ModelError:
+        values = {}
+    if set(values) <= {"name"}:
+        card = models_dir / CARD_JSON
+        if not card.is_file():
+            raise FileNotFoundError(f"{models_dir}: neither model.json nor {CARD_JSON} records the run's preset; "
+                                    "pass the run directory")
+        values = json.loads(card.read_text())["preset"]
     return Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
@@ -118,7 +127,7 @@ def run_context(run_dir: Path, cache_dir: Path | None) -> StageContext:
 
 def is_export(path: Path) -> bool:
     """A model directory `genreid export` wrote, as opposed to a training run."""
-    from genreid.service.encoders import METADATA_FILE
+    from genreid.service.core.model_json import METADATA_FILE
 
     return (path / METADATA_FILE).is_file() and not (path / CONFIG_FILE).is_file()
 

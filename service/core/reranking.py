@@ -25,7 +25,7 @@ from genreid.service.core.similarity import unit_length
 from genreid.service.store.base import NO_FILTER, Entry, EntryFilter, GalleryStore, Match, UnknownEntries
 
 if TYPE_CHECKING:
-    from genreid.service.encoders import ModelMetadata
+    from genreid.service.core.model_json import ModelMetadata
 
 _CHUNK = 256  # rows per block of query expansion: bounds memory in the all-queries variant
 
@@ -53,8 +53,7 @@ class RerankParams:
     @classmethod
     def from_model(cls, metadata: ModelMetadata) -> RerankParams | None:
         """The parameters an exported model carries (model.json `rerank`), or None for a model tuned without."""
-        raw = metadata.extra.get("rerank")
-        return None if raw is None else cls.from_dict(raw)
+        return None if metadata.rerank is None else cls.from_dict(metadata.rerank)
 
     def as_dict(self) -> dict[str, int | float]:
         values = asdict(self)

@@ -3,11 +3,13 @@ their stored crops."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, File, Form, HTTPException, Path, Query, Response, UploadFile
+from fastapi import APIRouter, Body, Depends, File, Form, HTTPException, Path, Query, Request, Response, UploadFile
+from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, TypeAdapter, ValidationError
 
 from genreid.service.dependencies import AdminDep, EncodersDep, EntryFilterDep, GalleryDep, ReaderDep, ServicesDep
@@ -59,6 +61,44 @@ class EntryList(BaseModel):
 
 class Relabel(BaseModel):
     person_id: Label
+
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_RELABEL_SCHEMA = Relabel.model_json_schema()
+
+
+def _invalid(*errors: dict) -> RequestValidationError:
+    """A body error in FastAPI's own shape, so the 422 reads like every other validation error."""
+    return RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in errors])
+
+
+async def relabel_body(request: Request) -> Relabel:
+    """PATCH's body as a form (`person_id`, like every other write) or JSON (`{"person_id"}`, as the route first
+    took): read by hand, since FastAPI binds a route's body to one media type."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    data: object
+    if media_type in FORM_TYPES:
+        async with request.form() as form:
+            values = form.getlist("person_id")
+        if len(values) > 1:
+            raise HTTPException(422, f"{len(values)} person_id fields: give one")
+        data = {"person_id": values[0]} if values else {}
+    elif media_type and media_type != "application/json" and not media_type.endswith("+json"):
+        raise HTTPException(422, f"body: {media_type} is neither JSON nor a form; send JSON {{\"person_id\": ...}} "
+                            "or a form field person_id")
+    else:
+        body = await request.body()
+        if not body:
+            raise _invalid({"type": "missing", "loc": (), "msg": "Field required", "input": None})
+        try:
+            data = json.loads(body)
+        except ValueError as error:
+            raise _invalid({"type": "json_invalid", "loc": (getattr(error, "pos", 0),), "msg": "JSON decode error",
+                            "input": {}}) from None
+    try:
+        return Relabel.model_validate(data)
+    except ValidationError as error:
+        raise _invalid(*error.errors(include_url=False)) from None
 
 
 class Merge(BaseModel):
@@ -178,9 +218,18 @@ def get_crop(entry_id: EntryId, gallery: GalleryDep) -> Response:
     return Response(crop, media_type="image/webp", headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.patch("/entries/{entry_id}", response_model=EntryOut, responses=error_responses(400, 404, 422, 507))
-def relabel(entry_id: EntryId, change: Relabel, gallery: GalleryDep, audit: AdminDep) -> EntryOut:
-    """Give one entry another person id (fix a label)."""
+@router.patch(
+    "/entries/{entry_id}", response_model=EntryOut, responses=error_responses(400, 404, 422, 507),
+    openapi_extra={"requestBody": {"required": True, "content": {
+        media_type: {"schema": _RELABEL_SCHEMA} for media_type in ("application/json", *FORM_TYPES)}}},
+)
+def relabel(
+    entry_id: EntryId,
+    audit: AdminDep,  # before the body: a caller without the admin role gets 401/403, not a body error
+    change: Annotated[Relabel, Depends(relabel_body)],
+    gallery: GalleryDep,
+) -> EntryOut:
+    """Give one entry another person id (fix a label): a form field `person_id` or JSON `{"person_id"}`."""
     entry = gallery.relabel(entry_id, person_id=change.person_id)
     audit("relabel", entry_ids=[entry_id], person_ids=[entry.person_id])
     return EntryOut.of(entry)

@@ -17,8 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from genreid.service.app import create_app
+from genreid.service.core.model_json import MODEL_FILES, ModelMetadata
 from genreid.service.core.schedule import Schedule
-from genreid.service.encoders import MODEL_FILES, ModelMetadata
 from genreid.service.settings import Settings
 
 HEIGHT, WIDTH, CODE_DIM = 64, 32, 32

@@ -23,7 +23,8 @@ from PIL import Image
 
 from genreid.service.app import create_app
 from genreid.service.core.imaging import preprocess
-from genreid.service.encoders import MODEL_FILES, Encoders, ModelError, ModelMetadata, open_session
+from genreid.service.core.model_json import MODEL_FILES, ModelError, ModelMetadata
+from genreid.service.encoders import Encoders, open_session
 from genreid.service.gallery_tools import embed_crops
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models"

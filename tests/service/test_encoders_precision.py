@@ -15,7 +15,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from genreid.service.encoders import MODEL_FILES, MODEL_ID_KEY, Encoders, ModelError, ModelMetadata
+from genreid.service.core.model_json import MODEL_FILES, ModelError, ModelMetadata
+from genreid.service.encoders import MODEL_ID_KEY, Encoders
 
 from .conftest import build_models
 

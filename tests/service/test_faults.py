@@ -19,8 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from genreid.service.app import create_app, open_services
+from genreid.service.core.model_json import MODEL_FILES
 from genreid.service.dependencies import Services
-from genreid.service.encoders import MODEL_FILES
 from genreid.service.settings import Settings
 from genreid.service.store.embedded import EmbeddedStore
 

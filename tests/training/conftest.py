@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from genreid.service.core.model_json import ModelMetadata
 from genreid.training.data.synthetic import write_synthetic_market
 from genreid.training.presets import Preset, get_preset
 from genreid.training.stages.context import StageContext
@@ -18,7 +19,7 @@ from genreid.training.trainer import setup_runtime
 class TinyRun:
     ctx: StageContext
     models: Path
-    metadata: dict
+    metadata: ModelMetadata
 
 
 def make_context(preset: Preset, data: Path, run_dir: Path, cache: Path, stop_after: int | None = None):

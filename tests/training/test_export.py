@@ -20,7 +20,8 @@ from PIL import Image
 import genreid.training.rerank
 from genreid.service.app import create_app
 from genreid.service.core.imaging import preprocess
-from genreid.service.encoders import MODEL_FILES, Encoders, open_session
+from genreid.service.core.model_json import MODEL_FILES
+from genreid.service.encoders import Encoders, open_session
 from genreid.service.gallery_tools import embed_crops
 from genreid.service.settings import Settings
 from genreid.training.export import export_run
@@ -102,9 +103,9 @@ def test_the_service_enrols_queries_and_transfers_with_the_finer_inv_id(finer_ru
 
 def test_evaluate_card_figures_and_rerank_encode_identity_at_128x64(finer_run: TinyRun, synthetic_root: Path,
                                                                    tmp_path: Path, monkeypatch) -> None:
+    from genreid.training.export import retune_rerank
     from genreid.training.figures import make_figures
     from genreid.training.model_card import CARD_JSON, write_card
-    from genreid.training.rerank import tune_rerank
 
     evaluated = subprocess.run([sys.executable, "-m", "genreid.service.cli", "evaluate", "--data", str(synthetic_root),
                                 "--models", str(finer_run.models), "--device", "cpu"],
@@ -112,7 +113,7 @@ def test_evaluate_card_figures_and_rerank_encode_identity_at_128x64(finer_run: T
     assert json.loads(evaluated.stdout)["gallery"] == 6 * 3 * 2
     monkeypatch.setattr(genreid.training.rerank, "GRID",
                         {"candidates": (5,), "k1": (3,), "k2": (1,), "lambda_": (0.3,)})
-    assert tune_rerank(finer_run.ctx, finer_run.models)["validation"]["reranked"]["queries"] > 0
+    assert retune_rerank(finer_run.ctx, finer_run.models)["validation"]["reranked"]["queries"] > 0
     text = write_card(finer_run.ctx, finer_run.models).read_text()
     card = json.loads((finer_run.models / CARD_JSON).read_text())
     assert card["input_sizes"] == {"inv_id": list(FINER), "generator": list(GENERATOR)}

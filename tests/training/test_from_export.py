@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from genreid.service.core.model_json import IdentityCodes
 from genreid.training.data.synthetic import write_synthetic_market
 from genreid.training.export import round_weights_to_half
 from genreid.training.model_card import write_card
@@ -129,9 +130,9 @@ def test_later_stages_and_the_ledger_follow(tiny_run, export_dir, finished):
     [record] = record_run(ctx)
     assert record.variant == "hybrid, 3 steps, on an exported generator (codes recovered)"
     metadata = export_run(ctx, finished.parent / "models")
-    assert max(metadata["onnx_parity_max_abs"].values()) < 1e-4
+    assert max(metadata.onnx_parity_max_abs.values()) < 1e-4
     # Its export keeps the recovered table, and says so: the next run from it neither recovers nor forgets that.
-    assert metadata["identity_codes"] == {"file": CODES_FILE, "recovered": True}
+    assert metadata.identity_codes == IdentityCodes(file=CODES_FILE, recovered=True)
     assert np.array_equal(np.load(finished.parent / "models" / CODES_FILE), ctx.load("generator")["codes"].numpy())
 
 

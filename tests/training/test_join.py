@@ -60,7 +60,7 @@ def test_the_joined_inv_id_is_the_members_mean_and_exports_as_one(members, tmp_p
     session = open_session(models / "inv_id.onnx", ["CPUExecutionProvider"])
     exported = session.run(None, {"image": images.numpy()})[0]
     np.testing.assert_allclose(exported, ((codes[0] + codes[1]) / 2).numpy(), atol=PARITY_TOLERANCE, rtol=0)
-    assert metadata["match_threshold"] == result["validation"]["threshold_fmr1"]
+    assert metadata.match_threshold == result["validation"]["threshold_fmr1"]
 
     # The card reproduces the joined run as its members and the join, also when rebuilt without the run.
     join_line = "genreid join-inv-ids runs/tiny runs/tiny-inv-id-2 --out runs/tiny-joined"

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from genreid.service.encoders import MODEL_FILES
+from genreid.service.core.model_json import MODEL_FILES
 from genreid.training.export import round_weights_to_half
 from genreid.training.networks.unet import UNet
 from genreid.training.onnx_weights import load_onnx_weights

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from genreid.service.encoders import Encoders, ModelMetadata
+from genreid.service.core.model_json import ModelMetadata
+from genreid.service.encoders import Encoders
 from genreid.training.export import parity, round_weights_to_half
 from genreid.training.pipeline import stage_table
 from genreid.training.runs import CONFIG_FILE, reusable_stages
@@ -70,7 +71,7 @@ def test_onnx_matches_torch_on_batches_of_1_and_7(tiny_run):
     ctx = tiny_run.ctx
     unet, _ = ctx.generator()
     inv_id, inv_noise = ctx.new_inv_id(), ctx.new_inv_noise()
-    inv_id.load_state_dict(ctx.load(f"inv_id_{tiny_run.metadata['inv_id_mode']}")["model"])
+    inv_id.load_state_dict(ctx.load(f"inv_id_{tiny_run.metadata.inv_id_mode}")["model"])
     inv_noise.load_state_dict(ctx.load("inv_noise")["model"])
     from genreid.training.export import Denoiser
 
@@ -86,14 +87,14 @@ def test_onnx_matches_torch_on_batches_of_1_and_7(tiny_run):
 def test_export_serves_through_onnx_runtime(tiny_run, synthetic_root):
     encoders = Encoders(tiny_run.models, device="cpu", precision="float")  # INT8: tests/training/test_quantize.py
     assert encoders.metadata.resolution == (64, 32)
-    assert encoders.metadata.match_threshold == tiny_run.metadata["match_threshold"]
+    assert encoders.metadata.match_threshold == tiny_run.metadata.match_threshold
     _, val = tiny_run.ctx.splits
     images = val.floats(slice(0, 5))
     codes = encoders.identity(images)
     assert codes.shape == (5, 32)
     with torch.no_grad():
         inv_id = tiny_run.ctx.new_inv_id()
-        inv_id.load_state_dict(tiny_run.ctx.load(f"inv_id_{tiny_run.metadata['inv_id_mode']}")["model"])
+        inv_id.load_state_dict(tiny_run.ctx.load(f"inv_id_{tiny_run.metadata.inv_id_mode}")["model"])
         reference = embed(round_weights_to_half(inv_id), val.subset(np.arange(len(val)) < 5), torch.device("cpu"))
     np.testing.assert_allclose(codes, reference, atol=1e-4)
     rendered = encoders.render(codes, encoders.noise(images))
@@ -131,7 +132,7 @@ def test_model_card_reports_both_inv_id_variants(tiny_run):
     path = write_card(tiny_run.ctx, tiny_run.models)
     card = json.loads((tiny_run.models / CARD_JSON).read_text())
     assert set(card["test"]) == {"hybrid", "paper"}
-    assert card["shipped_inv_id"] == tiny_run.metadata["inv_id_mode"]
+    assert card["shipped_inv_id"] == tiny_run.metadata.inv_id_mode
     # The shipped variant's test metrics come through ONNX Runtime and match `genreid evaluate`'s path.
     assert card["test"]["hybrid"]["gallery"] == 6 * 3 * 2
     assert set(card["training_wall_seconds"]) >= {"generator", "codes", "samples", "inv_noise"}

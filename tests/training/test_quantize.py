@@ -14,8 +14,9 @@ import pytest
 from onnx import numpy_helper
 
 import genreid.training.quantize
-from genreid.service.encoders import MODEL_FILES, MODEL_ID_KEY, Encoders, ModelMetadata
-from genreid.training.quantize import CALIBRATION, INT8_FILES, MAX_MAP_LOSS, fold_half_casts, model_id, quantize_models
+from genreid.service.core.model_json import MODEL_FILES, ModelMetadata
+from genreid.service.encoders import MODEL_ID_KEY, Encoders
+from genreid.training.quantize import CALIBRATION, INT8_FILES, MAX_MAP_LOSS, fold_half_casts, model_id, quantize_inv_id
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models"
 
@@ -25,8 +26,7 @@ def _float_only(models: Path, into: Path) -> Path:
     shutil.copytree(models, into)
     (into / INT8_FILES["inv_id"]).unlink()
     metadata = ModelMetadata.load(into)
-    replace(metadata, model_id=None, int8_files={}, cpu_precision={},
-            extra={k: v for k, v in metadata.extra.items() if k != "quantization"}).save(into)
+    replace(metadata, model_id=None, int8_files={}, cpu_precision={}, quantization={}).save(into)
     return into
 
 
@@ -44,7 +44,7 @@ def test_export_identifies_the_model_and_ships_an_int8_inv_id(tiny_run):
     ops = {node.op_type for node in quantised.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert any(t.data_type == onnx.TensorProto.INT8 for t in quantised.graph.initializer)
-    validation = metadata.extra["quantization"]["inv_id"]["validation"]
+    validation = metadata.quantization["inv_id"].validation
     loss = validation["float32"]["mAP"] - validation["int8"]["mAP"]
     assert metadata.cpu_precision == {"inv_id": "int8" if loss <= MAX_MAP_LOSS else "float32"}
 
@@ -90,7 +90,8 @@ def test_model_id_is_defined_by_the_numbers_not_the_file(tiny_run, tmp_path):
 def test_quantize_works_from_float_files_and_keeps_float_on_cpu_when_int8_loses(tiny_run, tmp_path, monkeypatch):
     models = _float_only(tiny_run.models, tmp_path / "models")
     monkeypatch.setattr(genreid.training.quantize, "MAX_MAP_LOSS", -1.0)  # no INT8 model can pass: the gate must say no
-    metadata = quantize_models(tiny_run.ctx, models)
+    metadata = quantize_inv_id(tiny_run.ctx, models, ModelMetadata.load(models))
+    metadata.save(models)
     assert metadata.model_id == ModelMetadata.load(tiny_run.models).model_id
     assert (models / INT8_FILES["inv_id"]).is_file()
     assert metadata.cpu_precision == {"inv_id": "float32"}
@@ -121,7 +122,7 @@ def test_a_model_directory_without_its_run_is_quantised_and_carded(tiny_run, syn
     assert card["test"]["paper"] == from_run["test"]["paper"]  # only its torch checkpoint could re-measure it
     assert card["test"]["hybrid"] == card["precision"]["inv_id"]["test"]["float32"]
     assert card["precision"]["cpu"]["inv_id"] == metadata.cpu_precision["inv_id"]
-    assert card["precision"]["calibration"] == metadata.extra["quantization"]["inv_id"]["calibration"] == CALIBRATION
+    assert card["precision"]["calibration"] == metadata.quantization["inv_id"].calibration == CALIBRATION
     text = (models / CARD_FILE).read_text()
     assert f"ranges at their {CALIBRATION})" in text.replace("\n", " ")
     assert "training run being gone" in text and metadata.model_id in text

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,10 @@ import pytest
 import genreid.training.data.cache
 import genreid.training.rerank
 import genreid.training.stages.context
+from genreid.service.core.model_json import ModelMetadata
 from genreid.service.core.reranking import RerankParams
-from genreid.service.encoders import ModelMetadata
-from genreid.training.rerank import TOLERANCE, tune_rerank
+from genreid.training.export import retune_rerank
+from genreid.training.rerank import TOLERANCE
 
 
 def test_tuning_reads_only_the_training_split_and_writes_what_the_service_reads(tiny_run, tmp_path: Path,
@@ -34,7 +36,7 @@ def test_tuning_reads_only_the_training_split_and_writes_what_the_service_reads(
     monkeypatch.setattr(genreid.training.rerank, "GRID", {"candidates": (5, 40), "k1": (3, 6), "k2": (1, 3),
                                                   "lambda_": (0.3,)})
     ctx = dataclasses.replace(tiny_run.ctx)  # a fresh context: no split decoded yet
-    record = tune_rerank(ctx, models)
+    record = retune_rerank(ctx, models)
 
     params = RerankParams.from_model(ModelMetadata.load(models))
     assert params is not None and params.as_dict() == {key: record[key] for key in ("k1", "k2", "lambda",
@@ -54,6 +56,7 @@ def test_evaluate_rerank_reports_the_three_rankings_and_refuses_an_untuned_model
                                                                                  monkeypatch: pytest.MonkeyPatch):
     models = tmp_path / "models"
     shutil.copytree(tiny_run.models, models)
+    replace(ModelMetadata.load(models), rerank=None).save(models)  # as an export tuned without re-ranking
     command = [sys.executable, "-m", "genreid.service.cli", "evaluate", "--data", str(synthetic_root), "--models",
                str(models), "--device", "cpu", "--rerank"]
     refused = subprocess.run(command, capture_output=True, text=True)
@@ -62,7 +65,7 @@ def test_evaluate_rerank_reports_the_three_rankings_and_refuses_an_untuned_model
 
     monkeypatch.setattr(genreid.training.rerank, "GRID", {"candidates": (5, 40), "k1": (3,), "k2": (1, 3),
                                                   "lambda_": (0.3,)})
-    tune_rerank(dataclasses.replace(tiny_run.ctx), models)
+    retune_rerank(dataclasses.replace(tiny_run.ctx), models)
     result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
     params = RerankParams.from_model(ModelMetadata.load(models))
     assert result["rerank"] == params.as_dict()

@@ -2,40 +2,41 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from genreid.training.networks.unet import Encoder, UNet
+from genreid.training.networks.trunks import Trunk, build_trunk
+from genreid.training.networks.unet import UNet
+
+if TYPE_CHECKING:
+    from genreid.training.presets import Preset
 
 
 class InvId(nn.Module):
-    """The U-Net encoder trunk (no skips) flattened into dense layers 512 -> 128 -> code_dim.
+    """A trunk from the registry (training/networks/trunks.py) and a head of dense layers 512 -> 128 -> code_dim.
 
-    Flattening (rather than global pooling) keeps where on the body a colour sits, as the reference does.
-    `stripes` > 0 first averages the feature map into that many horizontal stripes (head, torso, legs...):
-    the vertical layout survives with a fraction of the dense weights, which overfit less. `stem_stride` 2 reads
-    2x2 patches at the input (see Encoder): the trunk then costs what it costs at half the resolution;
-    `last_stride` 1 keeps the last map at twice the rows and columns. `neck` ends in a BatchNorm (re-ID's BNNeck):
-    the code is the normalised feature, and training can put its triplet term on the feature before the norm.
+    The head flattens the trunk's map (rather than pooling it globally) to keep where on the body a colour sits, as
+    the reference does. `stripes` > 0 first averages the map into that many horizontal stripes (head, torso,
+    legs...): the vertical layout survives with a fraction of the dense weights, which overfit less. `neck` ends in
+    a BatchNorm (re-ID's BNNeck): the code is the normalised feature, and training can put its triplet term on the
+    feature before the norm.
     """
 
-    def __init__(
-        self, widths: tuple[int, ...], blocks: int, resolution: tuple[int, int], code_dim: int = 32, stripes: int = 0,
-        *, stem_stride: int = 1, last_stride: int = 2, neck: bool = False,
-    ):
+    def __init__(self, trunk: Trunk, resolution: tuple[int, int], code_dim: int = 32, stripes: int = 0, *,
+                 neck: bool = False):
         super().__init__()
-        if last_stride not in (1, 2):
-            raise ValueError(f"inv_id_last_stride is 1 (no pooling before the bottleneck) or 2, not {last_stride}")
-        self.trunk = Encoder(widths, blocks, stem_stride=stem_stride, last_stride=last_stride)
-        scale = 2 ** (len(widths) - 2) * last_stride * stem_stride
-        rows, cols = resolution[0] // scale, resolution[1] // scale
+        self.trunk = trunk
+        rows, cols = resolution[0] // trunk.reduction, resolution[1] // trunk.reduction
         if stripes:
             if rows % stripes:
                 raise ValueError(f"{stripes} stripes do not divide the {rows} rows of the feature map")
             rows, cols = stripes, 1
-        flat = self.trunk.out_channels * rows * cols
+        flat = trunk.out_channels * rows * cols
         self.head = nn.Sequential(
-            nn.AvgPool2d((resolution[0] // scale // rows, resolution[1] // scale)) if stripes else nn.Identity(),
+            nn.AvgPool2d((resolution[0] // trunk.reduction // rows, resolution[1] // trunk.reduction))
+            if stripes else nn.Identity(),
             nn.Flatten(),
             nn.Dropout(0.2),
             nn.Linear(flat, 512),
@@ -46,11 +47,15 @@ class InvId(nn.Module):
         )
         self.neck = nn.BatchNorm1d(code_dim) if neck else nn.Identity()
 
+    @classmethod
+    def from_preset(cls, preset: Preset) -> InvId:
+        return cls(build_trunk(preset), preset.inv_id_resolution, preset.code_dim, preset.inv_id_stripes,
+                   neck=preset.inv_id_bnneck)
+
     def forward(self, images: torch.Tensor, *, with_feature: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """The identity code; with `with_feature`, (feature before the neck, code): the same tensor twice without
         a neck."""
-        features, _ = self.trunk(images)
-        feature = self.head(features)
+        feature = self.head(self.trunk(images))
         code = self.neck(feature)
         return (feature, code) if with_feature else code
 
@@ -63,12 +68,12 @@ class InvId(nn.Module):
         self.neck.bias.copy_(codes.mean(0))
 
     def load_finished(self, state: dict[str, torch.Tensor]) -> None:
-        """Start from a finished Inv-Id's weights (progressive resizing). A 1x1 input conv is spread evenly over
-        this one's s x s patches, so the model starts out computing what the finished one does on the crop
-        box-downsampled s times, and learns the detail from there."""
-        stem = self.trunk.stem.weight
-        saved = state["trunk.stem.weight"]
-        if saved.shape[-2:] == (1, 1) and stem.shape[-2:] != (1, 1):
+        """Start from a finished Inv-Id's weights (progressive resizing). For the U-Net trunk, a 1x1 input conv is
+        spread evenly over this one's s x s patches, so the model starts out computing what the finished one does on
+        the crop box-downsampled s times, and learns the detail from there."""
+        saved = state.get("trunk.stem.weight")
+        stem = getattr(self.trunk.stem, "weight", None)
+        if saved is not None and stem is not None and saved.shape[-2:] == (1, 1) and stem.shape[-2:] != (1, 1):
             patch = stem.shape[-2] * stem.shape[-1]
             state = {**state, "trunk.stem.weight": saved.expand(*saved.shape[:2], *stem.shape[-2:]) / patch}
         self.load_state_dict(state)

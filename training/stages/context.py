@@ -106,10 +106,7 @@ class StageContext:
     def new_inv_id(self) -> InvId | InvIdMean:
         """The preset's Inv-Id, or the mean of `inv_id_members` of them (a joined run)."""
         preset = self.preset
-        members = [InvId(preset.inv_id_widths or preset.inv_widths, preset.blocks, preset.inv_id_resolution,
-                         preset.code_dim, preset.inv_id_stripes, stem_stride=preset.inv_id_stem_stride,
-                         last_stride=preset.inv_id_last_stride, neck=preset.inv_id_bnneck)
-                   for _ in range(preset.inv_id_members)]
+        members = [InvId.from_preset(preset) for _ in range(preset.inv_id_members)]
         return members[0] if len(members) == 1 else InvIdMean(members)
 
     def new_inv_noise(self) -> InvNoise:

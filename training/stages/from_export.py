@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from genreid.service.core.imaging import to_chw_float
+from genreid.service.core.model_json import MODEL_FILES, ModelMetadata
 from genreid.service.core.similarity import code_distances
-from genreid.service.encoders import MODEL_FILES, Encoders, ModelMetadata
+from genreid.service.encoders import Encoders
 from genreid.training.networks.unet import UNet
 from genreid.training.onnx_weights import load_onnx_weights
 from genreid.training.stages.context import StageContext, normalise, to_device_floats
@@ -51,7 +52,7 @@ def exported_denoiser(ctx: StageContext, models_dir: Path) -> UNet:
 def check_same_data(metadata: ModelMetadata, person_ids: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
                     models_dir: Path) -> None:
     """The codes are recovered from the crops the model was trained on: another data folder or split is refused."""
-    identities = metadata.extra.get("identities")
+    identities = metadata.identities
     same_stats = np.allclose(mean.cpu().numpy(), metadata.mean, atol=STATS_TOLERANCE) and np.allclose(
         std.cpu().numpy(), metadata.std, atol=STATS_TOLERANCE)
     if identities != len(person_ids) or not same_stats:
@@ -77,14 +78,14 @@ def exported_codes(models_dir: Path, metadata: ModelMetadata, *, identities: int
                    code_dim: int) -> tuple[torch.Tensor, bool] | None:
     """The export's identity-code table and whether it was itself recovered, or None for an export without one
     (written before exports kept it)."""
-    entry = metadata.extra.get("identity_codes")
+    entry = metadata.identity_codes
     if entry is None:
         return None
-    table = np.load(models_dir / entry["file"])
+    table = np.load(models_dir / entry.file)
     if table.shape != (identities, code_dim):
-        raise ValueError(f"{models_dir / entry['file']} holds a {table.shape} code table where {identities} "
+        raise ValueError(f"{models_dir / entry.file} holds a {table.shape} code table where {identities} "
                          f"identities of {code_dim} were expected: the export is damaged")
-    return torch.from_numpy(table.astype(np.float32)), bool(entry["recovered"])
+    return torch.from_numpy(table.astype(np.float32)), entry.recovered
 
 
 def recover_codes(ctx: StageContext, unet: UNet, crops: GeneratorCrops) -> torch.Tensor | None:
@@ -142,7 +143,7 @@ def generator_from_export(ctx: StageContext, models_dir: Path) -> None:
     log.info("generator: from %s, codes %s; the export's Inv-Id puts %.1f %% of training crops nearest their own "
              "identity's code; code distances %s (the export's own: %s)", models_dir,
              "recovered by inversion" if stored is None else "as exported", 100 * agreement, stats,
-             metadata.extra.get("code_stats"))
+             metadata.code_stats)
     save_atomic({"unet": unet.state_dict(), "codes": table, "person_ids": crops.person_ids, "mean": crops.mean.cpu(),
                  "std": crops.std.cpu(), "code_stats": stats, "from_export": str(models_dir),
                  "codes_recovered": recovered, "inv_id_agreement": agreement}, ctx.path("generator.pt"))

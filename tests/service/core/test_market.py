@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from genreid.service.core.evaluation import evaluate_codes
 from genreid.service.core.market import Crop, MarketLayoutError, check_layout, parse_name, read_split
 
-REAL_SUBSET = Path(__file__).resolve().parents[1].parent / "shared/data/market1501-subset"
+REAL_SUBSET = Path(__file__).resolve().parents[3].parent / "shared/data/market1501-subset"
 
 
 def make_layout(root: Path, files: dict[str, list[str]]) -> Path:
@@ -243,3 +245,56 @@ def test_real_subset_has_one_query_per_identity_and_camera(real: dict[str, list[
     # Every (identity, camera) of the test identities has its query.
     test_pairs = {(c.person_id, c.camera) for c in real["query"] + real["gallery"]}
     assert set(pairs) == test_pairs
+
+
+# ------------------------------------------------------------------------------------ the official split
+
+REAL_OFFICIAL = REAL_SUBSET.parent / "market1501"
+
+
+@pytest.fixture(scope="module")
+def official() -> dict[str, list[Crop]]:
+    if not REAL_OFFICIAL.is_dir():
+        pytest.skip(f"{REAL_OFFICIAL} is not on this machine")
+    return {split: read_split(REAL_OFFICIAL, split) for split in ("train", "query", "gallery")}
+
+
+def test_official_split_reads_as_published(official: dict[str, list[Crop]]) -> None:
+    """Market-1501's official query / gallery: all 3,368 queries of 750 identities; of the 19,732 gallery files the
+    3,819 junk (-1) crops are dropped and the 2,798 distractors (0000) kept; the training folder holds 601 of the
+    751 training identities, none of them a test identity."""
+    folder = REAL_OFFICIAL / "bounding_box_test"
+    files = [path.name for path in folder.iterdir() if path.suffix == ".jpg"]
+    assert len(files) == 19_732 and sum(name.startswith("-1_") for name in files) == 3_819
+    query, gallery, train = official["query"], official["gallery"], official["train"]
+    assert len(query) == 3_368 and len({c.person_id for c in query}) == 750
+    assert len(gallery) == 15_913 and sum(c.person_id == 0 for c in gallery) == 2_798
+    assert {c.person_id for c in gallery} == {c.person_id for c in query} | {0}
+    assert len(train) == 10_480 and len({c.person_id for c in train}) == 601
+    assert not {c.person_id for c in train} & {c.person_id for c in query}
+    assert {c.camera for split in official.values() for c in split} == set(range(1, 7))
+
+
+def test_official_protocol_drops_same_camera_matches_and_keeps_distractors(official: dict[str, list[Crop]]) -> None:
+    """Scored as published: codes that know every identity give mAP 1 on all 3,368 queries; camera 1's gallery crops
+    scrambled leave camera 1's queries at mAP 1 under the standard protocol (those crops are dropped for them) but
+    not under the lenient one (kept as matches); distractors sitting on a query's identity count as negatives."""
+    query, gallery = official["query"], official["gallery"]
+    table = np.random.default_rng(0).standard_normal((1502, 32))
+    q_pids, g_pids = np.array([c.person_id for c in query]), np.array([c.person_id for c in gallery])
+    q_cams, g_cams = np.array([c.camera for c in query]), np.array([c.camera for c in gallery])
+    q_codes, g_codes = table[q_pids], table[g_pids]
+    exact = evaluate_codes(q_codes, g_codes, q_pids, g_pids, q_cams, g_cams)
+    assert exact.queries == 3_368 and exact.gallery == 15_913 and exact.mAP == pytest.approx(1.0)
+
+    camera_one = q_cams == 1
+    scrambled = g_codes.copy()
+    scrambled[g_cams == 1] = np.random.default_rng(1).standard_normal(((g_cams == 1).sum(), 32))
+    args = (q_codes[camera_one], scrambled, q_pids[camera_one], g_pids, q_cams[camera_one], g_cams)
+    assert evaluate_codes(*args).mAP == pytest.approx(1.0)
+    assert evaluate_codes(*args, protocol="lenient").mAP < 0.99
+
+    fooled = g_codes.copy()
+    distractors = np.flatnonzero(g_pids == 0)
+    fooled[distractors] = table[q_pids[: len(distractors)]]  # gallery order puts 0000 first: they win the ties
+    assert evaluate_codes(q_codes, fooled, q_pids, g_pids, q_cams, g_cams).mAP < 0.99

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ from fastapi.testclient import TestClient
 
 from genreid.service.app import create_app
 from genreid.service.core.evaluation import Evaluator
+from genreid.service.core.model_json import ModelMetadata
 from genreid.service.core.reranking import RerankParams, rerank_all, rerank_search
-from genreid.service.encoders import Encoders, ModelMetadata
+from genreid.service.encoders import Encoders
 from genreid.service.store import EntryFilter, NewEntry
 from genreid.service.store.embedded import EmbeddedStore
 
@@ -205,7 +207,7 @@ def reranking_models(models_dir: Path, tmp_path: Path) -> Path:
     directory = tmp_path / "models-rerank"
     shutil.copytree(models_dir, directory)
     metadata = ModelMetadata.load(directory)
-    metadata.extra["rerank"] = {"k1": 4, "k2": 2, "lambda": 0.3, "candidates": 12}
+    metadata = replace(metadata, rerank={"k1": 4, "k2": 2, "lambda": 0.3, "candidates": 12})
     metadata.save(directory)
     return directory
 

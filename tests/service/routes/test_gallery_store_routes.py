@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from genreid.service.app import create_app
-from genreid.service.encoders import ModelMetadata
+from genreid.service.core.model_json import ModelMetadata
 
 TIMES = ["2026-12-01T08:00:00Z", "2026-12-01T09:30:00+01:00", "", "2026-12-01T12:00:00Z", "2026-12-01T13:00:00Z"]
 PEOPLE = [(1, 0), (1, 5), (2, 0), (2, 9), (3, 0)]
