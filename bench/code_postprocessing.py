@@ -22,7 +22,7 @@ from _common import accuracy_bench, accuracy_cells
 from inv_id_ensemble import run_codes, score
 
 from genreid.service.core.similarity import unit_length
-from genreid.training.stages.inverters import require_one_code_table
+from genreid.training.stages.inv_id import require_one_code_table
 
 SPLITS = ("val_query", "val_gallery", "test_query", "test_gallery")
 WHITENING_FLOOR = 0.1  # eigenvalues below this fraction of the largest are floored (0.01 scored lower still)

@@ -25,13 +25,8 @@ from genreid.service.core.evaluation import Evaluator, RetrievalMetrics, evaluat
 from genreid.service.core.similarity import code_distances
 from genreid.training.data.cache import ImageSet
 from genreid.training.runs import run_context
-from genreid.training.stages.inverters import (
-    best_inv_id,
-    embed,
-    require_one_code_table,
-    saved_inv_id,
-    validation_evaluator,
-)
+from genreid.training.stages.inv_id import require_one_code_table
+from genreid.training.validation import best_inv_id, embed, saved_inv_id, validation_evaluator
 
 
 @dataclass(frozen=True)

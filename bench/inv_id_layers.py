@@ -22,7 +22,7 @@ from _common import REPO_ROOT, accuracy_bench, accuracy_cells
 from genreid.service.core.evaluation import Evaluator
 from genreid.training.data.cache import ImageSet
 from genreid.training.runs import models_context
-from genreid.training.stages.inverters import validation_evaluator
+from genreid.training.validation import validation_evaluator
 
 # Graph tensor -> what it is, in the order the head computes them (torch.onnx's names for the `cpu` preset's
 # 4-stripe head: average pool + flatten, Linear 512, SiLU, Linear 128, SiLU, Linear code_dim).

@@ -1,6 +1,6 @@
 """Inv-Id against the discriminative peer, torchreid's OSNet-x0.25, at the same 64x32 input and batch: crops/s.
 
-Issue #16's moonshot: does our identity encoder, served as we serve it, embed at least as fast as OSNet-x0.25 on
+The speed moonshot: does our identity encoder, served as we serve it, embed at least as fast as OSNet-x0.25 on
 a 2-core CPU? Timed side by side, on the same seeded random inputs (N, 3, 64, 32) in [0, 1] (preprocessing not
 timed; the cost does not depend on the pixels):
 

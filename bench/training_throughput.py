@@ -31,9 +31,9 @@ from genreid.training.allocator import SWITCH, current_allocator, reexec_under_j
 from genreid.training.data.synthetic import write_synthetic_market
 from genreid.training.pipeline import run_stages
 from genreid.training.presets import PRESETS, get_preset
+from genreid.training.runtime import Runtime
 from genreid.training.stages.context import StageContext
 from genreid.training.stages.samples import CHUNK
-from genreid.training.trainer import Runtime
 
 # log.jsonl stage name -> (row name, unit)
 TRAINED = {"generator": ("generator", "images/s"), "codes": ("codes", "codes/s"),

@@ -16,12 +16,14 @@ from torch import nn
 
 from genreid.service.core.model_json import MODEL_FILES, IdentityCodes, ModelMetadata, input_sizes
 from genreid.service.encoders import open_session
+from genreid.training.networks.trunks import multiply_adds
 from genreid.training.networks.unet import UNet
 from genreid.training.quantize import quantize_inv_id
 from genreid.training.rerank import tune_rerank
 from genreid.training.stages.context import StageContext
 from genreid.training.stages.from_export import CODES_FILE
-from genreid.training.stages.inverters import best_inv_id, reconstruction_error
+from genreid.training.stages.inv_noise import reconstruction_error
+from genreid.training.validation import best_inv_id
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-4
@@ -183,6 +185,7 @@ def export_run(ctx: StageContext, models_dir: Path) -> ModelMetadata:
         identities=len(generator["person_ids"]),
         identity_codes=IdentityCodes(file=CODES_FILE, recovered=bool(generator.get("codes_recovered", False))),
         parameters={name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()},
+        mult_adds={name: multiply_adds(modules[name], size) for name, size in sizes.items() if name != "denoiser"},
         onnx_parity_max_abs=differences,
     )
     # The code table is no network the service runs, but a run started from this export needs it (its denoiser is

@@ -13,6 +13,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from genreid.training.run_files import (
+    MACHINES_FILE,
+    TIMINGS_FILE,
+    read_stage_record,
+    record_stage,
+    save_atomic,
+    write_text_atomic,
+)
 from genreid.training.runs import (
     CONFIG_FILE,
     GENERATOR_FROM,
@@ -24,15 +32,8 @@ from genreid.training.runs import (
     stage_context,
 )
 from genreid.training.stages.context import StageContext
-from genreid.training.stages.inverters import best_inv_id, require_one_code_table, validate_inv_id
-from genreid.training.trainer import (
-    MACHINES_FILE,
-    TIMINGS_FILE,
-    read_stage_record,
-    record_stage,
-    save_atomic,
-    write_text_atomic,
-)
+from genreid.training.stages.inv_id import require_one_code_table
+from genreid.training.validation import best_inv_id, validate_inv_id
 
 
 def _check_members(runs: list[Path], contexts: list[StageContext]) -> None:

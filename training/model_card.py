@@ -24,6 +24,7 @@ from genreid.service.core.reranking import RerankParams
 from genreid.service.encoders import Encoders
 from genreid.training.data.cache import ImageSet
 from genreid.training.presets import get_preset
+from genreid.training.run_files import MACHINES_FILE, TIMINGS_FILE, read_stage_record
 from genreid.training.run_ledger import (
     RunRecord,
     Spread,
@@ -33,9 +34,9 @@ from genreid.training.run_ledger import (
     summarise,
 )
 from genreid.training.runs import CARD_JSON, MEMBER_FIELDS, joined_members
+from genreid.training.runtime import hardware, machine_name
 from genreid.training.stages.context import StageContext
-from genreid.training.stages.inverters import finished_inv_ids, inv_id_evaluator
-from genreid.training.trainer import MACHINES_FILE, TIMINGS_FILE, hardware, machine_name, read_stage_record
+from genreid.training.validation import finished_inv_ids, inv_id_evaluator
 
 CARD_FILE = "MODEL_CARD.md"
 SUBSET = "market1501-subset"
@@ -138,6 +139,7 @@ def build_card(ctx: StageContext, models_dir: Path, *, from_run: bool) -> dict[s
         },
         **facts,
         "parameters": metadata.parameters,
+        "mult_adds": metadata.mult_adds,
         "shipped_inv_id": shipped,
         "test": {mode: test["float32"] if mode == shipped else facts["test"][mode] for mode in facts["validation"]},
         "test_lenient_protocol": lenient,
@@ -289,7 +291,10 @@ def render_markdown(card: dict[str, Any]) -> str:
     machines = card.get("training_machines", {})
     times = "\n".join(f"| {stage} | {seconds / 60:.1f} | {machines.get(stage, 'not recorded')} |"
                       for stage, seconds in card["training_wall_seconds"].items())
-    params = "\n".join(f"| {name} | {count / 1e6:.2f} M |" for name, count in card["parameters"].items())
+    mult_adds = card.get("mult_adds", {})  # cards before trunks had a registry did not count them
+    params = "\n".join(f"| {name} | {count / 1e6:.2f} M | "
+                       f"{f'{mult_adds[name] / 1e6:.0f} M' if name in mult_adds else '-'} |"
+                       for name, count in card["parameters"].items())
     recon = card["reconstruction"]
     precision = card["precision"]
     parity = precision["inv_id"]

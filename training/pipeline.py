@@ -8,14 +8,17 @@ from collections.abc import Callable
 
 import torch
 
+from genreid.training.inv_id_modes import uses_generator
+from genreid.training.run_files import MACHINES_FILE, TIMINGS_FILE, record_stage
 from genreid.training.runs import REUSABLE, export_preset
+from genreid.training.runtime import machine_description
 from genreid.training.stages.codes import train_codes
 from genreid.training.stages.context import StageContext
 from genreid.training.stages.from_export import generator_from_export, import_inv_noise
 from genreid.training.stages.generator import train_generator
-from genreid.training.stages.inverters import train_inv_id, train_inv_noise, uses_generator
+from genreid.training.stages.inv_id import train_inv_id
+from genreid.training.stages.inv_noise import train_inv_noise
 from genreid.training.stages.samples import make_samples
-from genreid.training.trainer import MACHINES_FILE, TIMINGS_FILE, machine_description, record_stage
 
 log = logging.getLogger(__name__)
 

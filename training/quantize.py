@@ -28,7 +28,7 @@ from onnx import numpy_helper
 from genreid.service.core.model_json import MODEL_FILES, ModelMetadata, Quantization
 from genreid.service.encoders import MODEL_ID_KEY, Encoders
 from genreid.training.stages.context import StageContext
-from genreid.training.stages.inverters import validate_inv_id
+from genreid.training.validation import validate_inv_id
 
 log = logging.getLogger(__name__)
 CALIBRATION_BATCH = 32
@@ -96,20 +96,24 @@ class _Batches:
         return next(self._batches, None)
 
 
-def quantize_network(float_path: Path, out_path: Path, calibration: np.ndarray, *, identity: str) -> Path:
+def quantize_network(float_path: Path, out_path: Path, calibration: np.ndarray, *, identity: str,
+                     ranges: str = "percentile") -> Path:
     """Write the INT8 (QDQ) variant of a one-input float network, calibrated on `calibration` (N, 3, H, W) in
     [0, 1], and stamp it with the float model's `identity` so a server can tell a stale variant from a fresh one.
+    `ranges` "minmax" is for timing untrained networks (bench/trunk_throughput.py), whose near-constant
+    activations the percentile histogram cannot bin; it costs the same to run.
     Runs in a fresh process: ONNX Runtime's quantiser opens sessions with their own thread pools, which it refuses
     in a process whose sessions already share the global pool (genreid.service.encoders.open_session)."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(_quantize_here, float_path, out_path, calibration, identity).result()
+        pool.submit(_quantize_here, float_path, out_path, calibration, identity, ranges).result()
     return out_path
 
 
-def _quantize_here(float_path: Path, out_path: Path, calibration: np.ndarray, identity: str) -> None:
+def _quantize_here(float_path: Path, out_path: Path, calibration: np.ndarray, identity: str, ranges: str) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    methods = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax}
     model = fold_half_casts(onnx.load(str(float_path)))
     with tempfile.TemporaryDirectory() as scratch:
         folded, prepared = Path(scratch) / "folded.onnx", Path(scratch) / "prepared.onnx"
@@ -127,7 +131,7 @@ def _quantize_here(float_path: Path, out_path: Path, calibration: np.ndarray, id
                 quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                 # Activation ranges at the 99.999th percentile, not the extremes: on the 128x64 Inv-Id min-max
                 # ranges lost 0.55 validation mAP points, these 0.14 (docs/experiments/int8.md).
-                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile,
+                weight_type=QuantType.QInt8, calibrate_method=methods[ranges],
                 reduce_range=True,
             )
         finally:

@@ -18,7 +18,7 @@ from genreid.service.core.model_json import ModelMetadata
 from genreid.service.core.reranking import RerankParams
 from genreid.service.encoders import Encoders
 from genreid.training.stages.context import StageContext
-from genreid.training.stages.inverters import validation_evaluator
+from genreid.training.validation import validation_evaluator
 
 log = logging.getLogger(__name__)
 GRID = {"candidates": (10, 20, 30, 50, 100), "k1": (6, 10, 15, 20), "k2": (3, 6, 10), "lambda_": (0.1, 0.3)}

@@ -16,10 +16,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from genreid.training.inv_id_modes import inv_id_mode, uses_generator
 from genreid.training.presets import Preset, get_preset
+from genreid.training.run_files import TIMINGS_FILE, read_stage_record
+from genreid.training.runtime import machine_description
 from genreid.training.stages.context import StageContext
-from genreid.training.stages.inverters import finished_inv_ids, inv_id_evaluator, inv_id_plan, uses_generator
-from genreid.training.trainer import TIMINGS_FILE, machine_description, read_stage_record
+from genreid.training.stages.inv_id import inv_id_plan
+from genreid.training.validation import finished_inv_ids, inv_id_evaluator
 
 METRICS = ("mAP", "rank1", "mINP")
 
@@ -68,7 +71,9 @@ def inv_id_trunk_changes(preset: dict[str, Any]) -> list[str]:
     own = [f"trunk widths {'-'.join(map(str, widths))}"] if widths and widths != tuple(preset["inv_widths"]) else []
     last = ["last stride 1"] * (preset.get("inv_id_last_stride", 2) == 1)
     neck = ["BNNeck"] * preset.get("inv_id_bnneck", False)
-    return own + [f"{stride}x{stride} patch input conv"] * (stride > 1) + last + neck
+    trunk = preset.get("inv_id_trunk", "unet")
+    named = [f"{trunk} trunk x{preset.get('inv_id_trunk_width', 1.0):g}"] * (trunk != "unet")
+    return named + own + [f"{stride}x{stride} patch input conv"] * (stride > 1) + last + neck
 
 
 def generator_origin(saved: Mapping[str, Any]) -> str:
@@ -94,7 +99,7 @@ def variant_name(preset: Preset, mode: str, *, generator: str = "") -> str:
     steps where they depart from the preset's, whether it started from or was taught by another finished Inv-Id,
     and where its generator came from (`generator_origin`, for a mode that uses one): what makes runs more than
     seeds of each other."""
-    name = f"{mode}, {preset.classifier} classifier" if mode == "discriminative" else mode
+    name = mode if inv_id_mode(mode).code_table else f"{mode}, {preset.classifier} classifier"
     name = ", ".join([name, *inv_id_trunk_changes(preset.as_dict()), *budget_changes(preset, mode)])
     name = f"{name}, fine-tuned from a finished Inv-Id" if preset.inv_id_init else name
     name = f"{name}, distilled from a finished Inv-Id (weight {preset.distill_weight:g})" if preset.inv_id_teacher \

@@ -51,7 +51,7 @@ def reusable_stages(source: Path, source_preset: Preset, preset: Preset) -> list
 def link_stages(source: Path, target: Path, stages: list[str]) -> None:
     """Give `target` the results of `source`'s `stages` (hard links where the file system allows) and their wall
     times, so a run started on them (an Inv-Id experiment on a finished generator) skips their hours."""
-    from genreid.training.trainer import MACHINES_FILE, TIMINGS_FILE, read_stage_record, record_stage
+    from genreid.training.run_files import MACHINES_FILE, TIMINGS_FILE, read_stage_record, record_stage
 
     records = {name: read_stage_record(source / name) for name in (TIMINGS_FILE, MACHINES_FILE)}
     for stage in stages:
@@ -110,8 +110,8 @@ def joined_members(run: Path) -> list[dict[str, Any]]:
 def stage_context(preset: Preset, data: Path, run_dir: Path, cache_dir: Path | None,
                   stop_after: int | None) -> StageContext:
     """The stages' context for a run directory (with the export its generator came from, if any)."""
+    from genreid.training.runtime import setup_runtime
     from genreid.training.stages.context import StageContext
-    from genreid.training.trainer import setup_runtime
 
     config = run_dir / CONFIG_FILE
     export = json.loads(config.read_text()).get(GENERATOR_FROM) if config.is_file() else None
@@ -191,7 +191,7 @@ def prepare_run(*, out: Path, data: Path | None, preset_name: str | None, overri
         data = check_layout(data_arg, ("train",)).resolve()
         preset = get_preset(preset_name or "cpu", **dict(overrides or []))
         run_dir.mkdir(parents=True, exist_ok=True)
-    from genreid.training.trainer import write_text_atomic
+    from genreid.training.run_files import write_text_atomic
 
     # Stages of one run may start in parallel processes that read it.
     config.update({"preset": preset.as_dict(), "data": str(data)})

@@ -82,6 +82,7 @@ class ModelMetadata:
     identities: int | None = None  # training identities (rows of the code table)
     identity_codes: IdentityCodes | None = None
     parameters: dict[str, int] = field(default_factory=dict)  # per network
+    mult_adds: dict[str, int] = field(default_factory=dict)  # per network that reads a crop, for one crop
     onnx_parity_max_abs: dict[str, float] = field(default_factory=dict)  # ONNX Runtime against torch, per network
     quantization: dict[str, Quantization] = field(default_factory=dict)  # per network with an INT8 file
     rerank: dict[str, Any] | None = None  # k1, k2, lambda, candidates and how they were chosen (training/rerank.py)

@@ -11,8 +11,8 @@ import pytest
 from genreid.service.core.model_json import ModelMetadata
 from genreid.training.data.synthetic import write_synthetic_market
 from genreid.training.presets import Preset, get_preset
+from genreid.training.runtime import setup_runtime
 from genreid.training.stages.context import StageContext
-from genreid.training.trainer import setup_runtime
 
 
 @dataclass(frozen=True)

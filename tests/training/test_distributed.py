@@ -19,7 +19,7 @@ WORKER = textwrap.dedent(
     from genreid.training.presets import get_preset
     from genreid.training.stages.context import StageContext
     from genreid.training.stages.generator import train_generator
-    from genreid.training.trainer import setup_runtime, unwrap
+    from genreid.training.runtime import setup_runtime, unwrap
 
     data, run_dir, cache = map(Path, sys.argv[1:4])
     runtime = setup_runtime()

@@ -27,7 +27,7 @@ from genreid.service.settings import Settings
 from genreid.training.export import export_run
 from genreid.training.presets import get_preset
 from genreid.training.quantize import INT8_FILES
-from genreid.training.stages.inverters import train_inv_id
+from genreid.training.stages.inv_id import train_inv_id
 
 from .conftest import TinyRun, make_context
 

@@ -10,23 +10,16 @@ import pytest
 import torch
 
 from genreid.training.export import export_run
+from genreid.training.inv_id_modes import INV_ID_MODES, inv_id_mode, uses_generator
+from genreid.training.losses import batch_hard_triplet, inv_id_loss
 from genreid.training.networks.classifiers import CodeTableHead, cosine_logits, mean_nearest_distance, new_classifier
 from genreid.training.onnx_weights import onnx_weights
 from genreid.training.pipeline import run_stages, stage_table
 from genreid.training.presets import get_preset
 from genreid.training.run_ledger import variant_name
 from genreid.training.runs import link_stages, reusable_stages
-from genreid.training.stages.inverters import (
-    InvIdPlan,
-    augment_real,
-    batch_hard_triplet,
-    inv_id_loss,
-    inv_id_plan,
-    inv_id_setup,
-    reconstruction_error,
-    resize_images,
-    train_inv_id,
-)
+from genreid.training.stages.inv_id import InvIdPlan, inv_id_plan, inv_id_setup, train_inv_id
+from genreid.training.stages.inv_noise import reconstruction_error
 
 from .conftest import make_context
 
@@ -58,6 +51,14 @@ def test_code_table_head_puts_the_nearest_other_code_gap_logits_below():
     assert head.state_dict() == {}  # the generator's table is not the Inv-Id stage's to save
 
 
+def test_modes_are_looked_up_by_name_and_say_whether_they_need_the_generator():
+    assert list(INV_ID_MODES) == ["hybrid", "paper", "discriminative"]
+    assert inv_id_mode("paper").generated_samples and not inv_id_mode("paper").real_crops
+    assert [uses_generator(name) for name in INV_ID_MODES] == [True, True, False]
+    with pytest.raises(ValueError, match=r"unknown Inv-Id mode 'generative'; choose one of \('hybrid', 'paper', "):
+        inv_id_mode("generative")
+
+
 def test_inv_id_plan_splits_each_mode_batch():
     preset = get_preset("cpu", triplet_margin=0.1)
     assert inv_id_plan(preset, "hybrid") == InvIdPlan(generated=24, real=72, identities=18)
@@ -79,25 +80,6 @@ def test_inv_id_plan_splits_each_mode_batch():
 def test_inv_id_plan_refuses_settings_that_conflict(overrides, mode, message):
     with pytest.raises(ValueError, match=message):
         inv_id_plan(get_preset("cpu", **overrides), mode)
-
-
-def test_resize_images_upsamples_bilinear_and_keeps_the_range():
-    images = torch.rand((3, 3, 64, 32))
-    assert resize_images(images, (64, 32)) is images
-    up = resize_images(images, (128, 64))
-    assert up.shape == (3, 3, 128, 64) and 0.0 <= up.min() and up.max() <= 1.0
-    flat = torch.full((1, 3, 64, 32), 0.25)
-    assert torch.allclose(resize_images(flat, (128, 64)), torch.full((1, 3, 128, 64), 0.25))
-    # Bilinear: a horizontal ramp stays a ramp, each 2x2 block averaging back to its source pixel.
-    ramp = torch.linspace(0.0, 1.0, 32).expand(1, 3, 64, 32)
-    pooled = torch.nn.functional.avg_pool2d(resize_images(ramp, (128, 64)), 2)
-    assert torch.allclose(pooled[..., 1:-1], ramp[..., 1:-1], atol=1e-6)
-
-
-def test_augment_real_keeps_the_shape_at_any_resolution():
-    for size in ((64, 32), (128, 64)):
-        out = augment_real(torch.rand((6, 3, *size)), torch.Generator().manual_seed(0))
-        assert out.shape == (6, 3, *size)
 
 
 def test_discriminative_run_needs_no_generator(synthetic_root, cache_dir, tmp_path):
@@ -233,9 +215,10 @@ def test_bnneck_codes_start_at_the_tables_spread_and_the_triplet_reads_the_featu
     torch.testing.assert_close(code.mean(0), table.mean(0), atol=1e-5, rtol=0)
     torch.testing.assert_close(code.std(0, unbiased=False), table.std(0), atol=0, rtol=0.2)  # BatchNorm's eps
     labels = torch.arange(4).repeat_interleave(4)
-    plain, _ = inv_id_loss(code, None, labels, 0, run.identity.head, run.identity.margin, preset)
-    necked, metrics = inv_id_loss(code, None, labels, 0, run.identity.head, run.identity.margin, preset,
-                                  feature=feature)
+    terms = {"targets": None, "labels": labels, "generated": 0, "logits_fn": run.identity.head,
+             "margin": run.identity.margin, "preset": preset}
+    plain, _ = inv_id_loss(code, **terms)
+    necked, metrics = inv_id_loss(code, **terms, feature=feature)
     assert metrics["triplet"] == pytest.approx(batch_hard_triplet(feature, labels, margin=run.identity.margin).item())
     assert not torch.isclose(plain, necked)
     train_inv_id(ctx, "hybrid")

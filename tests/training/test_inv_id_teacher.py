@@ -11,7 +11,8 @@ import torch
 from genreid.training.presets import get_preset
 from genreid.training.run_ledger import variant_name
 from genreid.training.runs import CONFIG_FILE
-from genreid.training.stages.inverters import TEACHER_CODES, embed, inv_id_plan, saved_inv_id
+from genreid.training.stages.inv_id import TEACHER_CODES, inv_id_plan
+from genreid.training.validation import embed, saved_inv_id
 
 from .conftest import train_member
 

@@ -14,10 +14,10 @@ from genreid.training.export import PARITY_TOLERANCE, export_run
 from genreid.training.join import join_inv_ids
 from genreid.training.model_card import CARD_JSON, write_card
 from genreid.training.presets import get_preset
+from genreid.training.run_files import MACHINES_FILE, read_stage_record
 from genreid.training.run_ledger import variant_name
 from genreid.training.runs import CONFIG_FILE, MEMBERS, load_run
-from genreid.training.stages.inverters import inv_id_setup
-from genreid.training.trainer import MACHINES_FILE, read_stage_record
+from genreid.training.stages.inv_id import inv_id_setup
 
 from .conftest import make_context, train_member
 

@@ -4,10 +4,11 @@ cards/<case>.md were written by render_markdown as it was before the templates (
 cards/<case>.json, and since rewritten only where the card's text changed on purpose (2026-12-04: the time
 table names each stage's machine, of which `from_run` records two; Reproduce gives the preset's `--set`
 departures and says when the generator came from an export, as `from_run`'s did; the INT8 calibration's
-ranges are named). `rebuilt` is the shipped card's JSON (facts kept from the previous card, re-ranking, INT8 on
+ranges are named; 2026-12-07: the networks table counts multiply-adds per crop, '-' for cards that predate
+that). `rebuilt` is the shipped card's JSON (facts kept from the previous card, re-ranking, INT8 on
 CPUs; plus the input sizes it predates), `from_run` takes every other branch (facts from the run, a GPU, no
 re-ranking or references, Inv-Id reading a larger input than the generator, CPUs keeping float32, no stripes).
-Neither holds the lenient-protocol metrics (#18), so they pin that older cards render as before; `lenient` is the
+Neither holds the lenient-protocol metrics, so they pin that older cards render as before; `lenient` is the
 shipped card's JSON once it measured them, and cards/lenient.md its rendering by the template.
 """
 

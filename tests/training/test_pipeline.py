@@ -17,10 +17,10 @@ from genreid.service.encoders import Encoders
 from genreid.training.export import parity, round_weights_to_half
 from genreid.training.pipeline import stage_table
 from genreid.training.runs import CONFIG_FILE, reusable_stages
+from genreid.training.runtime import machine_description
 from genreid.training.stages.codes import sample_codes
-from genreid.training.stages.inverters import embed
 from genreid.training.stages.samples import generate
-from genreid.training.trainer import machine_description
+from genreid.training.validation import embed
 
 
 def test_every_stage_finished_timed_and_placed(tiny_run):

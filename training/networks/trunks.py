@@ -72,3 +72,27 @@ def unet_trunk(preset: Preset) -> Trunk:
 @register_trunk("osnet")
 def osnet_trunk(preset: Preset) -> Trunk:
     return OmniScaleNet(width=preset.inv_id_trunk_width)
+
+
+def multiply_adds(module: nn.Module, resolution: tuple[int, int]) -> int:
+    """Multiply-adds of one crop through `module` (convolutions and dense layers, which are nearly all of it):
+    what a trunk costs per crop, independent of the machine (the model card and the trunk bench report it)."""
+    total = 0
+
+    def count(layer: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, nn.Conv2d):
+            per_output = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+            total += output[0].numel() * per_output
+        elif isinstance(layer, nn.Linear):
+            total += layer.in_features * layer.out_features
+
+    counted = [layer for layer in module.modules() if isinstance(layer, nn.Conv2d | nn.Linear)]
+    hooks = [layer.register_forward_hook(count) for layer in counted]
+    try:
+        with torch.no_grad():
+            module.eval()(torch.zeros(1, 3, *resolution))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total

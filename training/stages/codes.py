@@ -8,11 +8,13 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from genreid.training.batches import batch_indices
 from genreid.training.diffusion import Diffusion
 from genreid.training.networks.code_mlp import CodeMLP
+from genreid.training.run_files import Checkpointed, save_atomic
+from genreid.training.runtime import step_generator
 from genreid.training.stages.context import StageContext
 from genreid.training.stages.generator import code_statistics
-from genreid.training.trainer import Checkpointed, batch_indices, save_atomic, step_generator
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,13 @@ import torch
 from genreid.service.core.schedule import Schedule
 from genreid.training.data.cache import ImageSet, hold_out_identities, load_split
 from genreid.training.diffusion import Diffusion
+from genreid.training.loop import StageLoop
 from genreid.training.networks.code_mlp import CodeMLP
 from genreid.training.networks.inverters import InvId, InvIdMean, InvNoise
 from genreid.training.networks.unet import UNet
 from genreid.training.presets import Preset
-from genreid.training.trainer import Checkpointed, Runtime, StageLoop
+from genreid.training.run_files import Checkpointed
+from genreid.training.runtime import Runtime
 
 
 @dataclass
@@ -125,9 +127,3 @@ def denormalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> 
 def to_device_floats(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1] on `device` (as core.imaging.to_chw_float)."""
     return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def random_flip(images: torch.Tensor, generator: torch.Generator, *others: torch.Tensor) -> list[torch.Tensor]:
-    """Flip a random half of the batch horizontally, and the same samples of `others` (e.g. their noise)."""
-    flip = (torch.rand(len(images), generator=generator) < 0.5).to(images.device).view(-1, 1, 1, 1)
-    return [torch.where(flip, t.flip(-1), t) for t in (images, *others)]

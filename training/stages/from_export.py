@@ -23,8 +23,11 @@ from genreid.service.core.imaging import to_chw_float
 from genreid.service.core.model_json import MODEL_FILES, ModelMetadata
 from genreid.service.core.similarity import code_distances
 from genreid.service.encoders import Encoders
+from genreid.training.batches import batch_indices
 from genreid.training.networks.unet import UNet
 from genreid.training.onnx_weights import load_onnx_weights
+from genreid.training.run_files import Checkpointed, save_atomic
+from genreid.training.runtime import step_generator
 from genreid.training.stages.context import StageContext, normalise, to_device_floats
 from genreid.training.stages.generator import (
     GeneratorCrops,
@@ -33,7 +36,6 @@ from genreid.training.stages.generator import (
     generator_loss,
     noisy_batch,
 )
-from genreid.training.trainer import Checkpointed, batch_indices, save_atomic, step_generator
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genreid.training.batches import batch_indices, random_flip
 from genreid.training.data.cache import ImageSet
+from genreid.training.loop import EMA
 from genreid.training.networks.unet import UNet
-from genreid.training.stages.context import StageContext, normalise, random_flip, to_device_floats
-from genreid.training.trainer import EMA, Checkpointed, batch_indices, save_atomic, step_generator, unwrap
+from genreid.training.run_files import Checkpointed, save_atomic
+from genreid.training.runtime import step_generator, unwrap
+from genreid.training.stages.context import StageContext, normalise, to_device_floats
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
-"""The trainer's precision choice: bf16 autocast only where the hardware makes it pay."""
+"""The runtime's precision choice: bf16 autocast only where the hardware makes it pay."""
 
 import pytest
 import torch
 
-from genreid.training.trainer import Runtime, hardware
+from genreid.training.runtime import Runtime, hardware
 
 
 @pytest.mark.parametrize(("capability", "dtype"), [("AVX512", torch.bfloat16), ("AVX2", torch.float32),

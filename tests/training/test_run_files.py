@@ -14,14 +14,16 @@ import pytest
 import torch
 from torch import nn
 
+from genreid.training.loop import EMA
 from genreid.training.networks.code_mlp import CodeMLP
 from genreid.training.networks.unet import UNet
 from genreid.training.presets import get_preset
+from genreid.training.run_files import Checkpointed
 from genreid.training.stages.codes import train_codes
 from genreid.training.stages.context import StageContext
 from genreid.training.stages.generator import ConditionalGenerator, train_generator
-from genreid.training.stages.inverters import identity_targets, inv_id_optimiser, train_inv_id, train_inv_noise
-from genreid.training.trainer import EMA, Checkpointed
+from genreid.training.stages.inv_id import identity_targets, inv_id_optimiser, train_inv_id
+from genreid.training.stages.inv_noise import train_inv_noise
 
 from .conftest import make_context
 
