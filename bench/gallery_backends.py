@@ -1,6 +1,8 @@
 """Gallery backends side by side: search latency, recall@10 and memory by gallery size (the embedded FAISS store,
 and Milvus on a milvus-lite server with FLAT, HNSW and IVF_FLAT), then /query p50 and ingest over HTTP at one
-gallery size on each backend, with one and two replicas sharing a milvus-lite server.
+gallery size on each backend, with one and two replicas sharing a milvus-lite server or Milvus itself (standalone
+2.3.5 from the `milvus` wheel, on 127.0.0.1 through tests/service/store/milvus_engine.py), the latter at each time
+tick of --milvus-time-ticks (a Strong read waits about two ticks: docs/GALLERY_STORE.md#consistency-on-milvus).
 
 Every gallery is filled through the store interface the service uses (genreid.service.store), with identity-like codes
 (clustered, bench/faiss_search.py's Vectors): `recall@10` is the share of the exact top 10 (numpy, by the
@@ -10,6 +12,7 @@ the engine process's peak resident size. Results:
 bench/results/gallery_backends.json; docs/BENCHMARKS.md#gallery-backends.
 
     python bench/gallery_backends.py --data-root ../shared/data/market1501-subset
+    python bench/gallery_backends.py --parts http --http-backends milvus --milvus-time-ticks 200 20  # Milvus only
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ from genreid.service.store.milvus_lite import SERVER_ARGS as MILVUS_LITE_SERVER_
 
 K = 10
 FILL_BATCH = 4096
+REPO = Path(__file__).resolve().parents[1]
+MILVUS_LAUNCHER = REPO / "tests" / "service" / "store" / "milvus_engine.py"
+HTTP_BACKENDS = ("embedded", "milvus-lite", "milvus")
 
 
 def peak_rss_mib(pid: int) -> float | None:
@@ -57,6 +63,37 @@ def peak_rss_mib(pid: int) -> float | None:
     except OSError:
         pass
     return None
+
+
+@contextmanager
+def milvus_standalone(workdir: Path, time_tick_ms: int) -> Iterator[tuple[str, int]]:
+    """Milvus itself (standalone 2.3.5) answering on 127.0.0.1 only, with this time tick: (uri, launcher pid)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = workdir / f"milvus-standalone-{port}"
+    command = [sys.executable, str(MILVUS_LAUNCHER), "--base-dir", str(base), "--bin-dir", str(workdir / "milvus-bin"),
+               "--port", str(port), "--set", f"proxy.timeTickInterval={time_tick_ms}"]
+    with (workdir / f"milvus-standalone-{port}.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"Milvus did not start (see {log.name})") from None
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}", process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @contextmanager
@@ -169,9 +206,12 @@ def bench_http(args: argparse.Namespace, workdir: Path) -> list[dict]:
     query = query_body(crops[0])
     bodies = [gallery_body([crop], [f"ingest-{i}"], ["c1"]) for i, crop in enumerate(crops[:64])]
     rows = []
-    for backend, replicas in (("embedded", 1), ("milvus-lite server", 1), ("milvus-lite server", 2)):
-        data = workdir / f"http-{backend.split()[0]}-{replicas}"
-        with gallery_engine(backend, workdir) as uri:
+    runs_of = {"embedded": [("embedded", 1, None)],
+               "milvus-lite": [("milvus-lite server", 1, None), ("milvus-lite server", 2, None)],
+               "milvus": [("milvus 2.3.5", replicas, tick) for tick in args.milvus_time_ticks for replicas in (1, 2)]}
+    for backend, replicas, tick in [run for name in args.http_backends for run in runs_of[name]]:
+        data = workdir / f"http-{backend.split()[0]}-{replicas}-{tick}"
+        with gallery_engine(backend, workdir, tick) as uri:
             store = (EmbeddedStore(data, code_dim=model.code_dim, model_id=model.model_id) if uri is None else
                      MilvusStore(uri, collection="http", code_dim=model.code_dim, model_id=model.model_id))
             try:
@@ -189,7 +229,7 @@ def bench_http(args: argparse.Namespace, workdir: Path) -> list[dict]:
                     runs = list(pool.map(lambda url: drive(url, "/gallery", bodies, 1, args.ingest_crops, 2,
                                                            args.max_seconds), urls))
             rate = sum(len(r.latencies) / r.seconds for r in runs if r.seconds)
-            rows.append({"backend": backend, "replicas": replicas, "entries": args.gallery_size,
+            rows.append({"backend": backend, "replicas": replicas, "time_tick_ms": tick, "entries": args.gallery_size,
                          "query_p50_ms": queries.get("p50_ms"), "query_p99_ms": queries.get("p99_ms"),
                          "query_errors": run.errors, "ingest_crops_per_s": round(rate, 1),
                          "ingest_errors": sum(r.errors for r in runs), "crops": source})
@@ -198,12 +238,13 @@ def bench_http(args: argparse.Namespace, workdir: Path) -> list[dict]:
 
 
 @contextmanager
-def gallery_engine(backend: str, workdir: Path) -> Iterator[str | None]:
-    """None for the embedded gallery; else a fresh milvus-lite server's URI."""
+def gallery_engine(backend: str, workdir: Path, time_tick_ms: int | None = None) -> Iterator[str | None]:
+    """None for the embedded gallery; else a fresh engine's URI: a milvus-lite server, or Milvus itself."""
     if backend == "embedded":
         yield None
         return
-    with milvus_engine(workdir) as (uri, _):
+    engine = milvus_engine(workdir) if time_tick_ms is None else milvus_standalone(workdir, time_tick_ms)
+    with engine as (uri, _):
         yield uri
 
 
@@ -233,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", type=Path, help="Market-1501 folder for the HTTP crops")
     parser.add_argument("--pool", type=int, default=64)
     parser.add_argument("--gallery-size", type=int, default=20_000)
+    parser.add_argument("--http-backends", nargs="+", choices=HTTP_BACKENDS, default=list(HTTP_BACKENDS))
+    parser.add_argument("--milvus-time-ticks", type=int, nargs="+", default=[200, 20],
+                        help="proxy.timeTickInterval (ms) of each Milvus run: 200 is Milvus's default")
     parser.add_argument("--requests", type=int, default=300, help="timed /query requests")
     parser.add_argument("--ingest-crops", type=int, default=400, help="single-crop POSTs per replica")
     parser.add_argument("--warmup", type=int, default=10)
@@ -261,8 +305,8 @@ def main() -> None:
         if "http" in args.parts:
             results["http"] = bench_http(args, workdir)
             print_table("HTTP on each backend", results["http"],
-                        ["backend", "replicas", "entries", "query_p50_ms", "query_p99_ms", "ingest_crops_per_s",
-                         "query_errors", "ingest_errors"])
+                        ["backend", "replicas", "time_tick_ms", "entries", "query_p50_ms", "query_p99_ms",
+                         "ingest_crops_per_s", "query_errors", "ingest_errors"])
     print(f"written {write_result('gallery_backends', args, info, results)}")
 
 

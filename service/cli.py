@@ -111,13 +111,15 @@ def add_gallery_parser(commands: argparse._SubParsersAction) -> None:
     _add_location(export, data="--data", uri="--gallery-uri", collection="--gallery-collection", required=False,
                   what=here)
     export.add_argument("--models", type=Path, help="a Milvus gallery's model (its code space; default: shipped)")
-    imported = actions.add_parser("import", help="add every entry of an exported file to a gallery of its model")
+    imported = actions.add_parser("import", help="add every entry of an exported file to a gallery of its model, "
+                                  "skipping those it holds already (a repeated import adds nothing)")
     imported.add_argument("file", type=Path, help="a file written by `genreid gallery export`")
     _add_location(imported, data="--data", uri="--gallery-uri", collection="--gallery-collection",
                   required=False, what=here)
     imported.add_argument("--models", type=Path, help="refuse unless this model (the one to serve the gallery) "
                           "made the file's codes")
-    imported.add_argument("--id-map", type=Path, help="write {file entry id: new entry id} here as JSON")
+    imported.add_argument("--id-map", type=Path, help="write {file entry id: entry id in the gallery} here as JSON "
+                          "(new ids, and the ids of the entries skipped as already there)")
     reembed = actions.add_parser("reembed", help="embed a gallery's stored crops with a new model into a new "
                                  "gallery (the old one may keep serving)")
     reembed.add_argument("--models", type=Path, required=True, help="the new model's directory")
@@ -249,7 +251,7 @@ def gallery_command(args: argparse.Namespace) -> int:
                                                        skip_missing_crops=args.skip_missing_crops)
             if args.id_map is not None:
                 gallery_tools.write_id_map(args.id_map, copied)
-            summary = {"added": len(copied.id_map), "skipped": len(copied.skipped)}
+            summary = copied.summary()
     except ValidationError as err:
         print(f"genreid gallery {args.action}: {describe_errors(err)}", file=sys.stderr)
         return 2

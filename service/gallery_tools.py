@@ -16,11 +16,22 @@ compressed, go into one stored (uncompressed) member with offsets instead of one
 gallery of millions of crops from becoming millions of directory records. Crops are streamed straight into the
 archive and the small members spooled beside it, so memory stays flat at any gallery size; the archive is written
 under a temporary name and renamed when complete, so the final name never holds a partial file.
+
+Importing is idempotent: an entry of the file that the gallery already holds is skipped, so importing a file twice,
+or again after an import cut short, adds each entry once. An entry is recognised by its origin key (`origin_key`):
+a hash of its code's exact bits, camera, seen_at, track_id and enrolled_at. Those are what export and import keep
+bit for bit and what no later operation changes (person ids do change: relabel, merge), so the key needs no field of
+its own in any backend, holds for files written before it existed, and follows an entry through any number of
+moves (embedded -> file -> Milvus -> file -> ...). Why not the exporting gallery's id and entry id: neither the
+galleries nor the files carry a gallery id, and an id pair would need a column in every backend; why the code's
+bits identify an entry: they are the model's output for that crop, so two entries share them only when one crop was
+enrolled twice, and then enrolled_at, to the microsecond, still tells them apart.
 """
 
 from __future__ import annotations
 
 import getpass
+import hashlib
 import io
 import json
 import logging
@@ -77,10 +88,25 @@ class Manifest:
 
 @dataclass(frozen=True)
 class Copied:
-    """What an import or re-embedding added: source entry id -> new entry id, and the source ids left out."""
+    """What an import or re-embedding added: source entry id -> new entry id, the source ids left out and why, and
+    for an import the entry each skipped one is already in the gallery as (source entry id -> entry id)."""
 
     id_map: dict[int, int]
     skipped: list[int] = field(default_factory=list)
+    reason: str = ""
+    existing: dict[int, int] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The CLI's answer: {"added": N, "skipped": M} and, when M > 0, why."""
+        out: dict[str, Any] = {"added": len(self.id_map), "skipped": len(self.skipped)}
+        if self.skipped:
+            out["reason"] = self.reason
+        return out
+
+
+ALREADY_HELD = ("already in the gallery (an entry with the same origin key: the same code bits, camera, seen_at, "
+                "track_id and enrolled_at), imported before")
+WITHOUT_CROP = "stored without a crop to re-embed (--skip-missing-crops)"
 
 
 class Source(Protocol):
@@ -171,9 +197,44 @@ def written_atomically(path: Path) -> Iterator[Path]:
 
 
 def write_id_map(path: Path, copied: Copied) -> None:
-    """{"source entry id": new entry id, ...} as JSON."""
+    """{"source entry id": entry id, ...} as JSON: the new id of each added entry, and the id in the gallery of
+    each entry an import skipped as already there."""
+    mapped = {**copied.existing, **copied.id_map}
     with written_atomically(path) as partial:
-        partial.write_text(json.dumps({str(old): new for old, new in copied.id_map.items()}) + "\n")
+        partial.write_text(json.dumps({str(old): new for old, new in sorted(mapped.items())}) + "\n")
+
+
+def origin_key(entry: Entry, code: np.ndarray, *, enrolment: bool = True) -> str:
+    """The entry's origin key (see the module's doc): sha256 of its code's float32 bits and of its camera,
+    seen_at, track_id and (with `enrolment`) enrolled_at."""
+    digest = hashlib.sha256(np.ascontiguousarray(code, CODE_DTYPE).tobytes())
+    labels = [entry.camera, _iso(entry.seen_at), entry.track_id, _iso(entry.enrolled_at) if enrolment else None]
+    digest.update(json.dumps(labels).encode())
+    return digest.hexdigest()
+
+
+class HeldEntries:
+    """The origin keys of what a gallery holds, read once through its store (entries and codes, no crops), for an
+    import to skip what is there already. Each held entry answers for one file entry: a file holding an entry
+    twice adds the second copy once. An entry of a file without enrolled_at (older exports) is matched on the
+    rest of the key."""
+
+    def __init__(self, store: GalleryStore):
+        self._full: dict[str, list[int]] = {}
+        self._partial: dict[str, list[int]] = {}
+        offset = 0
+        while page := store.list_entries(offset=offset, limit=LIST_PAGE).entries:
+            codes = store.codes([entry.entry_id for entry in page])
+            for entry, code in zip(page, codes, strict=True):
+                self._full.setdefault(origin_key(entry, code), []).append(entry.entry_id)
+                self._partial.setdefault(origin_key(entry, code, enrolment=False), []).append(entry.entry_id)
+            offset += len(page)
+
+    def take(self, entry: Entry, code: np.ndarray) -> int | None:
+        """The held entry that `entry` (of a file) already is, now spoken for, or None."""
+        full = entry.enrolled_at is not None
+        found = (self._full if full else self._partial).get(origin_key(entry, code, enrolment=full))
+        return found.pop(0) if found else None
 
 
 # --- the file ---------------------------------------------------------------------------------------------
@@ -386,28 +447,50 @@ def _check_models(models: Path, *, model_id: str | None, code_dim: int | None, w
 
 
 def import_gallery(*, source: Path, gallery: Settings, models: Path | None = None, batch_size: int = BATCH) -> Copied:
-    """Add every entry of the file `source` to the gallery `gallery` names (new entry ids, from that store),
-    `batch_size` per all-or-nothing write. The target is opened for the file's code space, so a gallery of
-    another model refuses before anything is written; `models`, when given, must be that model too (the one that
-    will serve the target)."""
+    """Add every entry of the file `source` that the gallery `gallery` names does not hold yet (new entry ids,
+    from that store), `batch_size` per all-or-nothing write; the ones it holds (by origin key: HeldEntries) are
+    `skipped`, so a second import of one file adds nothing. The target is opened for the file's code space, so a
+    gallery of another model refuses before anything is written; `models`, when given, must be that model too (the
+    one that will serve the target). Two imports of one file into one gallery at the same time can both add it."""
     with GalleryFile(source) as file:
         file.verify()
         manifest = file.manifest
         if models is not None:
             _check_models(models, model_id=manifest.model_id, code_dim=manifest.code_dim, what=str(source))
-        copied = Copied({})
+        copied = Copied({}, reason=ALREADY_HELD)
         if manifest.code_dim is None:  # an empty gallery: nothing to add, and no code size to open a store with
             return copied
         store = open_gallery(gallery, code_dim=manifest.code_dim, model_id=manifest.model_id)
-        audit = AuditLog(gallery.audit_path, power_safe=gallery.power_safe)
+        try:
+            held = HeldEntries(store)
+            audit = AuditLog(gallery.audit_path, power_safe=gallery.power_safe)
+        except BaseException:
+            store.close()
+            raise
         try:
             with tqdm(total=manifest.count, unit="entry", desc="import") as progress:
                 for batch in file.batches(batch_size):
-                    _add(store, audit, "import", batch.entries, batch.codes, batch.crops, copied, manifest.count)
+                    new = []
+                    for row, entry in enumerate(batch.entries):
+                        there = held.take(entry, batch.codes[row])
+                        if there is None:
+                            new.append(row)
+                        else:
+                            copied.skipped.append(entry.entry_id)
+                            copied.existing[entry.entry_id] = there
+                    if new:
+                        _add(store, audit, "import", [batch.entries[row] for row in new], batch.codes[new],
+                             [batch.crops[row] for row in new], copied, manifest.count)
                     progress.update(len(batch.entries))
+            flush = getattr(store, "flush", None)  # Milvus: seal what was added and index it, as a gallery settles
+            if copied.id_map and flush is not None:
+                flush()
         finally:
             store.close()
             audit.close()
+        if copied.skipped:
+            log.info("%d of %d entries of %s were skipped: %s", len(copied.skipped), manifest.count, source,
+                     ALREADY_HELD)
         return copied
 
 
@@ -452,7 +535,7 @@ def reembed_gallery(*, source: Settings, target: Settings, skip_missing_crops: b
     if _same_gallery(source, target):
         raise GalleryError("the source and target are the same gallery: re-embed into a new one")
     with opened_source(source) as read:
-        copied = Copied({}, _without_crops(read, skip=skip_missing_crops))
+        copied = Copied({}, _without_crops(read, skip=skip_missing_crops), reason=WITHOUT_CROP)
         services = open_services(target)
         store = services.gallery
         try:

@@ -1,5 +1,8 @@
-"""Fixtures every test directory may use: real `genreid serve` processes and a real `milvus-lite server` process
-on 127.0.0.1 (the Milvus tests skip with a reason when the milvus extra is not installed)."""
+"""Fixtures every test directory may use: real `genreid serve` processes, and the two Milvus engines the Milvus store
+is tested on, each a process of its own on 127.0.0.1: a `milvus-lite server` and Milvus itself (the standalone server
+of the `milvus` wheel, 2.3.5, through tests/service/store/milvus_engine.py). The Milvus tests skip with a reason when
+the milvus extra is not installed, or when Milvus itself cannot run here; with REQUIRE_MILVUS_ENGINE=1 (CI) they
+fail instead."""
 
 from __future__ import annotations
 
@@ -20,6 +23,10 @@ from genreid.service.store.milvus_lite import SERVER_ARGS as MILVUS_LITE_SERVER_
 
 HAS_MILVUS = all(importlib.util.find_spec(name) for name in ("pymilvus", "milvus_lite"))
 NEEDS_MILVUS = pytest.mark.skipif(not HAS_MILVUS, reason="needs the milvus extra (pip install -e '.[milvus]')")
+HAS_MILVUS_ENGINE = HAS_MILVUS and importlib.util.find_spec("milvus") is not None
+REQUIRE_MILVUS_ENGINE = os.environ.get("REQUIRE_MILVUS_ENGINE") == "1"
+MILVUS_ENGINE_SCRIPT = Path(__file__).parent / "service" / "store" / "milvus_engine.py"
+MILVUS_ENGINES = ("milvus-lite", "milvus")  # what start_milvus_server is parametrised over
 
 
 def free_port() -> int:
@@ -100,6 +107,8 @@ class MilvusLiteServer:
     """`milvus-lite server` on 127.0.0.1 over one data directory; can be killed with SIGKILL and restarted on the
     same directory and port, as an engine crash would."""
 
+    engine = "milvus-lite"
+
     def __init__(self, data_dir: Path, log: Path):
         self.data_dir = data_dir
         self.port = free_port()
@@ -141,9 +150,101 @@ class MilvusLiteServer:
                 self.kill()
 
 
+class MilvusEngineServer:
+    """Milvus itself (standalone 2.3.5 from the `milvus` wheel, with its own etcd and local storage) over one base
+    directory, answering on 127.0.0.1:`port` only (tests/service/store/milvus_engine.py runs it in a network
+    namespace of its own). `kill` is kill -9 of the engine; `start` again restarts it on the same data and port."""
+
+    engine = "milvus"
+
+    def __init__(self, base_dir: Path, log: Path, bin_dir: Path):
+        self.data_dir = base_dir
+        self.bin_dir = bin_dir
+        self.port = free_port()
+        self.log = log
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 180.0) -> None:
+        command = [sys.executable, str(MILVUS_ENGINE_SCRIPT), "--base-dir", str(self.data_dir), "--bin-dir",
+                   str(self.bin_dir), "--port", str(self.port)]
+        with self.log.open("a") as log:  # its own process group: kill() takes the engine with it
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-2000:]
+                if self.process.returncode == 3:  # the launcher's "cannot run here"
+                    raise MilvusEngineUnavailable(tail.strip().splitlines()[-1] if tail.strip() else "no reason")
+                raise RuntimeError(f"Milvus exited with {self.process.returncode}: {tail}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"Milvus did not listen on {self.port} within {timeout} s")
+
+    def kill(self) -> None:
+        """kill -9 of the engine and of what forwards 127.0.0.1 to it, as a crash of the engine's host would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM (the launcher passes it on), and kill -9 after 3 s: Milvus's graceful stop takes over 10 s, and a
+        test engine's data is thrown away."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(3)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class MilvusEngineUnavailable(RuntimeError):
+    """Milvus itself cannot run here (no `milvus` wheel, no network namespace): why, in one line."""
+
+
+MilvusServer = MilvusLiteServer | MilvusEngineServer
+
+
+def unavailable(reason: str) -> None:
+    """Skip, or fail where REQUIRE_MILVUS_ENGINE=1 says the engine must run (CI)."""
+    if REQUIRE_MILVUS_ENGINE:
+        pytest.fail(f"REQUIRE_MILVUS_ENGINE=1, but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def started(server: MilvusServer) -> MilvusServer:
+    try:
+        server.start()
+    except MilvusEngineUnavailable as err:
+        unavailable(f"Milvus itself cannot run here: {err}")
+    return server
+
+
+@pytest.fixture(scope="session")
+def milvus_bin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where Milvus's executable is unpacked from the wheel once per session (about 200 MB), for every engine."""
+    return tmp_path_factory.mktemp("milvus-bin")
+
+
+def new_milvus_server(engine: str, directory: Path, name: str, bin_dir: Path) -> MilvusServer:
+    if engine == "milvus-lite":
+        if not HAS_MILVUS:
+            pytest.skip("needs the milvus extra (pip install -e '.[milvus]')")
+        return MilvusLiteServer(directory / name, directory / f"{name}.log")
+    if not HAS_MILVUS_ENGINE:
+        unavailable("Milvus itself needs the dev extra's `milvus` wheel (pip install -e '.[dev]')")
+    return MilvusEngineServer(directory / name, directory / f"{name}.log", bin_dir)
+
+
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusLiteServer]:
-    """One engine for the session's tests; each test uses collections of its own."""
+    """One `milvus-lite server` for the session's tests; each test uses collections of its own."""
     if not HAS_MILVUS:
         pytest.skip("needs the milvus extra (pip install -e '.[milvus]')")
     root = tmp_path_factory.mktemp("milvus-server")
@@ -153,19 +254,48 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusLi
     server.stop()
 
 
-@pytest.fixture
-def start_milvus_server(tmp_path: Path) -> Iterator[Callable[[], MilvusLiteServer]]:
-    """A private engine per test (for tests that kill it): call it to get a started server."""
-    if not HAS_MILVUS:
-        pytest.skip("needs the milvus extra (pip install -e '.[milvus]')")
-    started: list[MilvusLiteServer] = []
+@pytest.fixture(scope="session")
+def milvus_engine_server(tmp_path_factory: pytest.TempPathFactory, milvus_bin_dir: Path
+                         ) -> Iterator[MilvusEngineServer]:
+    """One Milvus (itself) for the session's tests; each test uses collections of its own."""
+    root = tmp_path_factory.mktemp("milvus-engine")
+    server = new_milvus_server("milvus", root, "engine", milvus_bin_dir)
+    assert isinstance(server, MilvusEngineServer)
+    started(server)
+    yield server
+    server.stop()
 
-    def start() -> MilvusLiteServer:
-        server = MilvusLiteServer(tmp_path / f"milvus-{len(started)}", tmp_path / f"milvus-{len(started)}.log")
-        server.start()
-        started.append(server)
-        return server
+
+StartMilvus = Callable[[], MilvusServer]
+
+
+@pytest.fixture
+def start_milvus_lite_server(tmp_path: Path) -> Iterator[StartMilvus]:
+    """A private `milvus-lite server` per test (for tests that kill it): call it to get a started server."""
+    servers: list[MilvusServer] = []
+
+    def start() -> MilvusServer:
+        server = new_milvus_server("milvus-lite", tmp_path, f"milvus-{len(servers)}", tmp_path)
+        servers.append(server)
+        return started(server)
 
     yield start
-    for server in started:
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(params=MILVUS_ENGINES)
+def start_milvus_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StartMilvus]:
+    """A private engine per test (for tests that kill it), once on each engine of MILVUS_ENGINES: call it to get a
+    started server (`.engine` names which)."""
+    servers: list[MilvusServer] = []
+    bin_dir = request.getfixturevalue("milvus_bin_dir") if request.param == "milvus" else tmp_path
+
+    def start() -> MilvusServer:
+        server = new_milvus_server(request.param, tmp_path, f"milvus-{len(servers)}", bin_dir)
+        servers.append(server)
+        return started(server)
+
+    yield start
+    for server in servers:
         server.stop()

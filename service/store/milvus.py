@@ -2,7 +2,9 @@
 
 What each guarantee rests on (docs/GALLERY_STORE.md has the long form):
 - Every collection is Strong-consistency and every call asks for Strong: a read sees every write acknowledged
-  before it, from any replica. Nothing is cached per process except this process's block of entry ids.
+  before it, from any replica. Nothing is cached per process except this process's block of entry ids. On Milvus
+  a Strong read waits for the engine's time tick to pass its timestamp (about two ticks of `proxy.timeTickInterval`,
+  200 ms by default): docs/GALLERY_STORE.md#consistency-on-milvus says what to set.
 - Entry ids: each process claims a random block of 2**21 ids in the aux collection (a claim holds only if no other
   claim of that block is visible after it is written, which Strong reads make safe), so ids are unique across
   replicas and below 2**53 (exact in JavaScript).
@@ -14,17 +16,30 @@ What each guarantee rests on (docs/GALLERY_STORE.md has the long form):
   Milvus frees their space at compaction.
 - Person counts come from one row per person in the aux collection (upserts are idempotent); a person whose last
   entry is removed while another replica enrols them again can be left uncounted until they are enrolled again.
+
+The schema has no nullable field, so Milvus 2.3 to 2.6 and milvus-lite all take it (nullable fields arrived in
+Milvus 2.5): an absent camera or track id is stored as NO_LABEL (""; a label is never blank), an absent seen_at as
+NO_TIME (below any time a datetime holds), an absent crop as "" (has_crop says which). Collections written by
+earlier versions of this store, with nullable fields (milvus-lite), still open: reads map null and the sentinels
+alike to None, and the one filter where they differ (excluded cameras) says `is null` for them.
+
+Engine differences the store adapts to, read from the engine's version when it opens: relabel and merge use
+partial upserts where the engine has them (Milvus 2.6, milvus-lite 3), else upsert whole rows read just before;
+listings page by primary key on Milvus (its queries return the smallest keys first, and offset + limit may not
+pass 16,384), by offset on milvus-lite (whose rows come in no set order).
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import re
 import secrets
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -63,7 +78,13 @@ CHUNK = 256  # rows per insert request, far below Milvus's message size limit
 MAX_CROP_CHARS = 65_535  # Milvus VARCHAR limit; stored crops are ~2 KB (base64 ~3 KB)
 MODEL_PROPERTY = "genreid.model_id"
 ENTRY_FIELDS = ["entry_id", "person_id", "camera", "seen_at", "track_id", "has_crop", "enrolled_at"]
-PAGE = 16_384  # rows per query when a read needs every matching id
+ROW_FIELDS = [*ENTRY_FIELDS, "crop", "batch", "code", "unit"]  # a whole row, for engines without partial upserts
+PAGE = 16_384  # rows per query when a read needs every matching id (Milvus: offset + limit <= 16,384)
+NO_LABEL = ""  # camera or track_id absent (labels are never blank)
+NO_TIME = -(2**62)  # seen_at absent: microseconds before any datetime (year 1 is -6.2e16)
+NO_CROP = ""  # has_crop is false
+INDEX_WAIT_SECONDS = 600.0  # flush(): how long to wait for the index to cover the sealed rows
+READ_THREADS = 8  # pending-batch reads run beside searches (_nearest); a search waits for its own
 # pymilvus pings every 10 s even on an idle channel. A gRPC server with default settings (milvus-lite's) answers a
 # third ping without calls with GOAWAY "too_many_pings", about 30 s into any idle spell; a call racing that GOAWAY
 # failed (a 503, or a store that would not open). Pings only during calls; every call has a timeout instead.
@@ -118,8 +139,40 @@ class IndexSpec:
         return cls(kind, build, search)
 
 
+@dataclass(frozen=True)
+class EngineTraits:
+    """What the engine behind a URI does differently, from its version string (`get_server_version`)."""
+
+    version: str
+    partial_upserts: bool  # upsert(partial_update=True): Milvus 2.6 and milvus-lite 3
+    sorted_queries: bool  # a query with a limit returns the smallest primary keys first (Milvus, not milvus-lite)
+
+    @classmethod
+    def of(cls, version: str) -> EngineTraits:
+        if version.startswith("milvus_lite"):
+            return cls(version, partial_upserts=True, sorted_queries=False)
+        numbers = re.match(r"v?(\d+)\.(\d+)", version)
+        release = (int(numbers[1]), int(numbers[2])) if numbers else (0, 0)
+        return cls(version, partial_upserts=release >= (2, 6), sorted_queries=True)
+
+
+class _EngineNoise(logging.Filter):
+    """milvus-lite logs a traceback when it cannot open its data directory, before pymilvus raises a bare "Open
+    local milvus failed": keep the cause for the store's own one-line error, and drop the traceback."""
+
+    def __init__(self, caught: list[BaseException]):
+        super().__init__()
+        self.caught = caught
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.caught.append(record.exc_info[1])
+        return False
+
+
 class MilvusStore(GalleryStore):
-    """One Milvus collection of entries plus `<collection>_meta` for pending batches, id blocks and persons."""
+    """One Milvus collection of entries plus `<collection>_meta` for id blocks and persons and
+    `<collection>_pending` for pending batches."""
 
     backend = "milvus"
 
@@ -145,12 +198,17 @@ class MilvusStore(GalleryStore):
         self._block: int | None = None
         self._next = 0
         self._last_sweep = 0.0
+        self._nullable = False  # a collection of an earlier version of this store (nullable fields)
+        self._reads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="milvus-pending")  # see _nearest
         try:
             if is_in_process(uri):  # milvus-lite in this process wants its directory's parent to exist
                 Path(uri).parent.mkdir(parents=True, exist_ok=True)
             with self._serial:
                 self._client = self._connect()
+                self.engine = EngineTraits.of(self._client.get_server_version(timeout=self.timeout))
                 self._open_collections()
+        except GalleryError:
+            raise
         except MilvusException as err:
             raise GalleryError(f"Milvus gallery {self._where()}: {err.message}") from None
         except Exception as err:  # noqa: BLE001 - connection failures come as several grpc/OS types
@@ -169,6 +227,9 @@ class MilvusStore(GalleryStore):
 
     # --- set-up -------------------------------------------------------------------------------------------
     def _open_collections(self) -> None:
+        """Create what is missing (collection, then its index without waiting for a build: nothing to build yet),
+        then load all three at once and wait: the engine loads them in parallel, about 2.5 s on Milvus 2.3 for a
+        new gallery, and at once when another replica already did."""
         client = self._client
         if not client.has_collection(self.collection, timeout=self.timeout):
             self._create_entries()
@@ -185,16 +246,42 @@ class MilvusStore(GalleryStore):
         if recorded is None and self.model_id is not None:
             client.alter_collection_properties(self.collection, properties={MODEL_PROPERTY: self.model_id},
                                                timeout=self.timeout)
-        for name in self._collections:
-            client.load_collection(name, timeout=self.timeout)
+        self._nullable = any(f.get("nullable") for f in info["fields"])
+        for name, vector, index in ((self.collection, "unit", self.index), (self.meta, "v", IndexSpec()),
+                                    (self.pending_batches, "v", IndexSpec())):
+            self._ensure_index(name, vector, index)
+        self._load()
         self._sweep()
 
-    def _create(self, name: str, schema: Any, vector: str, index: IndexSpec, **kwargs: Any) -> None:
+    def _load(self) -> None:
+        """Load the three collections (a no-op for loaded ones), all requests first, then wait for each."""
+        for name in self._collections:
+            self._client.load_collection(name, timeout=self.timeout, _async=True)
+        for name in self._collections:
+            self._client.load_collection(name, timeout=self.timeout)
+
+    def _index_params(self, vector: str, index: IndexSpec) -> Any:
         params = self._client.prepare_index_params()
-        params.add_index(field_name=vector, index_type=index.kind, metric_type="L2", params=index.build)
+        params.add_index(field_name=vector, index_type=index.kind, metric_type="L2", params=index.build,
+                         index_name=vector)
+        return params
+
+    def _ensure_index(self, name: str, vector: str, index: IndexSpec) -> None:
+        """The vector index, declared without waiting for a build. (Waiting asks milvus-lite for AllocTimestamp,
+        which it does not have: its gRPC server logged a NotImplementedError traceback per collection.) A replica
+        that finds the collection made by another may get there before its index: it declares it itself."""
+        if self._client.list_indexes(name, timeout=self.timeout):
+            return
         try:
-            self._client.create_collection(name, schema=schema, index_params=params, consistency_level="Strong",
-                                           timeout=self.timeout, **kwargs)
+            self._client.create_index(name, self._index_params(vector, index), timeout=self.timeout, sync=False)
+        except MilvusException:
+            if not self._client.list_indexes(name, timeout=self.timeout):  # else another replica declared it
+                raise
+
+    def _create(self, name: str, schema: Any, **kwargs: Any) -> None:
+        try:
+            self._client.create_collection(name, schema=schema, consistency_level="Strong", timeout=self.timeout,
+                                           **kwargs)
         except MilvusException:
             if not self._client.has_collection(name, timeout=self.timeout):  # else another replica made it
                 raise
@@ -203,17 +290,17 @@ class MilvusStore(GalleryStore):
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("entry_id", DataType.INT64, is_primary=True)
         schema.add_field("person_id", DataType.VARCHAR, max_length=MAX_LABEL * 4)  # bytes: 4 per character
-        for name in ("camera", "track_id"):
-            schema.add_field(name, DataType.VARCHAR, max_length=MAX_LABEL * 4, nullable=True)
-        schema.add_field("seen_at", DataType.INT64, nullable=True)
+        for name in ("camera", "track_id"):  # NO_LABEL when absent
+            schema.add_field(name, DataType.VARCHAR, max_length=MAX_LABEL * 4)
+        schema.add_field("seen_at", DataType.INT64)  # NO_TIME when absent
         schema.add_field("enrolled_at", DataType.INT64)
         schema.add_field("has_crop", DataType.BOOL)
-        schema.add_field("crop", DataType.VARCHAR, max_length=MAX_CROP_CHARS, nullable=True)
+        schema.add_field("crop", DataType.VARCHAR, max_length=MAX_CROP_CHARS)  # NO_CROP when absent
         schema.add_field("batch", DataType.INT64)
         schema.add_field("code", DataType.ARRAY, element_type=DataType.FLOAT, max_capacity=self.code_dim)
         schema.add_field("unit", DataType.FLOAT_VECTOR, dim=self.code_dim)
         properties = {} if self.model_id is None else {MODEL_PROPERTY: self.model_id}
-        self._create(self.collection, schema, "unit", self.index, properties=properties)
+        self._create(self.collection, schema, properties=properties)
 
     @property
     def _collections(self) -> tuple[str, str, str]:
@@ -226,17 +313,37 @@ class MilvusStore(GalleryStore):
         schema.add_field("value", DataType.INT64)
         schema.add_field("at", DataType.INT64)
         schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs a vector field in every collection
-        self._create(name, schema, "v", IndexSpec())
+        self._create(name, schema)
 
     # --- engine calls ---------------------------------------------------------------------------------------
     def _connect(self) -> MilvusClient:
         """A connection of this store's own: pymilvus shares one per URI otherwise, and a shared channel that
-        failed to recover while the engine was down stays closed. No keepalive pings while idle (GRPC_OPTIONS)."""
-        return MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout, dedicated=True,
-                            grpc_options=GRPC_OPTIONS)
+        failed to recover while the engine was down stays closed. No keepalive pings while idle (GRPC_OPTIONS).
+        In-process milvus-lite whose directory another process holds fails in one line, not a traceback."""
+        if not is_in_process(self.uri):
+            return MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout, dedicated=True,
+                                grpc_options=GRPC_OPTIONS)
+        caught: list[BaseException] = []
+        engine_log = logging.getLogger("milvus_lite.server_manager")
+        keep = _EngineNoise(caught)
+        engine_log.addFilter(keep)
+        try:
+            return MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout, dedicated=True,
+                                grpc_options=GRPC_OPTIONS)
+        except Exception:
+            if any(type(cause).__name__ == "DataDirLockedError" for cause in caught):
+                raise GalleryError(f"Milvus gallery {self.uri}: the gallery is in use by another process "
+                                   "(milvus-lite opens a .db in one process only: stop that server, or reach the "
+                                   "gallery through it)") from None
+            if caught:
+                raise GalleryError(f"Milvus gallery {self.uri}: milvus-lite cannot open it: {caught[0]}") from None
+            raise
+        finally:
+            engine_log.removeFilter(keep)
 
     def _live_client(self) -> MilvusClient:
-        """The client, reconnected first when the last call failed (the engine may have restarted)."""
+        """The client, reconnected first when the last call failed (the engine may have restarted: it then
+        reloads what was loaded by itself, and a load request waits for that)."""
         with self._connecting:
             if self._broken:
                 try:
@@ -244,8 +351,7 @@ class MilvusStore(GalleryStore):
                 except Exception:  # noqa: BLE001 - the old channel is being dropped either way
                     pass
                 self._client = self._connect()
-                for name in self._collections:  # a restarted engine may have released them
-                    self._client.load_collection(name, timeout=self.timeout)
+                self._load()
                 self._broken = False
             return self._client
 
@@ -331,11 +437,10 @@ class MilvusStore(GalleryStore):
         batch = ids[0]
         marker = f"pending:{batch}"
         self._call("insert", self.pending_batches, [self._meta_row(marker, "pending", batch)])
-        rows = [{"entry_id": i, "person_id": e.person_id, "camera": e.camera,
-                 "seen_at": None if e.seen_at is None else to_micros(e.seen_at), "track_id": e.track_id,
-                 "enrolled_at": to_micros(when),
-                 "has_crop": crop is not None, "crop": crop, "batch": batch, "code": code.tolist(),
-                 "unit": unit.tolist()}
+        rows = [{"entry_id": i, "person_id": e.person_id, "camera": e.camera or NO_LABEL,
+                 "seen_at": NO_TIME if e.seen_at is None else to_micros(e.seen_at), "track_id": e.track_id or NO_LABEL,
+                 "enrolled_at": to_micros(when), "has_crop": crop is not None, "crop": crop or NO_CROP,
+                 "batch": batch, "code": code.tolist(), "unit": unit.tolist()}
                 for i, e, crop, code, unit, when in zip(ids, entries, crops, codes, unit_codes, enrolled, strict=True)]
         try:
             for start in range(0, len(rows), CHUNK):
@@ -353,13 +458,28 @@ class MilvusStore(GalleryStore):
         return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None, when)
                 for i, e, when in zip(ids, entries, enrolled, strict=True)]
 
+    def _set_person(self, ids: Sequence[int], person_id: str) -> None:
+        """Give these entries `person_id`, CHUNK rows per upsert (each row atomic). Without partial upserts
+        (Milvus before 2.6) each row is read whole and written back whole: a row removed by another replica in
+        between is skipped when the read misses it, and can come back when the removal falls between the read and
+        the write (partial upserts never bring a row back)."""
+        for start in range(0, len(ids), CHUNK):
+            chunk = [int(i) for i in ids[start : start + CHUNK]]
+            if self.engine.partial_upserts:
+                self._call("upsert", self.collection, [{"entry_id": i, "person_id": person_id} for i in chunk],
+                           partial_update=True)
+                continue
+            rows = self._rows(chunk, ROW_FIELDS)
+            if rows:
+                self._call("upsert", self.collection, [{**rows[i], "person_id": person_id} for i in chunk
+                                                       if i in rows])
+
     def _relabel(self, entry_id: int, person_id: str) -> Entry:
         found = self.get([entry_id])
         if not found:
             raise UnknownEntries([entry_id])
         self._call("upsert", self.meta, [self._meta_row(f"person:{person_id}", "person", 0)])
-        self._call("upsert", self.collection, [{"entry_id": entry_id, "person_id": person_id}],
-                   partial_update=True)
+        self._set_person([entry_id], person_id)
         self._forget_if_empty([found[0].person_id])
         return self.get([entry_id])[0]
 
@@ -368,10 +488,7 @@ class MilvusStore(GalleryStore):
         ids = self._ids(f"person_id == {literal(person_id)}")
         if ids:
             self._call("upsert", self.meta, [self._meta_row(f"person:{into}", "person", 0)])
-            for start in range(0, len(ids), CHUNK):
-                self._call("upsert", self.collection,
-                           [{"entry_id": i, "person_id": into} for i in ids[start : start + CHUNK]],
-                           partial_update=True)
+            self._set_person(ids, into)
             self._forget_if_empty([person_id])
         return ids
 
@@ -388,7 +505,8 @@ class MilvusStore(GalleryStore):
 
     def _remove(self, ids: list[int], persons: set[str]) -> list[int]:
         if ids:
-            self._call("delete", self.collection, filter=f"entry_id in {_ints(ids)}")
+            for start in range(0, len(ids), PAGE):
+                self._call("delete", self.collection, filter=f"entry_id in {_ints(ids[start : start + PAGE])}")
             self._forget_if_empty(persons)
         return ids
 
@@ -408,18 +526,19 @@ class MilvusStore(GalleryStore):
         """The visible rows the filter admits, in Milvus's language."""
         return _both(self._visible(), self._conditions(entry_filter))
 
-    @staticmethod
-    def _conditions(entry_filter: EntryFilter) -> str:
-        """The filter in Milvus's language, with the semantics of EntryFilter.admits."""
+    def _conditions(self, entry_filter: EntryFilter) -> str:
+        """The filter in Milvus's language, with the semantics of EntryFilter.admits (absent values are the
+        sentinels, or null in a collection of an earlier version)."""
         clauses = []
         if entry_filter.cameras is not None:
             clauses.append(f"camera in {literals(entry_filter.cameras)}" if entry_filter.cameras else "entry_id < 0")
         if entry_filter.exclude_cameras:
-            clauses.append(f"(camera is null or camera not in {literals(entry_filter.exclude_cameras)})")
+            outside = f"camera not in {literals(entry_filter.exclude_cameras)}"
+            clauses.append(f"(camera is null or {outside})" if self._nullable else outside)
         if entry_filter.seen_after is not None:
             clauses.append(f"seen_at >= {to_micros(entry_filter.seen_after)}")
         if entry_filter.seen_before is not None:
-            clauses.append(f"seen_at <= {to_micros(entry_filter.seen_before)}")
+            clauses.append(f"seen_at > {NO_TIME} and seen_at <= {to_micros(entry_filter.seen_before)}")
         if entry_filter.person_id is not None:
             clauses.append(f"person_id == {literal(entry_filter.person_id)}")
         if entry_filter.exclude_ids:
@@ -427,12 +546,18 @@ class MilvusStore(GalleryStore):
         return " and ".join(clauses)  # "" admits everything, and costs milvus-lite no scan of every row
 
     def _ids(self, condition: str) -> list[int]:
-        """Every visible id matching `condition`, sorted."""
+        """Every visible id matching `condition`, sorted: by primary key pages on Milvus (smallest keys first; an
+        offset may not pass 16,384 there), by offset on milvus-lite (rows in no set order, no such limit)."""
         expr = _both(condition, self._visible())
         ids: list[int] = []
         while True:
-            rows = self._query(self.collection, expr, ["entry_id"], limit=PAGE, offset=len(ids))
-            ids += [row["entry_id"] for row in rows]
+            if self.engine.sorted_queries:
+                after = _both(expr, f"entry_id > {ids[-1]}") if ids else expr
+                rows = self._query(self.collection, after, ["entry_id"], limit=PAGE)
+                ids += sorted(row["entry_id"] for row in rows)
+            else:
+                rows = self._query(self.collection, expr, ["entry_id"], limit=PAGE, offset=len(ids))
+                ids += [row["entry_id"] for row in rows]
             if len(rows) < PAGE:
                 return sorted(ids)
 
@@ -453,8 +578,10 @@ class MilvusStore(GalleryStore):
 
     @staticmethod
     def _entry(row: dict[str, Any]) -> Entry:
-        return Entry(row["entry_id"], row["person_id"], row.get("camera"), from_micros(row.get("seen_at")),
-                     row.get("track_id"), bool(row["has_crop"]), from_micros(row.get("enrolled_at")))
+        seen = row.get("seen_at")
+        return Entry(row["entry_id"], row["person_id"], row.get("camera") or None,
+                     None if seen == NO_TIME else from_micros(seen), row.get("track_id") or None,
+                     bool(row["has_crop"]), from_micros(row.get("enrolled_at")))
 
     def get(self, entry_ids: Sequence[int]) -> list[Entry]:
         found = self._rows(entry_ids, ENTRY_FIELDS)
@@ -470,37 +597,68 @@ class MilvusStore(GalleryStore):
 
     def crop(self, entry_id: int) -> bytes | None:
         row = self._rows([entry_id], ["entry_id", "crop"]).get(int(entry_id))
-        return None if row is None or row["crop"] is None else base64.b64decode(row["crop"])
+        return None if row is None or not row["crop"] else base64.b64decode(row["crop"])
 
     def list_entries(self, entry_filter: EntryFilter = NO_FILTER, *, offset: int = 0, limit: int = 50
                      ) -> EntryPage:
-        """Milvus returns rows in no set order, so a page sorts every admitted id first: O(admitted) per page."""
+        """Every admitted id is read (and sorted) first: O(admitted) per page."""
         ids = self._ids(self._conditions(entry_filter))  # _ids adds the visibility clause once
         return EntryPage(len(ids), self.get(ids[offset : offset + limit]))
 
+    def _search(self, unit_queries: np.ndarray, k: int, expr: str) -> list[list[dict[str, Any]]]:
+        return self._call("search", self.collection, data=unit_queries.tolist(), limit=k, filter=expr,
+                          output_fields=[*ENTRY_FIELDS, "batch"], anns_field="unit",
+                          search_params={"metric_type": "L2", "params": self.index.search},
+                          consistency_level="Strong")
+
     def _nearest(self, unit_queries: np.ndarray, k: int, entry_filter: EntryFilter
                  ) -> list[list[tuple[Entry, float]]]:
+        """The search and the pending-batch read run at once, each Strong: one wait for the engine's clock instead
+        of two (a Strong read waits about two time ticks on Milvus). Only when a hit belongs to a pending batch
+        (a write in flight or abandoned: rare) is the search run again without those batches."""
         if entry_filter.person_id is not None:
             raise ValueError("a search cannot filter by person id")
-        found = self._call("search", self.collection, data=unit_queries.tolist(), limit=k,
-                           filter=self._expr(entry_filter), output_fields=ENTRY_FIELDS, anns_field="unit",
-                           search_params={"metric_type": "L2", "params": self.index.search},
-                           consistency_level="Strong")
+        conditions = self._conditions(entry_filter)
+        pending = self._reads.submit(self._pending)
+        try:
+            found = self._search(unit_queries, k, conditions)
+        finally:
+            hidden = set(pending.result())
+        if hidden and any(hit["entity"]["batch"] in hidden for row in found for hit in row):
+            found = self._search(unit_queries, k, _both(f"batch not in {_ints(sorted(hidden))}", conditions))
         return [[(self._entry({**hit["entity"], "entry_id": hit["entry_id"]}), float(hit["distance"]))
                  for hit in row] for row in found]
 
-    def flush(self) -> None:
-        """Seal what was written into indexed segments. Milvus does it by itself (milvus-lite once 128 MiB are
-        buffered); until then new rows are searched without the index, which milvus-lite does in Python: a bulk
-        import flushes at its end (docs/BENCHMARKS.md#gallery-backends has both states)."""
+    def flush(self, wait: float = INDEX_WAIT_SECONDS) -> None:
+        """Seal what was written into segments and wait (up to `wait` seconds) until the vector index covers
+        them. Milvus seals by itself (segment size or idle time; milvus-lite once 128 MiB are buffered) and builds
+        indexes on sealed segments in the background; until then new rows are searched without the index (on
+        milvus-lite, in Python). `genreid gallery import` flushes at its end (docs/BENCHMARKS.md#gallery-backends
+        has both states)."""
         self._call("flush", self.collection)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            progress = self._call("describe_index", self.collection, self._index_name()) or {}
+            if not progress.get("pending_index_rows"):
+                return
+            time.sleep(0.5)
+        log.warning("%s: the index did not cover every sealed row within %.0f s", self._where(), wait)
+
+    def _index_name(self) -> str:
+        """The entries' vector index: named after its field, or as the engine named it in an earlier version."""
+        names = self._call("list_indexes", self.collection)
+        return "unit" if "unit" in names or not names else names[0]
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.backend, "location": self._where(), "index": self.index.kind}
+        return {"backend": self.backend, "location": self._where(), "index": self.index.kind,
+                "engine": self.engine.version}
 
     def close(self) -> None:
+        """The connection only: the collections stay loaded for the other replicas."""
+        self._reads.shutdown(wait=True)
         self._client.close()
         if is_in_process(self.uri):  # milvus-lite in this process: stop its engine and free the data directory
             from milvus_lite.server_manager import server_manager_instance
 
             server_manager_instance.release_server(self.uri)
+

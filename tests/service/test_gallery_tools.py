@@ -1,10 +1,15 @@
 """`genreid gallery export | import | reembed` (service/gallery_tools.py): a consistent export beside a store that
-holds its lock, round trips that keep entries, codes, crops and rankings, model checks, re-embedding."""
+holds its lock, round trips that keep entries, codes, crops and rankings, imports that add each entry once however
+often they run (on the embedded store, milvus-lite and Milvus itself), model checks, re-embedding, and a CLI that
+answers in one line (a milvus-lite file another process holds, no engine tracebacks)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -17,6 +22,7 @@ from genreid.service.cli import main
 from genreid.service.core.imaging import decode_rgb, resized, stored_crop, stored_crop_size, to_chw_float
 from genreid.service.encoders import Encoders
 from genreid.service.gallery_tools import (
+    ALREADY_HELD,
     ENTRIES,
     Copied,
     GalleryFile,
@@ -30,6 +36,7 @@ from genreid.service.settings import Settings
 from genreid.service.store import Entry, GalleryError, GalleryStore, NewEntry, open_gallery
 from genreid.service.store.snapshot import Batch, EmbeddedSnapshot
 
+ROOT = Path(__file__).resolve().parents[2]
 START = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
 ENTRY_COUNT = 12
 WITHOUT_CROP = (5,)  # positions of the entries enrolled without a crop
@@ -305,3 +312,128 @@ def test_cli_exports_imports_and_refuses_with_one_line_and_exit_code_2(
     code, _, err = run_cli(["gallery", "reembed", "--models", str(models_b), "--from-data", str(gallery.data),
                             "--to-data", str(tmp_path / "new")], capsys)
     assert code == 2 and "--skip-missing-crops" in error_line(err)
+
+
+@pytest.fixture
+def target(request: pytest.FixtureRequest, models_a: Path, tmp_path: Path) -> Iterator[Settings]:
+    """An empty gallery of model tiny-a on the backend `request.param` names: embedded, milvus-lite (a .db file in
+    this process) or Milvus itself (a collection of this test's own on the session's engine, dropped after)."""
+    if request.param == "embedded":
+        yield settings(models_a, data=tmp_path / "target")
+        return
+    if _milvus_missing() is not None:
+        pytest.skip(str(_milvus_missing()))
+    if request.param == "milvus-lite":
+        yield settings(models_a, uri=str(tmp_path / "g.db"))
+        return
+    engine = request.getfixturevalue("milvus_engine_server")
+    collection = f"tools_{abs(hash(str(tmp_path))):x}"
+    yield Settings(models=models_a, device="cpu", threads=1, gallery_uri=engine.uri, gallery_collection=collection,
+                   data=tmp_path / "target-data")
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=engine.uri, dedicated=True)
+    try:
+        for name in (collection, f"{collection}_meta", f"{collection}_pending"):
+            client.drop_collection(name)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("target", ["embedded", "milvus-lite", "milvus"], indirect=True)
+def test_a_repeated_import_adds_each_entry_once(source, target: Settings, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]):
+    """The second import of a file adds nothing and says why, even after a relabel in the gallery; an import cut
+    short and run again adds the rest; a file holding an entry twice adds it twice, and again nothing more."""
+    gallery, _ = source
+    file = tmp_path / "a.zip"
+    export_gallery(gallery=gallery, to=file)
+    first = import_gallery(source=file, gallery=target, batch_size=5)
+    assert (len(first.id_map), first.skipped) == (ENTRY_COUNT, [])
+    store = opened(target)
+    try:
+        moved = store.list_entries(limit=1000).entries
+        store.relabel(moved[0].entry_id, person_id="renamed")  # labels change; the origin key does not
+        store.remove_entries([moved[-1].entry_id])  # as if the first import had stopped one entry short
+    finally:
+        store.close()
+
+    args = ["gallery", "import", str(file), "--id-map", str(tmp_path / "ids.json")]
+    location = (["--data", str(target.data)] if target.gallery_uri is None
+                else ["--gallery-uri", target.gallery_uri, "--gallery-collection", target.gallery_collection])
+    code, out, _ = run_cli(args + location, capsys)
+    assert code == 0
+    assert json.loads(out) == {"added": 1, "skipped": ENTRY_COUNT - 1, "reason": ALREADY_HELD}
+    ids = json.loads((tmp_path / "ids.json").read_text())  # every file entry, added or found
+    exported = read_all(file).entries
+    assert sorted(map(int, ids)) == sorted(e.entry_id for e in exported)
+    assert {ids[str(e.entry_id)] for e in exported[:-1]} == {first.id_map[e.entry_id] for e in exported[:-1]}
+
+    again = import_gallery(source=file, gallery=target)
+    assert (again.id_map, len(again.skipped), again.summary()["added"]) == ({}, ENTRY_COUNT, 0)
+    store = opened(target)
+    try:
+        assert store.counts()[0] == ENTRY_COUNT
+        held = store.list_entries(limit=1000).entries
+        by_id = {e.entry_id: e for e in held}
+        assert [labels(by_id[ids[str(e.entry_id)]])[1:] for e in exported] == [labels(e)[1:] for e in exported]
+        codes = read_all(file).codes
+        found = store.search(codes, 2)
+        assert [row[0].entry.entry_id for row in found] == [ids[str(e.entry_id)] for e in exported]
+        assert all(row[1].distance > 1e-3 for row in found)  # every match once: no twin at distance 0
+    finally:
+        store.close()
+
+
+def test_an_entry_enrolled_before_is_skipped_whatever_its_person_and_crop(source, models_a: Path, tmp_path: Path):
+    """The origin key is the code's bits, camera, seen_at, track_id and enrolled_at: an entry enrolled on its own
+    with those (another person id, no crop) is the file's entry already."""
+    gallery, _ = source
+    export_gallery(gallery=gallery, to=tmp_path / "a.zip")
+    batch = read_all(tmp_path / "a.zip")
+    entry = batch.entries[1]
+    target = settings(models_a, data=tmp_path / "target")
+    store = opened(target)
+    try:
+        [held] = store.add([NewEntry("someone else", entry.camera, entry.seen_at, entry.track_id, None,
+                                     entry.enrolled_at)], batch.codes[1:2])
+    finally:
+        store.close()
+    copied = import_gallery(source=tmp_path / "a.zip", gallery=target)
+    assert copied.skipped == [entry.entry_id] and copied.existing == {entry.entry_id: held.entry_id}
+    assert len(copied.id_map) == ENTRY_COUNT - 1 and entry.entry_id not in copied.id_map
+
+
+@pytest.mark.skipif(_milvus_missing() is not None, reason=str(_milvus_missing()))
+def test_cli_on_a_milvus_lite_file_answers_without_engine_tracebacks(source, models_a: Path, tmp_path: Path):
+    """Importing into a new milvus-lite file logs no engine traceback (milvus-lite has no AllocTimestamp, which
+    waiting for an index build asked it for); exporting it while another process holds it fails in one line."""
+    gallery, _ = source
+    export_gallery(gallery=gallery, to=tmp_path / "a.zip")
+    db = tmp_path / "g.db"
+    environment = {**os.environ, "GENREID_MODELS": str(models_a), "GENREID_DEVICE": "cpu",
+                   "GENREID_DATA": str(tmp_path / "cli-data")}
+    cli = [sys.executable, "-m", "genreid.service.cli", "gallery"]
+    done = subprocess.run([*cli, "import", str(tmp_path / "a.zip"), "--gallery-uri", str(db)], capture_output=True,
+                          text=True, env=environment, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"added": ENTRY_COUNT, "skipped": 0}
+    for noise in ("Traceback", "NotImplementedError", "AllocTimestamp", "Method not implemented"):
+        assert noise not in done.stderr, done.stderr
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom genreid.service.store.milvus import MilvusStore\n"
+         "MilvusStore(sys.argv[1], collection='genreid', code_dim=32, model_id='tiny-a')\nprint('held', flush=True)\n"
+         "time.sleep(300)", str(db)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        done = subprocess.run([*cli, "export", "--to", str(tmp_path / "b.zip"), "--gallery-uri", str(db)],
+                              capture_output=True, text=True, env=environment, cwd=ROOT, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"genreid gallery export: Milvus gallery {db}: the gallery is in use by another process (milvus-lite opens "
+        "a .db in one process only: stop that server, or reach the gallery through it)"]
+    assert not (tmp_path / "b.zip").exists()

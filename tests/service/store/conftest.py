@@ -1,5 +1,7 @@
-"""The gallery backends the conformance suite runs on. A new backend adds one `Backend` to BACKENDS: how to open
-it (here and, as source, in a fresh process) and how to make its engine fail in the middle of a write."""
+"""The gallery backends the conformance suite runs on: the embedded store, milvus-lite in the test's process, a
+`milvus-lite server` process and Milvus itself (tests/conftest.py starts the engines). A new backend adds one
+`Backend` to BACKENDS: how to open it (here and, as source, in a fresh process) and how to make its engine fail in
+the middle of a write."""
 
 from __future__ import annotations
 
@@ -98,9 +100,8 @@ def _milvus_lite(request: pytest.FixtureRequest) -> Backend:
     )
 
 
-def _milvus_server(request: pytest.FixtureRequest) -> Backend:
-    """A `milvus-lite server` process on 127.0.0.1 that every client, in any process, talks to over gRPC."""
-    server = request.getfixturevalue("milvus_server")
+def _on_server(server) -> Backend:
+    """A store on an engine process on 127.0.0.1 that every client, in any process, talks to over gRPC."""
     from genreid.service.store.milvus import MilvusStore
 
     return Backend(
@@ -114,8 +115,34 @@ def _milvus_server(request: pytest.FixtureRequest) -> Backend:
     )
 
 
+def _milvus_server(request: pytest.FixtureRequest) -> Backend:
+    """A `milvus-lite server` process."""
+    return _on_server(request.getfixturevalue("milvus_server"))
+
+
+def _milvus_engine(request: pytest.FixtureRequest) -> Backend:
+    """Milvus itself (standalone 2.3.5), one engine for the session; the collections a test made are dropped after
+    it, so the engine does not carry hundreds of loaded collections (each consumes its time ticks)."""
+    server = request.getfixturevalue("milvus_engine_server")
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=server.uri, dedicated=True)
+    before = set(client.list_collections())
+
+    def drop_new() -> None:
+        try:
+            for name in set(client.list_collections()) - before:
+                client.drop_collection(name)
+        finally:
+            client.close()
+
+    request.addfinalizer(drop_new)
+    return _on_server(server)
+
+
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Backend]] = {
     "embedded": _embedded, "milvus-lite": _milvus_lite, "milvus-server": _milvus_server,
+    "milvus-engine": _milvus_engine,
 }
 
 

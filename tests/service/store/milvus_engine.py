@@ -54,7 +54,11 @@ PR_SET_PDEATHSIG = 1
 
 
 class EngineUnavailable(RuntimeError):
-    """The engine cannot run here (no network namespaces, no `milvus` wheel); the message says why."""
+    """The engine cannot run here (no network namespaces, no `milvus` wheel): exit status 3, the message says why."""
+
+
+class EngineFailed(RuntimeError):
+    """The engine ran but did not come up healthy: exit status 1."""
 
 
 def _libc() -> ctypes.CDLL:
@@ -86,7 +90,7 @@ def binaries(bin_dir: Path) -> Path:
     try:
         import milvus
     except ImportError as err:
-        raise EngineUnavailable(f"the milvus wheel is not installed (pip install -e '.[milvus]'): {err}") from None
+        raise EngineUnavailable(f"the milvus wheel is not installed (pip install -e '.[dev]'): {err}") from None
     milvus._initialize_data_files(str(bin_dir))
     return bin_dir / "bin" / "milvus"
 
@@ -125,7 +129,7 @@ def wait_healthy(engine: subprocess.Popen, base_dir: Path) -> None:
     while time.monotonic() < deadline:
         if engine.poll() is not None:
             tail = (base_dir / "logs" / "milvus-stderr.log").read_text(errors="replace")[-2000:]
-            raise EngineUnavailable(f"milvus exited with {engine.returncode} while starting: {tail}")
+            raise EngineFailed(f"milvus exited with {engine.returncode} while starting: {tail}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/healthz", timeout=2) as answer:
                 if b"OK" in answer.read():
@@ -133,7 +137,7 @@ def wait_healthy(engine: subprocess.Popen, base_dir: Path) -> None:
         except (OSError, urllib.error.URLError):
             pass
         time.sleep(0.2)
-    raise EngineUnavailable(f"milvus did not report healthy within {STARTUP_SECONDS} s")
+    raise EngineFailed(f"milvus did not report healthy within {STARTUP_SECONDS} s")
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -189,7 +193,7 @@ def stop(engine: subprocess.Popen) -> None:
     if engine.poll() is None:
         engine.terminate()
         try:
-            engine.wait(20)
+            engine.wait(10)
         except subprocess.TimeoutExpired:
             engine.kill()
             engine.wait()
@@ -227,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         listener.listen(64)
         print("ready", flush=True)
         return serve(listener, engine, parent)
-    except EngineUnavailable as err:
-        print(f"milvus engine unavailable: {err}", file=sys.stderr, flush=True)
-        return 3
+    except EngineFailed as err:
+        print(f"milvus engine failed: {err}", file=sys.stderr, flush=True)
+        return 1
     finally:
         listener.close()
         stop(engine)

@@ -1,8 +1,9 @@
-"""Concurrent writes to milvus-lite survive kill -9 of the engine: through a `milvus-lite server` run the way
-service/store/milvus_lite.py says, and through the in-process engine a store serialises itself.
+"""Concurrent writes survive kill -9 of the engine: through a `milvus-lite server` run the way
+service/store/milvus_lite.py says, through Milvus itself (standalone, its own etcd and storage), and through the
+in-process milvus-lite that a store serialises itself.
 
-Both drive many small concurrent batches (the pattern that tore milvus-lite's write-ahead log when its calls ran in
-parallel), kill the engine's process with SIGKILL mid-load, and require every acknowledged entry after the restart.
+Each drives many small concurrent batches (the pattern that tore milvus-lite's write-ahead log when its calls ran in
+parallel), kills the engine's process with SIGKILL mid-load, and requires every acknowledged entry after the restart.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def every_id(store: GalleryStore) -> set[int]:
     return {entry.entry_id for entry in page.entries}
 
 
-def test_concurrent_writes_through_a_milvus_lite_server_survive_its_kill(start_milvus_server):
+def test_concurrent_writes_through_an_engine_server_survive_its_kill(start_milvus_server):
     engine = start_milvus_server()
     stores = [MilvusStore(engine.uri, collection="g", code_dim=DIM, model_id=None, timeout=5) for _ in range(2)]
     acknowledged: set[int] = set()

@@ -1,7 +1,7 @@
-"""Two real `genreid serve` replicas sharing one gallery on a real `milvus-lite server` process: writes through
-one are read through the other at once, a replica's crash leaves the other serving, and the engine's crash mid-load
-loses nothing acknowledged and shows no partial batch (on failure it prints what the engine holds of the missing
-entries)."""
+"""Two real `genreid serve` replicas sharing one gallery on an engine process of its own, once on a `milvus-lite
+server` and once on Milvus itself (standalone 2.3.5): writes through one are read through the other at once, a
+replica's crash leaves the other serving, and the engine's crash mid-load loses nothing acknowledged and shows no
+partial batch (on failure it prints what the engine holds of the missing entries)."""
 
 from __future__ import annotations
 
