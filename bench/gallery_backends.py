@@ -65,27 +65,27 @@ def peak_rss_mib(pid: int) -> float | None:
     return None
 
 
-@contextmanager
-def milvus_standalone(workdir: Path, time_tick_ms: int) -> Iterator[tuple[str, int]]:
-    """Milvus itself (standalone 2.3.5) answering on 127.0.0.1 only, with this time tick: (uri, launcher pid)."""
+def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    base = workdir / f"milvus-standalone-{port}"
-    command = [sys.executable, str(MILVUS_LAUNCHER), "--base-dir", str(base), "--bin-dir", str(workdir / "milvus-bin"),
-               "--port", str(port), "--set", f"proxy.timeTickInterval={time_tick_ms}"]
-    with (workdir / f"milvus-standalone-{port}.log").open("wb") as log:
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def _listening(command: list[str], port: int, log_path: Path, *, seconds: float) -> Iterator[tuple[str, int]]:
+    """`command` as a process of its own until it answers on 127.0.0.1:`port`: (uri, pid); stopped on exit."""
+    with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + seconds
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"Milvus did not start (see {log.name})") from None
-                time.sleep(0.2)
+                    raise RuntimeError(f"{command[0]} did not start (see {log_path.name})") from None
+                time.sleep(0.1)
         yield f"http://127.0.0.1:{port}", process.pid
     finally:
         process.terminate()
@@ -97,29 +97,24 @@ def milvus_standalone(workdir: Path, time_tick_ms: int) -> Iterator[tuple[str, i
 
 
 @contextmanager
+def milvus_standalone(workdir: Path, time_tick_ms: int) -> Iterator[tuple[str, int]]:
+    """Milvus itself (standalone 2.3.5) answering on 127.0.0.1 only, with this time tick: (uri, launcher pid)."""
+    port = _free_port()
+    command = [sys.executable, str(MILVUS_LAUNCHER), "--base-dir", str(workdir / f"milvus-standalone-{port}"),
+               "--bin-dir", str(workdir / "milvus-bin"), "--port", str(port),
+               "--set", f"proxy.timeTickInterval={time_tick_ms}"]
+    with _listening(command, port, workdir / f"milvus-standalone-{port}.log", seconds=180) as running:
+        yield running
+
+
+@contextmanager
 def milvus_engine(workdir: Path) -> Iterator[tuple[str, int]]:
     """A fresh `milvus-lite server` on 127.0.0.1: (uri, pid)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(workdir / f"milvus-{port}"),
                "--host", "127.0.0.1", "--port", str(port), *MILVUS_LITE_SERVER_ARGS]
-    with (workdir / f"milvus-{port}.log").open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"milvus-lite server did not start (see {log.name})") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}", process.pid
-    finally:
-        process.terminate()
-        process.wait(30)
+    with _listening(command, port, workdir / f"milvus-{port}.log", seconds=60) as running:
+        yield running
 
 
 def fill(store: GalleryStore, vectors: Vectors) -> tuple[np.ndarray, float]:

@@ -103,11 +103,13 @@ def start_genreid(tmp_path: Path) -> Iterator[StartGenreid]:
         server.stop()
 
 
-class MilvusLiteServer:
-    """`milvus-lite server` on 127.0.0.1 over one data directory; can be killed with SIGKILL and restarted on the
-    same directory and port, as an engine crash would."""
+class EngineProcess:
+    """A gallery engine as a process on 127.0.0.1 over one data directory: started, killed with SIGKILL and
+    restarted on the same directory and port, as an engine crash would be. Subclasses say how to run it."""
 
-    engine = "milvus-lite"
+    engine = ""
+    start_seconds = 60.0
+    stop_seconds = 10.0
 
     def __init__(self, data_dir: Path, log: Path):
         self.data_dir = data_dir
@@ -119,89 +121,75 @@ class MilvusLiteServer:
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> None:
-        command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir),
-                   "--host", "127.0.0.1", "--port", str(self.port), *MILVUS_LITE_SERVER_ARGS]
-        with self.log.open("a") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def exited(self) -> Exception:
+        """What to raise when the process ended before it listened."""
+        return RuntimeError(f"{self.engine} exited with {self.process.returncode}: "
+                            f"{self.log.read_text(errors='replace')[-2000:]}")
+
+    def start(self) -> None:
+        with self.log.open("a") as log:  # its own process group: kill() takes the engine's children with it
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.monotonic() + self.start_seconds
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"milvus-lite server exited with {self.process.returncode}: "
-                                   f"{self.log.read_text()[-2000:]}")
+                raise self.exited()
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError(f"milvus-lite server did not listen on {self.port} within {timeout} s")
+        raise RuntimeError(f"{self.engine} did not listen on {self.port} within {self.start_seconds:.0f} s")
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-class MilvusEngineServer:
-    """Milvus itself (standalone 2.3.5 from the `milvus` wheel, with its own etcd and local storage) over one base
-    directory, answering on 127.0.0.1:`port` only (tests/service/store/milvus_engine.py runs it in a network
-    namespace of its own). `kill` is kill -9 of the engine; `start` again restarts it on the same data and port."""
-
-    engine = "milvus"
-
-    def __init__(self, base_dir: Path, log: Path, bin_dir: Path):
-        self.data_dir = base_dir
-        self.bin_dir = bin_dir
-        self.port = free_port()
-        self.log = log
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 180.0) -> None:
-        command = [sys.executable, str(MILVUS_ENGINE_SCRIPT), "--base-dir", str(self.data_dir), "--bin-dir",
-                   str(self.bin_dir), "--port", str(self.port)]
-        with self.log.open("a") as log:  # its own process group: kill() takes the engine with it
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                tail = self.log.read_text(errors="replace")[-2000:]
-                if self.process.returncode == 3:  # the launcher's "cannot run here"
-                    raise MilvusEngineUnavailable(tail.strip().splitlines()[-1] if tail.strip() else "no reason")
-                raise RuntimeError(f"Milvus exited with {self.process.returncode}: {tail}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"Milvus did not listen on {self.port} within {timeout} s")
-
-    def kill(self) -> None:
-        """kill -9 of the engine and of what forwards 127.0.0.1 to it, as a crash of the engine's host would."""
+        """kill -9 of the engine and of whatever it started, as a crash of the engine's host would."""
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
     def stop(self) -> None:
-        """SIGTERM (the launcher passes it on), and kill -9 after 3 s: Milvus's graceful stop takes over 10 s, and a
-        test engine's data is thrown away."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(3)
+                self.process.wait(self.stop_seconds)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class MilvusLiteServer(EngineProcess):
+    """`milvus-lite server`."""
+
+    engine = "milvus-lite"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir),
+                "--host", "127.0.0.1", "--port", str(self.port), *MILVUS_LITE_SERVER_ARGS]
+
+
+class MilvusEngineServer(EngineProcess):
+    """Milvus itself (standalone 2.3.5 from the `milvus` wheel, with its own etcd and local storage), answering on
+    127.0.0.1:`port` only (tests/service/store/milvus_engine.py runs it in a network namespace of its own)."""
+
+    engine = "milvus"
+    start_seconds = 180.0
+    stop_seconds = 3.0  # Milvus's graceful stop takes over 10 s, and a test engine's data is thrown away
+
+    def __init__(self, base_dir: Path, log: Path, bin_dir: Path):
+        super().__init__(base_dir, log)
+        self.bin_dir = bin_dir
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(MILVUS_ENGINE_SCRIPT), "--base-dir", str(self.data_dir), "--bin-dir",
+                str(self.bin_dir), "--port", str(self.port)]
+
+    def exited(self) -> Exception:
+        tail = self.log.read_text(errors="replace")[-2000:]
+        if self.process.returncode == 3:  # the launcher's "cannot run here"
+            return MilvusEngineUnavailable(tail.strip().splitlines()[-1] if tail.strip() else "no reason")
+        return super().exited()
 
 
 class MilvusEngineUnavailable(RuntimeError):
