@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
+from onnx import helper, numpy_helper
 from torch import nn
 
 from genreid.service.core.model_json import MODEL_FILES, IdentityCodes, ModelMetadata, input_sizes
@@ -45,12 +47,27 @@ def _quiet_exporter_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+# Node metadata the exporter fills with the Python source lines (absolute paths of the exporting machine) that
+# made each node: nothing a server reads, and no machine's paths belong in shipped files.
+SOURCE_TRACE = "pkg.torch.onnx.stack_trace"
+
+
+def drop_source_traces(model: onnx.ModelProto) -> onnx.ModelProto:
+    for graph in (model.graph, *model.functions):
+        for node in graph.node:
+            kept = [prop for prop in node.metadata_props if prop.key != SOURCE_TRACE]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+    return model
+
+
 def _export(module: nn.Module, example: tuple[torch.Tensor, ...], names: list[str], output: str, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(
-        module.eval().float().cpu(), example, str(path), input_names=names, output_names=[output],
-        dynamic_shapes=tuple({0: batch} for _ in names), external_data=False, dynamo=True, verbose=False,
+    program = torch.onnx.export(
+        module.eval().float().cpu(), example, input_names=names, output_names=[output],
+        dynamic_shapes=tuple({0: batch} for _ in names), dynamo=True, verbose=False,
     )
+    onnx.save(drop_source_traces(program.model_proto), str(path))
 
 
 def round_weights_to_half(module: nn.Module) -> nn.Module:
@@ -65,9 +82,6 @@ def round_weights_to_half(module: nn.Module) -> nn.Module:
 def store_weights_as_half(path: Path, min_size: int = 1024) -> None:
     """Rewrite float32 initializers that float16 holds exactly as float16 + a Cast node: half the bytes, the
     same numbers (ONNX Runtime folds the casts when it loads the model)."""
-    import onnx
-    from onnx import helper, numpy_helper
-
     model = onnx.load(str(path))
     graph = model.graph
     casts, kept = [], []

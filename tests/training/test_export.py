@@ -24,7 +24,7 @@ from genreid.service.core.model_json import MODEL_FILES
 from genreid.service.encoders import Encoders, open_session
 from genreid.service.gallery_tools import embed_crops
 from genreid.service.settings import Settings
-from genreid.training.export import export_run
+from genreid.training.export import SOURCE_TRACE, export_run
 from genreid.training.presets import get_preset
 from genreid.training.quantize import INT8_FILES
 from genreid.training.stages.inv_id import train_inv_id
@@ -63,6 +63,13 @@ def test_each_onnx_file_takes_its_networks_size_and_model_json_says_both(finer_r
     assert max(raw["onnx_parity_max_abs"].values()) <= 1e-4
     validation = raw["quantization"]["inv_id"]["validation"]  # INT8 calibrated and scored on 128x64 crops
     assert validation["float32"]["mAP"] == pytest.approx(raw["validation"]["mAP"], abs=0.01)
+
+
+def test_exported_files_carry_no_source_paths(finer_run: TinyRun) -> None:
+    """The exporter annotates nodes with the source lines (this machine's paths) that made them; export drops them,
+    and the INT8 file made from the float one has none either."""
+    for file in (*MODEL_FILES.values(), INT8_FILES["inv_id"]):
+        assert SOURCE_TRACE.encode() not in (finer_run.models / file).read_bytes(), file
 
 
 def test_every_precision_serves_128x64_crops_and_refuses_the_generators_size(finer_run: TinyRun) -> None:
