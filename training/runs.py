@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genreid.service.core.market import check_layout
+from genreid.service.core.model_json import METADATA_FILE, ModelError, ModelMetadata
 from genreid.training.presets import Preset, get_preset
 
 if TYPE_CHECKING:  # the stages import torch; reading a run's config does not
@@ -68,8 +69,6 @@ def link_stages(source: Path, target: Path, stages: list[str]) -> None:
 def export_preset(models_dir: Path) -> Preset:
     """The preset an export's run trained with: model.json's (schema 2 keeps every field), or, for an older export
     that kept only the preset's name, its model card's."""
-    from genreid.service.core.model_json import ModelError, ModelMetadata
-
     try:
         values = ModelMetadata.load(models_dir).preset
     except ModelError:
@@ -127,8 +126,6 @@ def run_context(run_dir: Path, cache_dir: Path | None) -> StageContext:
 
 def is_export(path: Path) -> bool:
     """A model directory `genreid export` wrote, as opposed to a training run."""
-    from genreid.service.core.model_json import METADATA_FILE
-
     return (path / METADATA_FILE).is_file() and not (path / CONFIG_FILE).is_file()
 
 

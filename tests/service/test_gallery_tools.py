@@ -327,17 +327,9 @@ def target(request: pytest.FixtureRequest, models_a: Path, tmp_path: Path) -> It
         yield settings(models_a, uri=str(tmp_path / "g.db"))
         return
     engine = request.getfixturevalue("milvus_engine_server")
-    collection = f"tools_{abs(hash(str(tmp_path))):x}"
-    yield Settings(models=models_a, device="cpu", threads=1, gallery_uri=engine.uri, gallery_collection=collection,
-                   data=tmp_path / "target-data")
-    from pymilvus import MilvusClient
-
-    client = MilvusClient(uri=engine.uri, dedicated=True)
-    try:
-        for name in (collection, f"{collection}_meta", f"{collection}_pending"):
-            client.drop_collection(name)
-    finally:
-        client.close()
+    with engine.collections_dropped_after():
+        yield Settings(models=models_a, device="cpu", threads=1, gallery_uri=engine.uri,
+                       gallery_collection=f"tools_{abs(hash(str(tmp_path))):x}", data=tmp_path / "target-data")
 
 
 @pytest.mark.parametrize("target", ["embedded", "milvus-lite", "milvus"], indirect=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,19 +124,9 @@ def _milvus_engine(request: pytest.FixtureRequest) -> Backend:
     """Milvus itself (standalone 2.3.5), one engine for the session; the collections a test made are dropped after
     it, so the engine does not carry hundreds of loaded collections (each consumes its time ticks)."""
     server = request.getfixturevalue("milvus_engine_server")
-    from pymilvus import MilvusClient
-
-    client = MilvusClient(uri=server.uri, dedicated=True)
-    before = set(client.list_collections())
-
-    def drop_new() -> None:
-        try:
-            for name in set(client.list_collections()) - before:
-                client.drop_collection(name)
-        finally:
-            client.close()
-
-    request.addfinalizer(drop_new)
+    dropped = ExitStack()
+    dropped.enter_context(server.collections_dropped_after())
+    request.addfinalizer(dropped.close)
     return _on_server(server)
 
 

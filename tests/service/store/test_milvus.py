@@ -93,16 +93,8 @@ def engine_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple
         yield str(tmp_path / "g.db"), "g"
         return
     engine = request.getfixturevalue("milvus_engine_server")
-    collection = f"m{abs(hash(str(tmp_path))):x}"
-    yield engine.uri, collection
-    from pymilvus import MilvusClient
-
-    client = MilvusClient(uri=engine.uri, dedicated=True)
-    try:
-        for name in (collection, f"{collection}_meta", f"{collection}_pending"):
-            client.drop_collection(name)
-    finally:
-        client.close()
+    with engine.collections_dropped_after():
+        yield engine.uri, f"m{abs(hash(str(tmp_path))):x}"
 
 
 def test_listings_page_through_more_rows_than_one_query_returns(engine_uri, monkeypatch: pytest.MonkeyPatch):
