@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from genreid.service.audit import AuditLog
 from genreid.service.core.imaging import stored_crop_size
+from genreid.service.core.reranking import neighbours_kept
 from genreid.service.dependencies import ImageReader, Services, require_api_key, require_metrics_key
 from genreid.service.encoders import Encoders
 from genreid.service.errors import (
@@ -38,7 +39,8 @@ def open_services(settings: Settings) -> Services:
     """Load the ONNX models (GPU when usable) and open the gallery store the settings name."""
     encoders = Encoders(settings.models, device=settings.device, threads=settings.threads,
                         precision=settings.precision)
-    store = open_gallery(settings, code_dim=encoders.metadata.code_dim, model_id=encoders.metadata.model_id)
+    store = open_gallery(settings, code_dim=encoders.metadata.code_dim, model_id=encoders.metadata.model_id,
+                         neighbourhood_size=neighbours_kept(encoders.metadata))
     audit = AuditLog(settings.audit_path, power_safe=settings.power_safe)
     log.info("models %s (%s) on %s; gallery %s holds %d entries", settings.models, encoders.metadata.model_id,
              ", ".join(encoders.providers), store.describe(), store.counts()[0])

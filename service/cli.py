@@ -29,6 +29,7 @@ TRAINING_COMMANDS = {
     "figures": "draw the paper's figures from a run",
     "card": "write the model card (MODEL_CARD.md + .json)",
     "tune-rerank": "choose the re-ranking parameters on validation identities",
+    "calibrate-false-matches": "measure how often a stranger's best match passes the match threshold per gallery size",
     "record-run": "append a run's finished Inv-Ids to the run ledger",
     "join-inv-ids": "average the Inv-Ids of runs on one generator into a new run",
 }
@@ -56,8 +57,9 @@ class LabelledCrops:
 def evaluate_command(data: Path, models: Path, device: str, *, rerank: bool, precision: Precision = "auto",
                      protocol: EvalProtocol = "standard") -> dict[str, Any]:
     """Embed the query and gallery splits with Inv-Id and score them under `protocol` (standard, or the paper's
-    lenient one to compare with it); with `rerank`, also as /query?rerank=true ranks (the model's parameters, the
-    service's code) and with all queries re-ranked together (the evaluation tools' variant, for reference)."""
+    lenient one to compare with it); with `rerank`, also as /query re-ranks (the model's parameters, the
+    service's code: `served`, what a server answers by default) and with all queries re-ranked together (the
+    evaluation tools' variant, for reference)."""
     import numpy as np
 
     from genreid.service.core.evaluation import Evaluator
@@ -80,7 +82,8 @@ def evaluate_command(data: Path, models: Path, device: str, *, rerank: bool, pre
     params = RerankParams.from_model(encoders.metadata)
     if params is None:
         raise ModelError(f"{models}: model.json carries no re-ranking parameters (run `genreid tune-rerank`)")
-    return {"rerank": params.as_dict(), "code_distance": evaluator.metrics(protocol=protocol).as_dict(),
+    return {"served": "reranked", "rerank": params.as_dict(),
+            "code_distance": evaluator.metrics(protocol=protocol).as_dict(),
             "reranked": evaluator.metrics(rerank=params, protocol=protocol).as_dict(),
             "reranked_all_queries": evaluator.metrics(rerank=params, all_queries=True, protocol=protocol).as_dict()}
 
@@ -101,8 +104,15 @@ def _days(text: str) -> int:
     return int(text)
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number, at least 0")
+    return int(text)
+
+
 def add_gallery_parser(commands: argparse._SubParsersAction) -> None:
-    gallery = commands.add_parser("gallery", help="export, import, re-embed or prune a gallery (serve extra only)")
+    gallery = commands.add_parser("gallery", help="export, import, re-embed, prune a gallery or rebuild its kept "
+                                  "neighbourhoods (serve extra only)")
     actions = gallery.add_subparsers(dest="action", required=True)
     here = "the gallery (default: GENREID_* settings, as `genreid serve`)"
     export = actions.add_parser("export", help="write every entry, code and crop to one portable file; an "
@@ -141,6 +151,14 @@ def add_gallery_parser(commands: argparse._SubParsersAction) -> None:
     _add_location(prune, data="--data", uri="--gallery-uri", collection="--gallery-collection", required=False,
                   what=here)
     prune.add_argument("--models", type=Path, help="the gallery's model (its code space; default: shipped)")
+    kept = actions.add_parser("neighbourhoods", help="search every entry's nearest others anew and keep them for "
+                              "re-ranking (a gallery made before they were kept, or another number of them); an "
+                              "embedded gallery only while no server holds it")
+    _add_location(kept, data="--data", uri="--gallery-uri", collection="--gallery-collection", required=False,
+                  what=here)
+    kept.add_argument("--models", type=Path, help="the gallery's model (its code space; default: shipped)")
+    kept.add_argument("--size", type=_count, help="nearest others to keep per entry (default: what the model's "
+                      "re-ranking reads; 0 keeps none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="where Inv-Id runs (auto: a GPU when one is usable; default %(default)s)")
     evaluate.add_argument("--precision", choices=PRECISIONS, default="auto",
                           help="Inv-Id's precision (auto: as the service picks it, INT8 on CPUs if model.json says)")
-    evaluate.add_argument("--rerank", action="store_true", help="also rank as /query?rerank=true does (the same "
-                          "code, the model's parameters) and with all queries re-ranked together (a reference)")
+    evaluate.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
+                          help="also rank as /query re-ranks (the same code, the model's parameters) and with all "
+                          "queries re-ranked together (a reference); default: as the service, on when the model "
+                          "carries re-ranking parameters")
     evaluate.add_argument("--protocol", choices=PROTOCOLS, default="standard",
                           help="standard: same-person same-camera gallery crops dropped per query (torchreid); "
                           "lenient: every crop kept, as the paper scored its 73 mAP (only to compare with it)")
@@ -191,12 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gallery":
         return gallery_command(args)
     from genreid.service.core.market import MarketLayoutError
-    from genreid.service.core.model_json import ModelError
+    from genreid.service.core.model_json import ModelError, ModelMetadata
     from genreid.service.settings import default_models
 
     try:
-        result = evaluate_command(args.data, args.models or default_models(), args.device, rerank=args.rerank,
-                                  precision=args.precision, protocol=args.protocol)
+        models = args.models or default_models()
+        rerank = args.rerank if args.rerank is not None else ModelMetadata.load(models).rerank is not None
+        result = evaluate_command(args.data, models, args.device, rerank=rerank, precision=args.precision,
+                                  protocol=args.protocol)
     except (MarketLayoutError, ModelError) as err:
         print(f"genreid evaluate: {err}", file=sys.stderr)
         return 2
@@ -234,6 +256,10 @@ def gallery_command(args: argparse.Namespace) -> int:
             gallery = gallery_settings(data=args.data, uri=args.gallery_uri, collection=args.gallery_collection,
                                        models=args.models)
             summary = asdict(gallery_tools.export_gallery(gallery=gallery, to=args.to))
+        elif args.action == "neighbourhoods":
+            gallery = gallery_settings(data=args.data, uri=args.gallery_uri, collection=args.gallery_collection,
+                                       models=args.models)
+            summary = gallery_tools.rebuild_neighbourhoods(gallery=gallery, size=args.size)
         elif args.action == "prune":
             gallery = gallery_settings(data=args.data, uri=args.gallery_uri, collection=args.gallery_collection,
                                        models=args.models)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, TypeAlias
+from typing import Any, BinaryIO, Literal, TypeAlias
 from urllib.parse import quote
 
 import httpx
@@ -59,8 +59,9 @@ class Entry:
 
 @dataclass(frozen=True)
 class Match:
-    """A gallery entry in a ranked answer. `distance` is the code distance (0 to 2); `same_person` says whether it
-    is under the model's calibrated threshold (None without one); `rerank_distance` orders a re-ranked answer."""
+    """A gallery entry in a ranked answer. `distance` is the code distance (0 to 2); `within_match_threshold` says
+    whether that distance is under the model's match threshold (None without one), whatever orders the answer;
+    `same_person` is its deprecated name; `rerank_distance` orders a re-ranked answer."""
 
     entry_id: int
     person_id: str
@@ -69,16 +70,18 @@ class Match:
     track_id: str | None
     has_crop: bool
     distance: float
-    same_person: bool | None
+    within_match_threshold: bool | None
+    same_person: bool | None  # deprecated: within_match_threshold
     rerank_distance: float | None
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: == on numpy fields is elementwise, not a truth value
 class QueryResult:
-    """The matches of one query (best first), the query's identity code and, for a crop asked with include_noise,
-    its generator noise, a (3, H, W) float32 array."""
+    """The matches of one query (best first, by `ranked_by`: "distance", or "rerank_distance" when re-ranked), the
+    query's identity code and, for a crop asked with include_noise, its generator noise, a (3, H, W) float32 array."""
 
     matches: tuple[Match, ...]
+    ranked_by: Literal["distance", "rerank_distance"]
     identity: np.ndarray
     noise: np.ndarray | None
 
@@ -291,12 +294,13 @@ def _entry(body: dict[str, Any]) -> Entry:
 def _match(body: dict[str, Any]) -> Match:
     return Match(entry_id=body["entry_id"], person_id=body["person_id"], camera=body["camera"],
                  seen_at=_moment(body["seen_at"]), track_id=body["track_id"], has_crop=body["has_crop"],
-                 distance=body["distance"], same_person=body["same_person"], rerank_distance=body["rerank_distance"])
+                 distance=body["distance"], within_match_threshold=body["within_match_threshold"],
+                 same_person=body["same_person"], rerank_distance=body["rerank_distance"])
 
 
 def _result(body: dict[str, Any]) -> QueryResult:
     noise = body.get("noise")
     array = None if noise is None else (
         np.frombuffer(base64.b64decode(noise["data"]), "<f4").reshape(noise["shape"]))
-    return QueryResult(matches=tuple(_match(m) for m in body["matches"]),
+    return QueryResult(matches=tuple(_match(m) for m in body["matches"]), ranked_by=body["ranked_by"],
                        identity=np.asarray(body["identity"], np.float32), noise=array)

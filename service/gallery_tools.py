@@ -52,7 +52,8 @@ from tqdm import tqdm
 
 from genreid.service.audit import AuditLog, AuditRecord
 from genreid.service.core.imaging import ImageError, preprocess
-from genreid.service.core.model_json import ModelMetadata
+from genreid.service.core.model_json import ModelError, ModelMetadata
+from genreid.service.core.reranking import neighbours_kept
 from genreid.service.encoders import Encoders
 from genreid.service.settings import Settings
 from genreid.service.store import Entry, GalleryError, GalleryStore, NewEntry, UnknownEntries, open_gallery
@@ -175,7 +176,8 @@ def opened_source(gallery: Settings) -> Iterator[Source]:
             yield snapshot
         return
     metadata = ModelMetadata.load(gallery.models)
-    store = open_gallery(gallery, code_dim=metadata.code_dim, model_id=metadata.model_id)
+    store = open_gallery(gallery, code_dim=metadata.code_dim, model_id=metadata.model_id,
+                         neighbourhood_size=neighbours_kept(metadata))
     try:
         yield StoreSource(store, model_id=metadata.model_id)
     finally:
@@ -420,6 +422,22 @@ def export_gallery(*, gallery: Settings, to: Path) -> Manifest:
             return _write_file(archive, source, progress)
 
 
+def rebuild_neighbourhoods(*, gallery: Settings, size: int | None = None) -> dict[str, int]:
+    """Search every entry's nearest others anew and keep `size` of them per entry from now on (default: what
+    the gallery's model re-ranks with): after a gallery made before neighbourhoods were kept, or a new model's
+    re-ranking parameters need more. An embedded gallery only while no server holds it."""
+    metadata = ModelMetadata.load(gallery.models)
+    wanted = neighbours_kept(metadata) if size is None else size
+    store = open_gallery(gallery, code_dim=metadata.code_dim, model_id=metadata.model_id, neighbourhood_size=wanted)
+    try:
+        entries = store.counts()[0]
+        with tqdm(total=entries, unit="entry", desc="neighbourhoods") as progress:
+            store.rebuild_neighbourhoods(wanted, progress.update)
+    finally:
+        store.close()
+    return {"entries": entries, "kept_per_entry": wanted}
+
+
 def _new(entry: Entry, crop: bytes | None) -> NewEntry:
     return NewEntry(entry.person_id, entry.camera, entry.seen_at, entry.track_id, crop, entry.enrolled_at)
 
@@ -446,6 +464,15 @@ def _check_models(models: Path, *, model_id: str | None, code_dim: int | None, w
                            "use `genreid gallery reembed` to move to another model")
 
 
+def _neighbours_kept(models: Path, model_id: str | None) -> int:
+    """What a new gallery of `model_id` keeps per entry: that model's need when `models` is it, else none."""
+    try:
+        metadata = ModelMetadata.load(models)
+    except ModelError:
+        return 0
+    return neighbours_kept(metadata) if metadata.model_id == model_id else 0
+
+
 def import_gallery(*, source: Path, gallery: Settings, models: Path | None = None, batch_size: int = BATCH) -> Copied:
     """Add every entry of the file `source` that the gallery `gallery` names does not hold yet (new entry ids,
     from that store), `batch_size` per all-or-nothing write; the ones it holds (by origin key: HeldEntries) are
@@ -460,7 +487,8 @@ def import_gallery(*, source: Path, gallery: Settings, models: Path | None = Non
         copied = Copied({}, reason=ALREADY_HELD)
         if manifest.code_dim is None:  # an empty gallery: nothing to add, and no code size to open a store with
             return copied
-        store = open_gallery(gallery, code_dim=manifest.code_dim, model_id=manifest.model_id)
+        store = open_gallery(gallery, code_dim=manifest.code_dim, model_id=manifest.model_id,
+                             neighbourhood_size=_neighbours_kept(models or gallery.models, manifest.model_id))
         try:
             held = HeldEntries(store)
             audit = AuditLog(gallery.audit_path, power_safe=gallery.power_safe)

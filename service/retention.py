@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from genreid.service.audit import AuditLog, AuditRecord
 from genreid.service.core.model_json import ModelMetadata
+from genreid.service.core.reranking import neighbours_kept
 from genreid.service.settings import Settings
 from genreid.service.store import GalleryError, GalleryStore, open_gallery
 
@@ -75,7 +76,8 @@ def prune_gallery(gallery: Settings, *, older_than_days: int) -> list[int]:
     metadata = ModelMetadata.load(gallery.models)
     audit = AuditLog(gallery.audit_path, power_safe=gallery.power_safe)
     try:
-        store = open_gallery(gallery, code_dim=metadata.code_dim, model_id=metadata.model_id)
+        store = open_gallery(gallery, code_dim=metadata.code_dim, model_id=metadata.model_id,
+                             neighbourhood_size=neighbours_kept(metadata))
         try:
             return prune(store, audit, older_than_days=older_than_days, actor=f"cli:{getpass.getuser()}")
         finally:

@@ -94,9 +94,9 @@ class Settings(BaseSettings):
         True, description="keep each enrolled crop as a small WebP beside its code (false: codes only)"
     )
     rerank: bool = Field(
-        False, description="/query re-ranks by default (k-reciprocal, with the parameters in model.json; "
-        "a model without them serves code-distance order); ?rerank= overrides it per request. Off by default: it "
-        "adds several times /query's p50 on large galleries (docs/BENCHMARKS.md)",
+        True, description="/query re-ranks by default (k-reciprocal, with the parameters in model.json, over the "
+        "neighbourhoods the gallery keeps; a model without them serves code-distance order); ?rerank= overrides "
+        "it per request",
     )
 
     @field_validator("api_key", "api_keys", "gallery_token", "gallery_uri", "audit_log", "retention_days",

@@ -1,4 +1,5 @@
-"""`genreid train`, `export`, `figures`, `card`, `tune-rerank` and `record-run` (reached lazily from service/cli.py)."""
+"""`genreid train`, `export`, `figures`, `card`, `tune-rerank`, `calibrate-false-matches`, `record-run` and
+`join-inv-ids` (reached lazily from service/cli.py)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ def _override(text: str) -> tuple[str, object]:
     except json.JSONDecodeError:
         parsed = value
     return key, tuple(parsed) if isinstance(parsed, list) else parsed
+
+
+def _positive(text: str) -> int:
+    """A whole number, at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -57,6 +65,14 @@ def rerank_command(args: argparse.Namespace) -> int:
                                 cache_dir=args.cache_dir)
     record = retune_rerank(ctx, args.models)
     print(json.dumps({key: record[key] for key in ("k1", "k2", "lambda", "candidates", "validation")}))
+    return 0
+
+
+def false_matches_command(args: argparse.Namespace) -> int:
+    from genreid.training.export import calibrate_false_matches
+
+    record = calibrate_false_matches(args.data_root, args.models, draws=args.draws, seed=args.seed)
+    print(json.dumps({"models": str(args.models), "false_matches": dataclasses.asdict(record)}))
     return 0
 
 
@@ -139,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("run_dir", type=Path, nargs="?")
     rerank.add_argument("--models", type=Path, default=Path("models"), help="the exported model directory")
     rerank.set_defaults(handler=rerank_command)
+    calibrate = _subcommand(commands, "calibrate-false-matches", help="measure how often a never-enrolled person's "
+                                    "best match passes the match threshold at each gallery size, on a Market-1501 "
+                                    "query/gallery split, and record it in model.json (/health reports it)")
+    calibrate.add_argument("--data-root", type=Path, required=True,
+                           help="Market-1501 folder (query/ and bounding_box_test/ are used)")
+    calibrate.add_argument("--models", type=Path, default=Path("models"), help="the exported model directory")
+    calibrate.add_argument("--draws", type=_positive, default=5, help="random galleries per size (default %(default)s)")
+    calibrate.add_argument("--seed", type=int, default=0, help="of the random galleries (default %(default)s)")
+    calibrate.set_defaults(handler=false_matches_command)
     ledger = _subcommand(commands, "record-run", help="append each finished Inv-Id of a run (validation, test, cost) "
                                  "to the run ledger that the model card's variant table is computed from")
     ledger.add_argument("run_dir", type=Path)
@@ -167,10 +192,11 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
 
         reexec_under_jemalloc()
     from genreid.service.core.market import MarketLayoutError
+    from genreid.service.core.model_json import ModelError
 
     try:
         return args.handler(args)
-    except (MarketLayoutError, FileNotFoundError, ValueError, KeyError) as err:
+    except (MarketLayoutError, ModelError, FileNotFoundError, ValueError, KeyError) as err:
         print(f"genreid {args.command}: {err}", file=sys.stderr)
         return 2
 

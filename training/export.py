@@ -1,7 +1,8 @@
 """Export a finished run to the service's model directory: three self-contained ONNX files with a dynamic
 batch dimension, the generator's identity-code table, a parity check of ONNX Runtime against torch, the model
 identity and INT8 Inv-Id (training/quantize.py) and the re-ranking parameters (training/rerank.py); model.json
-(service/core/model_json.py) is assembled from all of them and saved once, here and nowhere else."""
+(service/core/model_json.py) is assembled from all of them and saved once, here and nowhere else (also when a
+command re-chooses one section of an existing export: re-ranking, per-query false matches)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from genreid.service.core.model_json import MODEL_FILES, IdentityCodes, ModelMetadata, input_sizes
-from genreid.service.encoders import open_session
+from genreid.service.core.false_matches import measure_market
+from genreid.service.core.model_json import MODEL_FILES, FalseMatches, IdentityCodes, ModelMetadata, input_sizes
+from genreid.service.encoders import Encoders, open_session
 from genreid.training.networks.trunks import multiply_adds
 from genreid.training.networks.unet import UNet
 from genreid.training.quantize import quantize_inv_id
@@ -136,8 +138,9 @@ def finish_export(ctx: StageContext, models_dir: Path, metadata: ModelMetadata) 
     section: the one place it is written. Also what `genreid export --to MODELS` does for a directory whose run is
     gone (its float files and model.json kept)."""
     metadata = quantize_inv_id(ctx, models_dir, metadata)
-    # Re-ranking is tuned on the codes a CPU serves, so after the INT8 Inv-Id is decided.
-    metadata = replace(metadata, rerank=tune_rerank(ctx, models_dir, metadata))
+    # Re-ranking is tuned on the codes a CPU serves, so after the INT8 Inv-Id is decided; per-query false matches
+    # measured on earlier codes no longer hold (`genreid calibrate-false-matches` measures them again).
+    metadata = replace(metadata, rerank=tune_rerank(ctx, models_dir, metadata), false_matches=None)
     metadata.save(models_dir)
     return metadata
 
@@ -147,6 +150,17 @@ def retune_rerank(ctx: StageContext, models_dir: Path) -> dict[str, Any]:
     metadata = ModelMetadata.load(models_dir)
     record = tune_rerank(ctx, models_dir, metadata)
     replace(metadata, rerank=record).save(models_dir)
+    return record
+
+
+def calibrate_false_matches(data_root: Path, models_dir: Path, *, draws: int, seed: int) -> FalseMatches:
+    """`genreid calibrate-false-matches`: how often a never-enrolled person's best match passes the match threshold
+    per gallery size, measured on the folder's query/gallery split with the codes a CPU serves, recorded as
+    model.json's `false_matches` (the rest unchanged), so /health can say what the threshold means per query."""
+    encoders = Encoders(models_dir, device="cpu")
+    measurement = measure_market(data_root, encoders, draws=draws, seed=seed)
+    record = measurement.record(data_name=Path(data_root).resolve().name, precision=encoders.precision["inv_id"])
+    replace(encoders.metadata, false_matches=record).save(models_dir)
     return record
 
 

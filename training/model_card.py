@@ -149,6 +149,7 @@ def build_card(ctx: StageContext, models_dir: Path, *, from_run: bool) -> dict[s
                            "test_queries_int8_inv_id": reconstruction_on_test(int8, query, drawn)},
         "code_stats": metadata.code_stats,
         "rerank": rerank_facts(metadata, served[cpu_kind]),
+        "false_matches": None if metadata.false_matches is None else asdict(metadata.false_matches),
         "references": REFERENCES if ctx.data_root.name == SUBSET else {},
         "input_sizes": {"inv_id": list(metadata.identity_resolution), "generator": list(metadata.resolution)},
         "facts_from_run": from_run,
@@ -253,6 +254,16 @@ def render_rerank(rerank: dict[str, Any] | None) -> str:
     )
 
 
+def render_false_matches(record: dict[str, Any] | None) -> str:
+    """The per-query false-match section (empty for a model without the record), ending in a blank line."""
+    if record is None:
+        return ""
+    rows = "\n".join(f"| {row['gallery']:,} | {_pct(row['rate'])} | {row['kind']} |" for row in record["per_query"])
+    return template("model_card_false_matches.md").substitute(
+        measured_on=record["measured_on"], precision=record["precision"], per_pair=f"{100 * record['per_pair']:.2f}",
+        rows=rows)
+
+
 def _spread(spread: Spread) -> str:
     if spread.sd is None:
         return _pct(spread.mean)
@@ -339,6 +350,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         match_threshold=f"{card['match_threshold']:.4f}",
         tpr_at_fmr1=_pct(card["validation"][card["shipped_inv_id"]]["tpr_at_fmr1"]),
         rerank_section=render_rerank(card["rerank"]), runs_section=render_runs(card),
+        false_matches_section=render_false_matches(card.get("false_matches")),  # cards before 2026-12-07 lack it
         validation_l1=f"{recon['validation']['l1']:.3f}", validation_psnr=f"{recon['validation']['psnr']:.1f}",
         test_crops=recon["test_queries"]["crops"], test_l1=f"{recon['test_queries']['l1']:.3f}",
         test_psnr=f"{recon['test_queries']['psnr']:.1f}",

@@ -21,6 +21,11 @@ SCHEMA_VERSION = 2
 MODEL_FILES = {"inv_id": "inv_id.onnx", "inv_noise": "inv_noise.onnx", "denoiser": "denoiser.onnx"}
 
 
+# Sections added after schema 2's first exports: written only when present, so re-saving an older file (as
+# `genreid tune-rerank` and `genreid calibrate-false-matches` do) adds nothing but what the command measured.
+LATER_SECTIONS = ("mult_adds", "false_matches")
+
+
 Precision = Literal["auto", "float", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
@@ -55,6 +60,32 @@ class Quantization:
 
 
 @dataclass(frozen=True)
+class GalleryFalseMatches:
+    """The share of queries of a never-enrolled person whose best match in a gallery of `gallery` crops is within
+    the match threshold; `kind`: "measured", "extrapolated (independent pairs)" from the per-pair rate, or (an
+    estimate for a gallery's size, not recorded) "interpolated (log gallery size)"."""
+
+    gallery: int
+    rate: float
+    kind: str
+
+
+@dataclass(frozen=True)
+class FalseMatches:
+    """What the per-pair match threshold means per query (`genreid calibrate-false-matches`): `per_pair` is the
+    rate among strangers' pairs, `per_query` grows with the gallery, since each query makes one pair per entry."""
+
+    per_pair: float
+    per_query: tuple[GalleryFalseMatches, ...]
+    measured_on: str  # the data folder, its queries and gallery crops
+    precision: str  # of the Inv-Id that made the codes: int8 or float32, as a CPU serves it
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> FalseMatches:
+        return cls(**{**raw, "per_query": tuple(GalleryFalseMatches(**row) for row in raw["per_query"])})
+
+
+@dataclass(frozen=True)
 class ModelMetadata:
     """Never re-derived at serve time. Sections a test or an old export may lack are None or empty."""
 
@@ -86,6 +117,7 @@ class ModelMetadata:
     onnx_parity_max_abs: dict[str, float] = field(default_factory=dict)  # ONNX Runtime against torch, per network
     quantization: dict[str, Quantization] = field(default_factory=dict)  # per network with an INT8 file
     rerank: dict[str, Any] | None = None  # k1, k2, lambda, candidates and how they were chosen (training/rerank.py)
+    false_matches: FalseMatches | None = None  # per-query false-match rates by gallery size
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -119,6 +151,7 @@ class ModelMetadata:
             preset={"name": preset} if isinstance(preset, str) else dict(preset),
             identity_codes=None if codes is None else IdentityCodes(**codes),
             quantization={name: Quantization(**report) for name, report in raw.get("quantization", {}).items()},
+            false_matches=None if raw.get("false_matches") is None else FalseMatches.from_dict(raw["false_matches"]),
             schema_version=SCHEMA_VERSION,
         )
         return cls(**values)
@@ -141,6 +174,9 @@ class ModelMetadata:
             del values["inv_id_resolution"]
         else:
             values["inv_id_resolution"] = list(self.inv_id_resolution)
+        for name in LATER_SECTIONS:  # absent, as in the exports from before them
+            if not values[name]:
+                del values[name]
         return {"schema_version": values.pop("schema_version"), **values}
 
     def precisions(self, precision: Precision, *, cuda: bool) -> dict[str, str]:

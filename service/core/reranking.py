@@ -1,11 +1,12 @@
 """k-reciprocal re-ranking (Zhong et al., CVPR 2017) of a gallery store's answers, over a small neighbourhood.
 
-A query's top-K candidates come from the store's own search (with the query's filter); one batched search of the
-candidates' codes brings each one's own nearest entries. The query, its candidates and their neighbours are the
-whole world the published algorithm then runs in (k-reciprocal sets, local query expansion, Jaccard distance), so
-a query costs the same at 2,000 entries as at 100,000 apart from the store's searches, nothing is rebuilt when
-entries are enrolled, and nothing is cached between requests (replicas sharing a Milvus gallery see each other's
-writes at once). Entries past the top K keep the code-distance order after the re-ranked ones.
+A query's top-K candidates come from the store's own search (with the query's filter); each candidate's own
+nearest entries come from the neighbourhoods the store keeps for every entry (service/store/neighbourhoods.py),
+or, under a filter that leaves out more than a few ids, from one batched search of the candidates' codes. The
+query, its candidates and their neighbours are the whole world the published algorithm then runs in
+(k-reciprocal sets, local query expansion, Jaccard distance), so a query costs the same at 2,000 entries as at
+100,000 apart from the store's search, and nothing is cached by the server (replicas sharing a Milvus gallery
+see each other's writes at once). Entries past the top K keep the code-distance order after the re-ranked ones.
 
 Distances inside the algorithm are d^2 / 4 for the code distance d (core.similarity), in [0, 1]: the same order
 as d, and a fixed scale instead of the reference code's per-column maximum, which would depend on the neighbourhood.
@@ -16,7 +17,7 @@ a reference row: it needs all queries at once and is quadratic in the gallery).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -55,10 +56,22 @@ class RerankParams:
         """The parameters an exported model carries (model.json `rerank`), or None for a model tuned without."""
         return None if metadata.rerank is None else cls.from_dict(metadata.rerank)
 
+    @property
+    def neighbours_kept(self) -> int:
+        """How many nearest others a gallery keeps per entry for these parameters: the most the algorithm reads
+        (k1 or k2), and one more, so a query from a stored entry, which leaves that entry out, still has enough."""
+        return max(self.k1, self.k2) + 1
+
     def as_dict(self) -> dict[str, int | float]:
         values = asdict(self)
         values["lambda"] = values.pop("lambda_")
         return values
+
+
+def neighbours_kept(metadata: ModelMetadata) -> int:
+    """How many nearest others a gallery for this model keeps per entry (0 for a model without re-ranking)."""
+    params = RerankParams.from_model(metadata)
+    return 0 if params is None else params.neighbours_kept
 
 
 @dataclass(frozen=True)
@@ -175,13 +188,26 @@ def rerank_search(store: GalleryStore, queries: np.ndarray, k: int, entry_filter
     heads = [row[: params.candidates] for row in found]
     candidates = list(dict.fromkeys(m.entry.entry_id for head in heads for m in head))
     codes = _codes_of(store, candidates)
-    searched = [i for i in candidates if i in codes]
-    neighbour_rows = store.nearest_ids(np.stack([codes[i] for i in searched]), max(params.k1, params.k2) + 1,
-                                       entry_filter) if searched else []
-    neighbours = {i: [entry_id for entry_id, _ in row] for i, row in zip(searched, neighbour_rows, strict=True)}
+    neighbours = _neighbours(store, [i for i in candidates if i in codes], codes, max(params.k1, params.k2),
+                             entry_filter)
     codes |= _codes_of(store, list({i for row in neighbours.values() for i in row} - codes.keys()))
     return [_reranked_row(query, head, row[len(head):], codes, neighbours, params)[:k]
             for query, head, row in zip(queries, heads, found, strict=True)]
+
+
+def _neighbours(store: GalleryStore, entry_ids: list[int], codes: dict[int, np.ndarray], count: int,
+                entry_filter: EntryFilter) -> dict[int, list[int]]:
+    """Each entry's `count` nearest other entries that the filter admits: the store's kept neighbourhoods when
+    the filter at most leaves out a few ids (those ids dropped from lists kept that much longer), else searched
+    under the filter, as for entries the store has no kept neighbourhood for."""
+    excluded = entry_filter.exclude_ids
+    kept = (store.neighbourhoods(entry_ids, count + len(excluded))
+            if replace(entry_filter, exclude_ids=frozenset()).is_empty else None) or {}
+    found = {i: [n for n in row if n not in excluded][:count] for i, row in kept.items()}
+    searched = [i for i in entry_ids if i not in found]
+    rows = store.nearest_ids(np.stack([codes[i] for i in searched]), count + 1, entry_filter) if searched else []
+    found |= {i: [n for n, _ in row if n != i][:count] for i, row in zip(searched, rows, strict=True)}
+    return found
 
 
 def _reranked_row(query: np.ndarray, head: list[Match], tail: list[Match], codes: dict[int, np.ndarray],

@@ -39,8 +39,14 @@ class MatchOut(BaseModel):
     has_crop: bool = Field(description="GET /gallery/entries/{entry_id}/crop serves its stored crop")
     distance: float = Field(description="Euclidean distance between the unit-length identity codes, in [0, 2]; "
                             "re-ranking leaves it as it is")
-    same_person: bool | None = Field(description="distance <= the model's match_threshold (calibrated on code "
-                                     "distances, so re-ranking does not change it); null without one")
+    within_match_threshold: bool | None = Field(
+        description="distance <= the model's match_threshold: a verdict on the code distance `distance`, not on the "
+        "re-ranked order (re-ranking does not change it). The threshold passes 1 % of strangers' pairs, so in a "
+        "large gallery a never-enrolled person's best match is usually within it (GET /health "
+        "`false_match_rate_at_gallery_size`); null when the model has no threshold")
+    same_person: bool | None = Field(
+        deprecated=True, description="deprecated: the same value as within_match_threshold, which names what it "
+        "says (a code distance under the threshold, not a verdict on identity)")
     rerank_distance: float | None = Field(
         description="the order of a re-ranked answer: (1 - lambda) x the Jaccard distance between the query's and "
         "this entry's k-reciprocal neighbour sets + lambda x distance^2 / 4, in [0, 1], lower is better; null when "
@@ -54,8 +60,14 @@ class NoiseArray(BaseModel):
     data: str = Field(description="base64 of the little-endian float32 values in C order")
 
 
+RankedBy = Literal["distance", "rerank_distance"]
+
+
 class QueryResult(BaseModel):
     matches: list[MatchOut] = Field(description="best first")
+    ranked_by: RankedBy = Field(
+        description="what orders `matches`: `distance`, or `rerank_distance` when re-ranked (then entries past the "
+        "K that re-ranking reorders follow in distance order, and the list is not sorted by distance)")
     identity: list[float] = Field(description="the query's identity code")
     noise: NoiseArray | None = Field(None, description="the query's generator noise (include_noise=true)")
     noise_preview: str | None = Field(None, description="base64 PNG of the clipped noise (noise_preview)")
@@ -75,23 +87,26 @@ def rerank_params(encoders: Encoders, settings: Settings, asked: bool | None) ->
 
 
 def ranked(gallery: GalleryStore, codes: np.ndarray, k: int, entry_filter: EntryFilter, *,
-           threshold: float | None, rerank: RerankParams | None) -> list[list[MatchOut]]:
-    """The gallery's answer for each code, in the API's shape."""
+           threshold: float | None, rerank: RerankParams | None) -> list[QueryResult]:
+    """The gallery's answer for each code (one, or a row each), in the API's shape, without noise."""
 
     def out(match: RankedMatch) -> MatchOut:
         entry = match.entry
+        within = None if threshold is None else match.distance <= threshold
         return MatchOut(
             entry_id=entry.entry_id, person_id=entry.person_id, camera=entry.camera, seen_at=entry.seen_at,
             track_id=entry.track_id, has_crop=entry.has_crop, distance=match.distance,
-            same_person=None if threshold is None else match.distance <= threshold,
-            rerank_distance=match.rerank_distance,
+            within_match_threshold=within, same_person=within, rerank_distance=match.rerank_distance,
         )
 
+    codes = np.atleast_2d(codes)
     if rerank is not None:
         rows = rerank_search(gallery, codes, k, entry_filter, params=rerank)
     else:
         rows = [[RankedMatch(m.entry, m.distance, None) for m in row] for row in gallery.search(codes, k, entry_filter)]
-    return [[out(m) for m in row] for row in rows]
+    by: RankedBy = "distance" if rerank is None else "rerank_distance"
+    return [QueryResult(matches=[out(m) for m in row], identity=code.tolist(), ranked_by=by)
+            for row, code in zip(rows, codes, strict=True)]
 
 
 @router.post("", response_model=QueryResult, response_model_exclude_unset=True,
@@ -121,8 +136,7 @@ def query(
     if entry_id is not None:
         code = gallery.codes([entry_id])[0]
         entry_filter = replace(entry_filter, exclude_ids=entry_filter.exclude_ids | {entry_id})
-        return QueryResult(matches=ranked(gallery, code, k, entry_filter, threshold=threshold, rerank=params)[0],
-                           identity=code.tolist())
+        return ranked(gallery, code, k, entry_filter, threshold=threshold, rerank=params)[0]
     with_noise = include_noise or noise_preview
     networks: tuple[ImageNetwork, ...] = ("inv_id", "inv_noise") if with_noise else ("inv_id",)
     images = reader.read([file], "file", *networks)  # one decode, a resize per network size
@@ -136,8 +150,7 @@ def query(
         if noise_preview:
             png = imaging.to_png(imaging.noise_preview(noise))
             extra["noise_preview"] = base64.b64encode(png).decode("ascii")
-    matches = ranked(gallery, code, k, entry_filter, threshold=threshold, rerank=params)[0]
-    return QueryResult(matches=matches, identity=code.tolist(), **extra)
+    return ranked(gallery, code, k, entry_filter, threshold=threshold, rerank=params)[0].model_copy(update=extra)
 
 
 @router.post("/batch", response_model=BatchResult, response_model_exclude_unset=True,
@@ -156,7 +169,5 @@ def query_batch(
     if len(files) > services.settings.max_files:
         raise HTTPException(413, f"{len(files)} files: at most {services.settings.max_files} per request")
     codes = encoders.identity(reader.read(files, "files", "inv_id")["inv_id"])
-    rows = ranked(gallery, codes, k, entry_filter, threshold=encoders.metadata.match_threshold,
-                  rerank=rerank_params(encoders, services.settings, rerank))
-    return BatchResult(results=[QueryResult(matches=row, identity=code.tolist())
-                                for row, code in zip(rows, codes, strict=True)])
+    return BatchResult(results=ranked(gallery, codes, k, entry_filter, threshold=encoders.metadata.match_threshold,
+                                      rerank=rerank_params(encoders, services.settings, rerank)))

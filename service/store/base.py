@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -118,6 +118,36 @@ class EntryFilter:
 
 
 NO_FILTER = EntryFilter()
+
+
+# Distances reach a radius from float32 searches and float64 products alike: an entry counts as reached within
+# this much more than its radius, so rounding never hides an entry at the edge (more is harmless: the merge keeps
+# the nearest).
+RADIUS_SLACK = 1e-5
+
+
+@dataclass(frozen=True)
+class Neighbourhood:
+    """An entry's kept nearest others (service/store/neighbourhoods.py): ids and code distances, nearest first,
+    equal distances by id."""
+
+    ids: tuple[int, ...]
+    distances: tuple[float, ...]
+
+    def radius(self, size: int) -> float:
+        """How near a new entry must come to join: the farthest kept one's distance, or infinity while fewer than
+        `size` are kept."""
+        return self.distances[-1] if len(self.ids) >= size else math.inf
+
+    def with_(self, joining: Iterable[tuple[int, float]], size: int) -> Neighbourhood:
+        """This neighbourhood with `joining` (id, distance) pairs merged in, the nearest `size` kept."""
+        return nearest_kept({*zip(self.ids, self.distances, strict=True), *joining}, size)
+
+
+def nearest_kept(pairs: Iterable[tuple[int, float]], size: int) -> Neighbourhood:
+    """The `size` nearest of (id, distance) pairs, as a neighbourhood."""
+    nearest = sorted(pairs, key=lambda pair: (pair[1], pair[0]))[:size]
+    return Neighbourhood(tuple(i for i, _ in nearest), tuple(d for _, d in nearest))
 
 
 @dataclass(frozen=True)
@@ -269,6 +299,34 @@ class GalleryStore(ABC):
         query, and reading their entries took a sixth of its time (docs/BENCHMARKS.md, "Re-ranking")."""
         found = self._nearest_ids(self._unit_queries(queries, k), k, entry_filter)
         return [[(entry_id, math.sqrt(max(squared, 0.0))) for entry_id, squared in row] for row in found]
+
+    # --- kept neighbourhoods (service/store/neighbourhoods.py) ----------------------------------------------
+    neighbourhood_size: int = 0  # nearest others each entry keeps, maintained on every write; 0: none kept
+
+    def neighbourhoods(self, entry_ids: Sequence[int], size: int) -> dict[int, list[int]] | None:
+        """Each known entry's `size` nearest other entries, as kept; None when the store keeps fewer than `size`
+        (re-ranking then searches them)."""
+        if not 0 < size <= self.neighbourhood_size:
+            return None
+        return {entry_id: list(hood.ids[:size]) for entry_id, hood in self._kept(entry_ids).items()}
+
+    def _kept(self, entry_ids: Sequence[int]) -> dict[int, Neighbourhood]:
+        """The kept neighbourhoods of the known ones of `entry_ids`."""
+        raise NotImplementedError(f"the {self.backend} backend keeps no neighbourhoods")
+
+    def _reached_by(self, unit_codes: np.ndarray, size: int, *, leaving: Sequence[int]) -> list[dict[int, float]]:
+        """Per code, {entry id: distance} of every entry, other than `leaving`, whose kept neighbourhood the code
+        enters (distance <= Neighbourhood.radius(size))."""
+        raise NotImplementedError(f"the {self.backend} backend keeps no neighbourhoods")
+
+    def _keep(self, lists: dict[int, Neighbourhood], *, size: int) -> None:
+        """Store these neighbourhoods (replacing the entries' old ones), kept at `size`."""
+        raise NotImplementedError(f"the {self.backend} backend keeps no neighbourhoods")
+
+    def rebuild_neighbourhoods(self, size: int, progress: Callable[[int], None] = lambda done: None) -> None:
+        """Search every entry's `size` nearest others anew and keep them from now on (0: keep none); `progress`
+        gets the number of entries done at each step."""
+        raise NotImplementedError(f"the {self.backend} backend keeps no neighbourhoods")
 
     def _unit_queries(self, queries: np.ndarray, k: int) -> np.ndarray:
         """The searches' shared checks: (Q, code_dim) float32 queries at unit length, and k at least 1."""

@@ -29,6 +29,7 @@ from genreid.service.store.base import (
     EntryPage,
     GalleryError,
     GalleryStore,
+    Neighbourhood,
     NewEntry,
     StorageFull,
     StoreUnavailable,
@@ -40,6 +41,8 @@ from genreid.service.store.base import (
 )
 from genreid.service.store.columns import FilterColumns
 from genreid.service.store.faiss_index import SearchCopy, VectorIndex
+from genreid.service.store.neighbourhoods import rebuild, updates_after_insert, updates_before_removal
+from genreid.service.store.reach import Reach
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,6 +59,12 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE TABLE IF NOT EXISTS crops (entry_id INTEGER PRIMARY KEY, image BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS entries_by_person ON entries (person_id);
+CREATE TABLE IF NOT EXISTS neighbourhoods (
+    entry_id INTEGER PRIMARY KEY,
+    radius REAL NOT NULL,
+    ids BLOB NOT NULL,
+    distances BLOB NOT NULL
+);
 """
 # Columns added after the first release, so galleries made before them open unchanged.
 ADDED_COLUMNS = {"seen_at": "INTEGER", "track_id": "TEXT", "enrolled_at": "INTEGER"}
@@ -110,10 +119,11 @@ class EmbeddedStore(GalleryStore):
 
     def __init__(self, data_dir: str | Path, *, code_dim: int, model_id: str | None = None,
                  search_copy: SearchCopy | None = None, search_threads: int = 1, power_safe: bool = False,
-                 clock: Callable[[], datetime] | None = None):
+                 neighbourhood_size: int = 0, clock: Callable[[], datetime] | None = None):
         """`power_safe` fsyncs every commit (survives power loss); without it a commit in WAL mode still survives
         kill -9 of the server, at a fraction of the cost per write. `search_threads`: FAISS's OpenMP threads
-        (1 keeps them from spinning against inference threads)."""
+        (1 keeps them from spinning against inference threads). `neighbourhood_size`: how many nearest others a
+        new gallery keeps per entry (an existing one keeps what it recorded: `_kept_size`)."""
         super().__init__(code_dim=code_dim, clock=clock)
         self.model_id = model_id
         self.path = Path(data_dir) / DATABASE_FILE
@@ -122,7 +132,7 @@ class EmbeddedStore(GalleryStore):
         except OSError as err:
             raise GalleryError(f"{self.path.parent}: cannot create the gallery directory: {err.strerror}") from None
         self._lock_file = self._exclusive(self.path.parent / LOCK_FILE)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a write's neighbourhood upkeep searches through the store
         self._db = sqlite3.connect(self.path, check_same_thread=False)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -141,11 +151,13 @@ class EmbeddedStore(GalleryStore):
             raise GalleryError(f"{self.path}: not a usable gallery database ({err})") from None
         self.index = VectorIndex(code_dim, search_copy, threads=search_threads)
         self._columns = FilterColumns()
+        self._reach = Reach(code_dim)
         self._persons: Counter[str] = Counter()
         self._recorded_model = self._meta("model_id")
         try:
             check_code_space(recorded=self._recorded_model, model_id=model_id, where=str(self.path))
             self._load()
+            self.neighbourhood_size = self._kept_size(neighbourhood_size)
         except GalleryError:
             self.close()  # free the directory's lock: a refused gallery is not held
             raise
@@ -178,7 +190,28 @@ class EmbeddedStore(GalleryStore):
         self._persons.update(row[1] for row in rows)
         ids = np.fromiter((row[0] for row in rows), np.int64, len(rows))
         codes = np.frombuffer(b"".join(row[4] for row in rows), np.float32).reshape(len(rows), self.code_dim)
-        self.index.add(ids, unit_length(codes))
+        radii = dict(self._db.execute("SELECT entry_id, radius FROM neighbourhoods").fetchall())
+        units = unit_length(codes)
+        self.index.add(ids, units)
+        self._reach.add(ids, units, np.array([radii.get(int(i), np.inf) for i in ids]))
+
+    def _kept_size(self, wanted: int) -> int:
+        """The size the gallery's neighbourhoods are kept at: what it recorded, or `wanted` for a gallery that
+        recorded none and holds no entry yet (one made before neighbourhoods were kept keeps none until
+        `genreid gallery neighbourhoods` builds them)."""
+        recorded = self._meta("neighbourhood_size")
+        if recorded is not None:
+            size = int(recorded)
+        elif self.index.size:
+            size = 0
+        else:
+            size = wanted
+            with self._transaction():
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('neighbourhood_size', ?)", (str(size),))
+        if size < wanted:
+            log.warning("%s keeps %d neighbours per entry, re-ranking needs %d: it searches them until "
+                        "`genreid gallery neighbourhoods` rebuilds them", self.path.parent, size, wanted)
+        return size
 
     # --- writes -------------------------------------------------------------------------------------------
     @contextmanager
@@ -214,12 +247,16 @@ class EmbeddedStore(GalleryStore):
                     if entry.crop is not None:
                         self._db.execute("INSERT INTO crops VALUES (?, ?)", (entry_id, entry.crop))
                     ids.append(entry_id)
+                radii = self._write_kept(updates_after_insert(self, ids, unit_codes, self.neighbourhood_size)
+                                         if self.neighbourhood_size else {}, size=self.neighbourhood_size)
             self._recorded_model = self._recorded_model or self.model_id
             self._columns.append(
                 (i, e.camera, None if e.seen_at is None else to_micros(e.seen_at))
                 for i, e in zip(ids, entries, strict=True))
             self._persons.update(e.person_id for e in entries)
             self.index.add(np.asarray(ids, np.int64), unit_codes)
+            self._reach.add(np.asarray(ids, np.int64), unit_codes, np.array([radii.get(i, np.inf) for i in ids]))
+            self._reach.set_radii({i: r for i, r in radii.items() if i not in set(ids)})
         return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None, when)
                 for i, e, when in zip(ids, entries, enrolled, strict=True)]
 
@@ -266,14 +303,55 @@ class EmbeddedStore(GalleryStore):
         if not entry_ids:
             return []
         persons = [entry.person_id for entry in self._get(entry_ids)]
+        kept = updates_before_removal(self, entry_ids, self.neighbourhood_size) if self.neighbourhood_size else {}
         with self._transaction():
-            self._db.executemany("DELETE FROM crops WHERE entry_id = ?", [(i,) for i in entry_ids])
-            self._db.executemany("DELETE FROM entries WHERE entry_id = ?", [(i,) for i in entry_ids])
+            for table in ("crops", "neighbourhoods", "entries"):
+                self._db.executemany(f"DELETE FROM {table} WHERE entry_id = ?", [(i,) for i in entry_ids])
+            radii = self._write_kept(kept, size=self.neighbourhood_size)
         self._columns.remove(entry_ids)
         self._persons.subtract(persons)
         self._persons = +self._persons
         self.index.remove(np.asarray(entry_ids, np.int64))
+        self._reach.remove(entry_ids)
+        self._reach.set_radii(radii)
         return entry_ids
+
+    # --- kept neighbourhoods --------------------------------------------------------------------------------
+    def _write_kept(self, lists: dict[int, Neighbourhood], *, size: int) -> dict[int, float]:
+        """Within the caller's transaction; the entries' new radii, for the mirror once it commits."""
+        radii = {entry_id: hood.radius(size) for entry_id, hood in lists.items()}
+        self._db.executemany(
+            "INSERT OR REPLACE INTO neighbourhoods VALUES (?, ?, ?, ?)",
+            [(entry_id, radii[entry_id], np.asarray(hood.ids, np.int64).tobytes(),
+              np.asarray(hood.distances, np.float32).tobytes()) for entry_id, hood in lists.items()])
+        return radii
+
+    def _kept(self, entry_ids: Sequence[int]) -> dict[int, Neighbourhood]:
+        found = {}
+        with self._lock:
+            for chunk in id_chunks(entry_ids):
+                rows = self._db.execute("SELECT entry_id, ids, distances FROM neighbourhoods "
+                                        f"WHERE entry_id IN ({placeholders(len(chunk))})", chunk)
+                found.update((row[0], Neighbourhood(tuple(np.frombuffer(row[1], np.int64).tolist()),
+                                                    tuple(np.frombuffer(row[2], np.float32).tolist())))
+                             for row in rows)
+        return found
+
+    def _reached_by(self, unit_codes: np.ndarray, size: int, *, leaving: Sequence[int]) -> list[dict[int, float]]:
+        with self._lock:
+            return self._reach.reached_by(unit_codes, leaving={int(i) for i in leaving})
+
+    def rebuild_neighbourhoods(self, size: int, progress: Callable[[int], None] = lambda done: None) -> None:
+        with self._lock:
+            ids = [row[0] for row in self._db.execute("SELECT entry_id FROM entries ORDER BY entry_id")]
+            with self._transaction():
+                self._db.execute("DELETE FROM neighbourhoods")
+                if size:
+                    rebuild(self, ids, size, progress, keep=self._write_kept)
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('neighbourhood_size', ?)", (str(size),))
+            radii = dict(self._db.execute("SELECT entry_id, radius FROM neighbourhoods").fetchall())
+            self._reach.set_radii({i: radii.get(i, np.inf) for i in ids})
+            self.neighbourhood_size = size
 
     # --- reads --------------------------------------------------------------------------------------------
     def counts(self) -> tuple[int, int]:

@@ -8,20 +8,20 @@ from collections.abc import Callable
 from genreid.service.settings import Settings
 from genreid.service.store.base import GalleryError, GalleryStore
 
-# backend name -> opener(settings, code_dim, model_id)
-Opener = Callable[[Settings, int, "str | None"], GalleryStore]
+# backend name -> opener(settings, code_dim, model_id, neighbourhood_size)
+Opener = Callable[[Settings, int, "str | None", int], GalleryStore]
 
 
-def _embedded(settings: Settings, code_dim: int, model_id: str | None) -> GalleryStore:
+def _embedded(settings: Settings, code_dim: int, model_id: str | None, neighbourhood_size: int) -> GalleryStore:
     from genreid.service.store.embedded import EmbeddedStore
     from genreid.service.store.faiss_index import gpu_search_copy
 
     return EmbeddedStore(settings.data, code_dim=code_dim, model_id=model_id,
                          search_copy=gpu_search_copy(settings.device), search_threads=settings.search_threads,
-                         power_safe=settings.power_safe)
+                         power_safe=settings.power_safe, neighbourhood_size=neighbourhood_size)
 
 
-def _milvus(settings: Settings, code_dim: int, model_id: str | None) -> GalleryStore:
+def _milvus(settings: Settings, code_dim: int, model_id: str | None, neighbourhood_size: int) -> GalleryStore:
     try:
         from genreid.service.store.milvus import IndexSpec, MilvusStore
     except ImportError as err:
@@ -33,7 +33,7 @@ def _milvus(settings: Settings, code_dim: int, model_id: str | None) -> GalleryS
     except ValueError as err:
         raise GalleryError(str(err)) from None
     return MilvusStore(settings.gallery_uri, collection=settings.gallery_collection, code_dim=code_dim,
-                       model_id=model_id, token=token, index=index)
+                       model_id=model_id, token=token, index=index, neighbourhood_size=neighbourhood_size)
 
 
 BACKENDS: dict[str, Opener] = {"embedded": _embedded, "milvus": _milvus}
@@ -44,7 +44,9 @@ def backend_name(settings: Settings) -> str:
     return "embedded" if settings.gallery_uri is None else "milvus"
 
 
-def open_gallery(settings: Settings, *, code_dim: int, model_id: str | None) -> GalleryStore:
+def open_gallery(settings: Settings, *, code_dim: int, model_id: str | None, neighbourhood_size: int
+                 ) -> GalleryStore:
     """The store the settings name, opened for a model with `code_dim`-d codes and the code space `model_id`
-    (GalleryError when it holds another model's codes or cannot be opened)."""
-    return BACKENDS[backend_name(settings)](settings, code_dim, model_id)
+    (GalleryError when it holds another model's codes or cannot be opened); a new gallery keeps each entry's
+    `neighbourhood_size` nearest others (genreid.service.core.reranking.neighbours_kept)."""
+    return BACKENDS[backend_name(settings)](settings, code_dim, model_id, neighbourhood_size)

@@ -230,20 +230,19 @@ function searchParams(withPreview) {
   return params;
 }
 
-/** Where the ranked list crosses the match threshold: before the first match over it. Only meaningful while
- * the list is sorted by distance; otherwise the per-tile borders carry the verdict alone. */
+/** Where a list ranked by code distance crosses the match threshold: before the first match above it; -1 for no
+ * line (no threshold). A re-ranked list is not in code-distance order, so it gets no line: the badges tell. */
 function thresholdIndex(matches) {
-  if (state.threshold === null) return -1;
-  const sorted = matches.every((m, i) => i === 0 || matches[i - 1].distance <= m.distance);
-  if (!sorted) return -1;
-  const over = matches.findIndex((m) => m.distance > state.threshold);
-  return over === -1 ? matches.length : over;
+  if (state.threshold === null || matches.some((m) => m.within_match_threshold === null)) return -1;
+  const above = matches.findIndex((m) => !m.within_match_threshold);
+  return above === -1 ? matches.length : above;
 }
 
+/** The verdict is on the code distance (within_match_threshold), whatever orders the list. */
 function verdict(match) {
-  if (match.same_person === true) return ["same", "same person"];
-  if (match.same_person === false) return ["different", "not the same person"];
-  return ["unknown", "no threshold"];
+  if (match.within_match_threshold === true) return ["within", "within the match threshold"];
+  if (match.within_match_threshold === false) return ["above", "above the match threshold"];
+  return ["unknown", "no match threshold"];
 }
 
 function matchTile(match, rank) {
@@ -259,17 +258,19 @@ function matchTile(match, rank) {
 }
 
 function thresholdMarker() {
-  const text = `match threshold ${state.threshold.toFixed(3)}: entries before this line are the same person, ` +
-    "entries after it are not";
+  const text = "entries above this line are within the match threshold " +
+    `(code distance ≤ ${state.threshold.toFixed(3)})`;
   return el("li", { className: "threshold", role: "separator", "aria-label": text, text });
 }
 
-function showMatches(matches) {
-  const list = $("search-results");
-  const cut = thresholdIndex(matches);
+/** The ranked tiles; by code distance with the threshold line, re-ranked with a note saying what the badges mean. */
+function showMatches({ matches, ranked_by: rankedBy }) {
+  const reranked = rankedBy === "rerank_distance";
   const items = matches.map((match, i) => matchTile(match, i + 1));
+  const cut = reranked ? -1 : thresholdIndex(matches);
   if (cut >= 0) items.splice(cut, 0, thresholdMarker());
-  list.replaceChildren(...items);
+  $("search-order").hidden = !(reranked && matches.length);
+  $("search-results").replaceChildren(...items);
 }
 
 async function runSearch(form, queryRow, label) {
@@ -277,12 +278,13 @@ async function runSearch(form, queryRow, label) {
   releaseUrls("search");
   $("search-query").replaceChildren(...queryRow);
   $("search-results").replaceChildren();
+  $("search-order").hidden = true;
   say("search", `Searching with ${label}…`);
   try {
     const withPreview = form.has("file") && $("search-preview").checked;
     const answer = await (await api("query", { method: "POST", params: searchParams(withPreview), form })).json();
     if (run !== state.search) return;
-    showMatches(answer.matches);
+    showMatches(answer);
     const found = answer.matches.length;
     say("search", found ? `${count(found, "match", "matches")} for ${label}, best first.`
       : "No gallery entry passes the filters.", "ok");
@@ -593,12 +595,27 @@ function showView() {
   return name;
 }
 
+/** A rate as a percentage with at most one decimal: 0.0382 -> "3.8", 0.52 -> "52", 1 -> "100". */
+function percent(rate) {
+  return String(Number((100 * rate).toFixed(1)));
+}
+
+/** The match threshold, and what it means per query at the gallery's size when the model measured that. */
+function thresholdText(health) {
+  if (state.threshold === null) return "no match threshold";
+  const text = `match threshold ${state.threshold.toFixed(3)}`;
+  const estimate = health.false_match_rate_at_gallery_size;
+  if (!estimate) return text;
+  return `${text}: a stranger's best match passes it in about ${percent(estimate.rate)}% of queries at this ` +
+    "gallery size";
+}
+
 /** The header line: what the server runs and where the match threshold sits (GET /health needs no key). */
 async function refreshServer() {
   try {
     const health = await (await api("health")).json();
     state.threshold = health.match_threshold ?? null;
-    const threshold = state.threshold === null ? "no match threshold" : `match threshold ${state.threshold.toFixed(3)}`;
+    const threshold = thresholdText(health);
     $("server").textContent = `${count(health.index_size, "entry", "entries")}, ` +
       `${count(health.persons, "person", "persons")}; ${threshold}; ` +
       `${health.providers[0] ?? "no provider"}`;

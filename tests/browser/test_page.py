@@ -14,6 +14,8 @@ from PIL import Image
 from playwright.sync_api import Page, expect
 
 GREEN, RED = "rgb(26, 127, 55)", "rgb(198, 40, 40)"  # --same and --different in style.css
+BADGES = {True: "within the match threshold", False: "above the match threshold"}
+RERANKED_NOTE = "Ordered by re-ranking; the verdict is on the code distance."
 XSS = "<img src=x onerror=window.__xss=1>"
 UNAUTHORISED = re.compile(r"^401: .*X-API-Key.*Enter the API key above, then try again\.$")
 Crop = Callable[[int, int], bytes]
@@ -40,12 +42,12 @@ def enrol(server: Served, crop: Crop, people: list[tuple[str, int, int]], camera
     return response.json()["entries"]
 
 
-def api_matches(
+def api_answer(
     server: Served, params: dict[str, Any], files: dict | None = None, data: dict | None = None
-) -> list[dict]:
+) -> dict:
     response = server.api.post("/query", params={"include_noise": "false", **params}, files=files, data=data)
     assert response.status_code == 200, response.text
-    return response.json()["matches"]
+    return response.json()
 
 
 def wait_for_search(page: Page) -> None:
@@ -58,21 +60,26 @@ def wait_for_search(page: Page) -> None:
 def shown_matches(page: Page) -> list[dict]:
     return page.eval_on_selector_all("#search-results li.tile", """tiles => tiles.map(t => ({
         entry_id: Number(t.dataset.entryId), distance: Number(t.dataset.distance),
-        same_person: t.classList.contains('same') ? true : t.classList.contains('different') ? false : null,
+        within: t.classList.contains('within') ? true : t.classList.contains('above') ? false : null,
+        badge: t.querySelector('.verdict').innerText, badge_colour: getComputedStyle(t.querySelector('.verdict'))
+            .backgroundColor,
         border: getComputedStyle(t).borderTopColor, facts: t.querySelector('.facts').innerText,
         thumbnail: t.querySelector('img') && t.querySelector('img').src,
         width: t.querySelector('img') ? t.querySelector('img').naturalWidth : 0}))""")
 
 
-def assert_page_shows(page: Page, server: Served, matches: list[dict]) -> None:
-    """Ranked tiles, borders and the threshold marker are the API's answer, in order; each thumbnail shows the
-    entry's stored crop."""
+def assert_page_shows(page: Page, server: Served, answer: dict) -> None:
+    """Ranked tiles, borders, verdict badges and the threshold marker (or, re-ranked, the note instead) are the
+    API's answer, in order; each thumbnail shows the entry's stored crop."""
+    matches = answer["matches"]
     shown = shown_matches(page)
     assert [s["entry_id"] for s in shown] == [m["entry_id"] for m in matches]
     for rank, (tile, match) in enumerate(zip(shown, matches, strict=True), 1):
         assert tile["distance"] == pytest.approx(match["distance"], abs=1e-6)
-        assert tile["same_person"] == match["same_person"]
-        assert tile["border"] == (GREEN if match["same_person"] else RED)
+        assert tile["within"] == match["within_match_threshold"]
+        assert tile["badge"] == BADGES[match["within_match_threshold"]]
+        colour = GREEN if match["within_match_threshold"] else RED
+        assert tile["border"] == tile["badge_colour"] == colour
         assert tile["thumbnail"].startswith("blob:") and tile["width"] > 0, tile
         assert f"Rank\n{rank}" in tile["facts"] and f"Person\n{match['person_id']}" in tile["facts"]
         stored = server.api.get(f"/gallery/entries/{match['entry_id']}/crop")
@@ -80,11 +87,18 @@ def assert_page_shows(page: Page, server: Served, matches: list[dict]) -> None:
         np.testing.assert_array_equal(shown_pixels(page, thumbnail), decoded(stored.content))
     threshold = server.api.get("/health").json()["match_threshold"]
     children = page.eval_on_selector_all("#search-results > li", "items => items.map(i => i.className)")
-    distances = [m["distance"] for m in matches]
-    if distances == sorted(distances):
-        assert children.index("threshold") == sum(d <= threshold for d in distances)
-    else:  # re-ranked out of distance order: no line to draw, the borders alone tell
-        assert "threshold" not in children
+    note = page.locator("#search-order")
+    if answer["ranked_by"] == "distance":
+        assert children.index("threshold") == sum(m["within_match_threshold"] for m in matches)
+        assert children.count("threshold") == 1
+        expect(page.locator("#search-results li.threshold")).to_have_text(
+            f"entries above this line are within the match threshold (code distance ≤ {threshold:.3f})")
+        expect(note).to_be_hidden()
+    else:  # not in code-distance order: no line to draw, the badges tell
+        assert answer["ranked_by"] == "rerank_distance" and "threshold" not in children
+        expect(note).to_be_visible()
+        expect(note).to_have_text(RERANKED_NOTE)
+    assert "same person" not in page.locator("#search").inner_text().lower()
 
 
 def test_enrol_through_the_page_with_a_per_file_error(server, open_page, crop):
@@ -119,9 +133,18 @@ def test_search_shows_what_the_api_ranks(empty_server, open_page, crop):
     page.fill("#search-k", "5")
     page.click("#search-form button[type=submit]")
     wait_for_search(page)
-    matches = api_matches(server, {"k": 5}, files={"file": ("query.png", crop(201, 0))})
-    assert {m["same_person"] for m in matches} == {True, False}, "the test needs both verdicts"
-    assert_page_shows(page, server, matches)
+    answer = api_answer(server, {"k": 5}, files={"file": ("query.png", crop(201, 0))})
+    matches = answer["matches"]
+    assert {m["within_match_threshold"] for m in matches} == {True, False}, "the test needs both verdicts"
+    assert_page_shows(page, server, answer)
+    health = server.api.get("/health").json()
+    estimate = health["false_match_rate_at_gallery_size"]
+    assert estimate is not None and estimate["gallery"] == 4, "the shipped model.json records false matches"
+    shown = re.search(r"match threshold (\d\.\d{3}): a stranger's best match passes it in about ([\d.]+)% of "
+                      r"queries at this gallery size", page.locator("#server").inner_text())
+    assert shown, page.locator("#server").inner_text()
+    assert float(shown[1]) == pytest.approx(health["match_threshold"], abs=5e-4)
+    assert float(shown[2]) == pytest.approx(100 * estimate["rate"], abs=0.05)
     figures = page.locator("#search-query figure")
     expect(figures).to_have_count(3)  # the query, its noise, the crop regenerated from both
     assert all(page.eval_on_selector_all("#search-query img", "images => images.map(i => i.naturalWidth > 0)"))
@@ -129,8 +152,8 @@ def test_search_shows_what_the_api_ranks(empty_server, open_page, crop):
     page.locator("#search-results li.tile").first.get_by_role("button", name="Search from this entry").click()
     expect(page.locator("#search-status")).to_contain_text(f"entry {matches[0]['entry_id']}")
     wait_for_search(page)
-    from_entry = api_matches(server, {"k": 5}, data={"entry_id": str(matches[0]["entry_id"])})
-    assert matches[0]["entry_id"] not in [m["entry_id"] for m in from_entry]
+    from_entry = api_answer(server, {"k": 5}, data={"entry_id": str(matches[0]["entry_id"])})
+    assert matches[0]["entry_id"] not in [m["entry_id"] for m in from_entry["matches"]]
     assert_page_shows(page, server, from_entry)
 
 
@@ -154,10 +177,10 @@ def test_search_filters_by_camera_on_a_dropped_crop(server, open_page, crop):
     page.fill("#search-exclude", "7")
     page.click("#search-form button[type=submit]")
     wait_for_search(page)
-    matches = api_matches(server, {"k": 10, "camera": ["7", "8"], "exclude_camera": "7"},
-                          files={"file": ("query.png", crop(211, 0))})
-    assert [m["camera"] for m in matches] == ["8"]
-    assert_page_shows(page, server, matches)
+    answer = api_answer(server, {"k": 10, "camera": ["7", "8"], "exclude_camera": "7"},
+                        files={"file": ("query.png", crop(211, 0))})
+    assert [m["camera"] for m in answer["matches"]] == ["8"]
+    assert_page_shows(page, server, answer)
 
 
 def test_search_within_a_seen_at_window(server, open_page, crop):
@@ -175,9 +198,9 @@ def test_search_within_a_seen_at_window(server, open_page, crop):
     assert "seen_after=2026-01-01T11%3A30%3A00Z&seen_before=2026-01-01T13%3A30%3A00Z" in request.value.url
     wait_for_search(page)
     window = {"seen_after": "2026-01-01T11:30:00Z", "seen_before": "2026-01-01T13:30:00Z"}
-    matches = api_matches(server, {"k": 10, **window}, files={"file": ("query.png", crop(212, 0))})
-    assert [m["seen_at"] for m in matches if m["person_id"] == "seen-a"] == [seen[1]]
-    assert_page_shows(page, server, matches)
+    answer = api_answer(server, {"k": 10, **window}, files={"file": ("query.png", crop(212, 0))})
+    assert [m["seen_at"] for m in answer["matches"] if m["person_id"] == "seen-a"] == [seen[1]]
+    assert_page_shows(page, server, answer)
     expect(page.locator("#search-results li.tile").first).to_contain_text(f"Seen{seen[1]}")
 
 
@@ -188,11 +211,18 @@ def test_search_re_ranked(server, open_page, crop):
     page.select_option("#search-rerank", "true")
     page.click("#search-form button[type=submit]")
     wait_for_search(page)
-    matches = api_matches(server, {"k": 10, "rerank": "true"}, files={"file": ("query.png", crop(290, 5))})
-    assert any(m["rerank_distance"] is not None for m in matches)
-    assert_page_shows(page, server, matches)
+    answer = api_answer(server, {"k": 10, "rerank": "true"}, files={"file": ("query.png", crop(290, 5))})
+    matches = answer["matches"]
+    assert answer["ranked_by"] == "rerank_distance" and any(m["rerank_distance"] is not None for m in matches)
+    assert_page_shows(page, server, answer)
     reranked = page.locator("#search-results li.tile").first.locator(".facts")
     expect(reranked).to_contain_text(f"Re-ranked{matches[0]['rerank_distance']:.3f}")
+
+    page.select_option("#search-rerank", "false")  # the same query by code distance: the line is back
+    page.click("#search-form button[type=submit]")
+    wait_for_search(page)
+    assert_page_shows(page, server, api_answer(server, {"k": 10, "rerank": "false"},
+                                               files={"file": ("query.png", crop(290, 5))}))
 
 
 def tab_to(page: Page, condition: str, limit: int = 80) -> None:
@@ -216,11 +246,11 @@ def test_search_with_the_keyboard_only(server, open_page, crop):
     tab_to(page, "el.type === 'submit' && el.form && el.form.id === 'search-form'")
     page.keyboard.press("Enter")
     wait_for_search(page)
-    matches = api_matches(server, {"k": 10}, files={"file": ("query.png", crop(221, 0))})
-    assert_page_shows(page, server, matches)
+    answer = api_answer(server, {"k": 10}, files={"file": ("query.png", crop(221, 0))})
+    assert_page_shows(page, server, answer)
     tab_to(page, "el.textContent === 'Search from this entry'")
     page.keyboard.press("Enter")
-    expect(page.locator("#search-status")).to_contain_text(f"entry {matches[0]['entry_id']}")
+    expect(page.locator("#search-status")).to_contain_text(f"entry {answer['matches'][0]['entry_id']}")
     wait_for_search(page)
 
 
@@ -404,7 +434,9 @@ def test_person_ids_are_shown_as_text_and_never_run(server, open_page, crop):
     page.set_input_files("#search-file", upload("query.png", crop(251, 0)))
     page.click("#search-form button[type=submit]")
     wait_for_search(page)
-    expect(page.locator("#search-results li.tile").first.locator("dd").nth(2)).to_have_text(XSS)
+    person = page.locator("#search-results li.tile").first.locator(
+        ".facts div", has=page.locator("dt", has_text=re.compile("^Person$")))
+    expect(person.locator("dd")).to_have_text(XSS)  # after the rank and distances, however many
 
     assert page.evaluate("() => window.__xss") is None
     assert page.locator('img[src="x"], b').count() == 0

@@ -107,6 +107,15 @@ def models_without_threshold(models_dir: Path, tmp_path_factory: pytest.TempPath
     return directory
 
 
+@pytest.fixture
+def reranking_models(models_dir: Path, tmp_path: Path) -> Path:
+    """The tiny models with re-ranking parameters (K 12)."""
+    directory = tmp_path / "models-rerank"
+    shutil.copytree(models_dir, directory)
+    replace(ModelMetadata.load(directory), rerank={"k1": 4, "k2": 2, "lambda": 0.3, "candidates": 12}).save(directory)
+    return directory
+
+
 def make_crop(person: int, variant: int = 0, size: tuple[int, int] = (48, 96), fmt: str = "PNG") -> bytes:
     """A synthetic crop: a per-person colour pair (shirt over trousers), a per-variant bright patch."""
     rng = np.random.default_rng(person)

@@ -44,11 +44,11 @@ def test_query_of_an_enrolled_crop_ranks_it_first(client, enrol, crop):
     assert len(matches) == 3
     assert matches[0]["entry_id"] == entries[3]["entry_id"]
     assert matches[0]["person_id"] == "p2" and matches[0]["distance"] < 1e-3
-    assert matches[0]["same_person"] is True
+    assert matches[0]["within_match_threshold"] is True
     distances = [m["distance"] for m in matches]
     assert distances == sorted(distances)
     assert matches[1]["person_id"] == "p2"  # the same person's other crop beats other people
-    assert all(m["same_person"] is False for m in matches if m["person_id"] != "p2")
+    assert all(m["within_match_threshold"] is False for m in matches if m["person_id"] != "p2")
 
 
 def test_k_is_capped_at_gallery_size_and_an_empty_gallery_matches_nothing(client, enrol, crop):
@@ -79,11 +79,12 @@ def test_query_noise_options(client, crop):
     assert "noise" in preview
 
 
-def test_same_person_is_null_without_a_threshold(make_settings, models_without_threshold: Path, enrol, crop):
+def test_the_verdict_is_null_without_a_threshold(make_settings, models_without_threshold: Path, enrol, crop):
     with TestClient(create_app(make_settings(models=models_without_threshold))) as client:
         enrol(client, PEOPLE[:1])
         match = client.post("/query", files={"file": ("q.png", crop(1), "image/png")}).json()["matches"][0]
-        assert match["same_person"] is None and match["distance"] < 1e-3
+        assert match["within_match_threshold"] is None and match["same_person"] is None
+        assert match["distance"] < 1e-3
 
 
 def test_delete_entry_removes_it_from_results(client, enrol, crop):

@@ -35,12 +35,12 @@ def test_serve_help_shows_real_defaults_switches_and_choices() -> None:
     assert "PydanticUndefined" not in text
     assert "[--rerank | --no-rerank]" in text and "[--store-crops | --no-store-crops]" in text
     assert "--device {auto,cpu,cuda}" in text and "--log-format {text,json}" in text
-    assert "default off" in text and "default on" in text  # rerank, store_crops
+    assert "default off" in text and "default on" in text  # power_safe, rerank
 
 
-def test_serve_prints_its_url_and_no_import_noise(start_genreid, models_dir: Path, tmp_path: Path) -> None:
-    server = start_genreid("--models", str(models_dir), "--rerank", env={"GENREID_LOG_LEVEL": "info"})
-    assert server.client.get("/health").json()["rerank"]["default"] is True  # the switch turned it on
+def test_serve_prints_its_url_and_no_import_noise(start_genreid, reranking_models: Path) -> None:
+    server = start_genreid("--models", str(reranking_models), "--no-rerank", env={"GENREID_LOG_LEVEL": "info"})
+    assert server.client.get("/health").json()["rerank"]["default"] is False  # the switch turned it off
     log = server.log.read_text()
     assert f"serving on http://127.0.0.1:{server.port}/" in log
     assert "faiss.loader" not in log and "Could not load library" not in log

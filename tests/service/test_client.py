@@ -17,6 +17,8 @@ from PIL import Image
 
 from genreid.service.client import Client, Entry, GalleryCounts, GenreidError, QueryResult
 
+from .conftest import MATCH_THRESHOLD
+
 KEYS = "ops:admin:admin-secret,viewer:query:query-secret"
 ADMIN, QUERY = "admin-secret", "query-secret"
 PEOPLE = [(1, 0), (1, 5), (2, 0), (2, 9), (3, 0)]
@@ -66,8 +68,10 @@ def test_query_ranks_the_right_person_first(genreid: Client, entries: list[Entry
     assert isinstance(result, QueryResult) and len(result.matches) == 3
     best, second, third = result.matches
     assert best.entry_id == entries[3].entry_id and best.person_id == "p2" and best.distance < 1e-3
-    assert best.same_person is True and best.rerank_distance is None and best.seen_at == SEEN[3]
-    assert second.person_id == "p2" and third.same_person is False
+    assert best.within_match_threshold is True and best.rerank_distance is None and best.seen_at == SEEN[3]
+    assert second.person_id == "p2" and third.within_match_threshold is False
+    assert all(m.within_match_threshold == (m.distance <= MATCH_THRESHOLD) == m.same_person for m in result.matches)
+    assert result.ranked_by == "distance"
     assert [m.distance for m in result.matches] == sorted(m.distance for m in result.matches)
     assert result.identity.shape == (32,) and result.identity.dtype == np.float32
     assert result.noise is None  # the client leaves the noise out unless asked
@@ -102,6 +106,23 @@ def test_batch_query_answers_each_crop_in_order(genreid: Client, entries: list[E
     np.testing.assert_allclose(results[1].identity, single.identity, atol=1e-6)
     filtered = genreid.query_batch([crop(1)], exclude_cameras=["c1"])
     assert entries[0].entry_id not in [m.entry_id for m in filtered[0].matches]
+
+
+def test_a_re_ranked_answer_says_so_and_keeps_the_code_distance_verdict(start_genreid, reranking_models: Path,
+                                                                         tmp_path: Path, crop):
+    server = start_genreid("--models", str(reranking_models), "--data", str(tmp_path / "data"))
+    with Client(server.url) as client:
+        client.enrol([crop(p, v) for p in range(5) for v in range(3)], person_ids=[f"p{p}" for p in range(5)
+                                                                                   for _ in range(3)])
+        answers = [client.query(crop(1, 7), k=15, rerank=True), client.query_entry(1, k=15, rerank=True),
+                   *client.query_batch([crop(2, 7), crop(3)], k=15, rerank=True)]
+        plain = client.query(crop(1, 7), k=15, rerank=False)
+    assert plain.ranked_by == "distance" and all(m.rerank_distance is None for m in plain.matches)
+    for answer in answers:
+        assert answer.ranked_by == "rerank_distance" and answer.matches[0].rerank_distance is not None
+        assert {m.within_match_threshold for m in answer.matches} == {True, False}
+        assert all(m.within_match_threshold == (m.distance <= MATCH_THRESHOLD) == m.same_person
+                   for m in answer.matches)
 
 
 def test_entries_pages_and_filters(genreid: Client, entries: list[Entry]):

@@ -20,6 +20,7 @@ import pytest
 
 from genreid.service.cli import main
 from genreid.service.core.imaging import decode_rgb, resized, stored_crop, stored_crop_size, to_chw_float
+from genreid.service.core.reranking import neighbours_kept
 from genreid.service.encoders import Encoders
 from genreid.service.gallery_tools import (
     ALREADY_HELD,
@@ -73,7 +74,8 @@ def settings(models: Path, *, data: Path | None = None, uri: str | None = None, 
 
 def opened(gallery: Settings) -> GalleryStore:
     metadata = Encoders(gallery.models, device="cpu", threads=1).metadata
-    return open_gallery(gallery, code_dim=metadata.code_dim, model_id=metadata.model_id)
+    return open_gallery(gallery, code_dim=metadata.code_dim, model_id=metadata.model_id,
+                        neighbourhood_size=neighbours_kept(metadata))
 
 
 def enrol(store: GalleryStore, models: Path, crop: Callable[..., bytes]) -> list[Entry]:
@@ -429,3 +431,26 @@ def test_cli_on_a_milvus_lite_file_answers_without_engine_tracebacks(source, mod
         f"genreid gallery export: Milvus gallery {db}: the gallery is in use by another process (milvus-lite opens "
         "a .db in one process only: stop that server, or reach the gallery through it)"]
     assert not (tmp_path / "b.zip").exists()
+
+
+def test_cli_rebuilds_the_kept_neighbourhoods_of_a_gallery_made_without_them(
+        source, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    gallery, store = source
+    assert store.neighbourhood_size == 0  # tiny-a carries no re-ranking parameters
+    ids = [entry.entry_id for entry in store.list_entries(limit=ENTRY_COUNT).entries]
+    store.close()
+    with pytest.raises(SystemExit) as refused:
+        main(["gallery", "neighbourhoods", "--data", str(gallery.data), "--size", "x"])
+    assert refused.value.code == 2 and "'x' is not a whole number" in error_line(capsys.readouterr().err)
+    code, out, _ = run_cli(["gallery", "neighbourhoods", "--data", str(gallery.data), "--models", str(gallery.models),
+                            "--size", "3"], capsys)
+    assert code == 0 and json.loads(out) == {"entries": ENTRY_COUNT, "kept_per_entry": 3}
+    rebuilt = opened(gallery)
+    try:
+        assert rebuilt.neighbourhood_size == 3
+        unit = rebuilt.codes(ids) / np.linalg.norm(rebuilt.codes(ids), axis=1, keepdims=True)
+        nearest = np.argsort(np.linalg.norm(unit[:, None] - unit[None], axis=2) + np.diag([np.inf] * len(ids)),
+                             axis=1, kind="stable")[:, :3]
+        assert rebuilt.neighbourhoods(ids, 3) == {i: [ids[j] for j in row] for i, row in zip(ids, nearest, strict=True)}
+    finally:
+        rebuilt.close()

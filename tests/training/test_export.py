@@ -115,7 +115,7 @@ def test_evaluate_card_figures_and_rerank_encode_identity_at_128x64(finer_run: T
     from genreid.training.model_card import CARD_JSON, write_card
 
     evaluated = subprocess.run([sys.executable, "-m", "genreid.service.cli", "evaluate", "--data", str(synthetic_root),
-                                "--models", str(finer_run.models), "--device", "cpu"],
+                                "--models", str(finer_run.models), "--device", "cpu", "--no-rerank"],
                                capture_output=True, text=True, check=True)
     assert json.loads(evaluated.stdout)["gallery"] == 6 * 3 * 2
     monkeypatch.setattr(genreid.training.rerank, "GRID",

@@ -5,9 +5,10 @@ cards/<case>.json, and since rewritten only where the card's text changed on pur
 table names each stage's machine, of which `from_run` records two; Reproduce gives the preset's `--set`
 departures and says when the generator came from an export, as `from_run`'s did; the INT8 calibration's
 ranges are named; 2026-12-07: the networks table counts multiply-adds per crop, '-' for cards that predate
-that). `rebuilt` is the shipped card's JSON (facts kept from the previous card, re-ranking, INT8 on
-CPUs; plus the input sizes it predates), `from_run` takes every other branch (facts from the run, a GPU, no
-re-ranking or references, Inv-Id reading a larger input than the generator, CPUs keeping float32, no stripes).
+that; the threshold's verdict is named `within_match_threshold`). `rebuilt` is the shipped card's JSON (facts
+kept from the previous card, re-ranking, INT8 on CPUs; plus the input sizes it predates), `from_run` takes every
+other branch (facts from the run, a GPU, no re-ranking or references, Inv-Id reading a larger input than the
+generator, CPUs keeping float32, no stripes).
 Neither holds the lenient-protocol metrics, so they pin that older cards render as before; `lenient` is the
 shipped card's JSON once it measured them, and cards/lenient.md its rendering by the template.
 """
@@ -111,3 +112,18 @@ def test_a_joined_inv_id_reproduces_as_its_members_and_the_join():
     assert "| Inv-Id `hybrid` (shipped), mean of 2 Inv-Ids, 2500 + 5000 steps x 96 |" in text
     del card["inv_id_members"]
     assert "join-inv-ids" not in render_markdown(card)  # a card without members trains one run
+
+
+def test_card_shows_the_per_query_false_matches_when_the_model_records_them():
+    card = json.loads((CARDS / "lenient.json").read_text())
+    assert "Per-query false matches" not in render_markdown(card)  # cards before the record: no section
+    card["false_matches"] = {
+        "per_pair": 0.00956, "measured_on": "market1501: 3368 queries, 15913 gallery crops, identity removed",
+        "precision": "int8", "per_query": [
+            {"gallery": 100, "rate": 0.5213, "kind": "measured"},
+            {"gallery": 100000, "rate": 1.0, "kind": "extrapolated (independent pairs)"}]}
+    text = render_markdown(card)
+    assert text.index("## Match threshold") < text.index("## Per-query false matches") < text.index("## Re-ranking")
+    assert "| 100 | 52.1 | measured |\n| 100,000 | 100.0 | extrapolated (independent pairs) |\n" in text
+    assert "Inv-Id in int8). 0.96% of strangers' pairs pass it.\nMeasured on market1501: 3368 queries, 15913 " \
+        "gallery crops, identity removed.\n" in text

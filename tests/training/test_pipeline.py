@@ -104,7 +104,7 @@ def test_export_serves_through_onnx_runtime(tiny_run, synthetic_root):
 def test_evaluate_command_prints_metrics(tiny_run, synthetic_root):
     result = subprocess.run(
         [sys.executable, "-m", "genreid.service.cli", "evaluate", "--data", str(synthetic_root), "--models",
-         str(tiny_run.models), "--device", "cpu"],
+         str(tiny_run.models), "--device", "cpu", "--no-rerank"],
         capture_output=True, text=True, check=True,
     )
     metrics = json.loads(result.stdout)

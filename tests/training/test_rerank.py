@@ -69,8 +69,9 @@ def test_evaluate_rerank_reports_the_three_rankings_and_refuses_an_untuned_model
     result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
     params = RerankParams.from_model(ModelMetadata.load(models))
     assert result["rerank"] == params.as_dict()
-    assert set(result) == {"rerank", "code_distance", "reranked", "reranked_all_queries"}
-    plain = subprocess.run(command[:-1], capture_output=True, text=True, check=True)
+    assert set(result) == {"served", "rerank", "code_distance", "reranked", "reranked_all_queries"}
+    assert json.loads(subprocess.run(command[:-1], capture_output=True, text=True, check=True).stdout) == result
+    plain = subprocess.run([*command[:-1], "--no-rerank"], capture_output=True, text=True, check=True)
     assert json.loads(plain.stdout) == result["code_distance"]
     assert all(result[key]["queries"] == result["code_distance"]["queries"] for key in ("reranked",
                                                                                        "reranked_all_queries"))

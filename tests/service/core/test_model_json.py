@@ -4,12 +4,15 @@ schema 1 (the preset by name, no version) loads as the same model; a newer schem
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from genreid.service.core.model_json import (
     SCHEMA_VERSION,
+    FalseMatches,
+    GalleryFalseMatches,
     IdentityCodes,
     ModelError,
     ModelMetadata,
@@ -44,6 +47,24 @@ def test_a_schema_1_file_loads_as_the_same_model(tmp_path: Path) -> None:
     assert loaded.preset == {"name": current.preset["name"]} and loaded.preset_name == current.preset_name
     assert loaded.quantization["inv_id"].calibration == "minimum and maximum"
     assert loaded.input_sizes == current.input_sizes and loaded.rerank == current.rerank
+
+
+def test_false_matches_round_trip_and_files_without_later_sections_are_saved_as_they_were(tmp_path: Path) -> None:
+    """A file without `false_matches` (or `mult_adds`, also added later) loads, and re-saving it adds neither."""
+    current = ModelMetadata.load(SHIPPED)
+    older = current.as_dict()
+    for name in ("false_matches", "mult_adds"):
+        older.pop(name, None)
+    (tmp_path / "model.json").write_text(json.dumps(older))
+    loaded = ModelMetadata.load(tmp_path)
+    assert loaded.false_matches is None and loaded.mult_adds == {}
+    assert json.loads(loaded.save(tmp_path).read_text()) == older
+    record = FalseMatches(per_pair=0.0096, measured_on="market1501: 2 queries, 3 gallery crops, identity removed",
+                          precision="int8", per_query=(GalleryFalseMatches(gallery=100, rate=0.52, kind="measured"),))
+    replace(loaded, false_matches=record).save(tmp_path)
+    assert ModelMetadata.load(tmp_path).false_matches == record
+    assert json.loads((tmp_path / "model.json").read_text())["false_matches"]["per_query"] == [
+        {"gallery": 100, "rate": 0.52, "kind": "measured"}]
 
 
 def test_a_newer_or_broken_file_is_refused_in_one_line(tmp_path: Path) -> None:

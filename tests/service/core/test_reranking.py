@@ -4,8 +4,6 @@ published algorithm's loops, the neighbourhood's limits (filters, K), and /query
 from __future__ import annotations
 
 import json
-import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,6 @@ from fastapi.testclient import TestClient
 
 from genreid.service.app import create_app
 from genreid.service.core.evaluation import Evaluator
-from genreid.service.core.model_json import ModelMetadata
 from genreid.service.core.reranking import RerankParams, rerank_all, rerank_search
 from genreid.service.encoders import Encoders
 from genreid.service.store import EntryFilter, NewEntry
@@ -200,16 +197,6 @@ def test_params_round_trip_and_refuse_nonsense():
         RerankParams(k1=0, k2=4, lambda_=0.3, candidates=50)
     with pytest.raises(ValueError):
         RerankParams(k1=5, k2=4, lambda_=1.5, candidates=50)
-
-
-@pytest.fixture
-def reranking_models(models_dir: Path, tmp_path: Path) -> Path:
-    directory = tmp_path / "models-rerank"
-    shutil.copytree(models_dir, directory)
-    metadata = ModelMetadata.load(directory)
-    metadata = replace(metadata, rerank={"k1": 4, "k2": 2, "lambda": 0.3, "candidates": 12})
-    metadata.save(directory)
-    return directory
 
 
 def test_http_rerank_equals_the_evaluation_path_entry_for_entry(make_settings, reranking_models: Path, crop):

@@ -21,8 +21,9 @@ from genreid.service.store.embedded import EmbeddedStore
 @dataclass(frozen=True)
 class Backend:
     name: str
-    # (location, code_dim, model_id) -> an open store; the location is a fresh temporary directory per test
-    open: Callable[[Path, int, str | None], GalleryStore]
+    # (location, code_dim, model_id, neighbourhood_size=0) -> an open store; the location is a fresh temporary
+    # directory per test
+    open: Callable[..., GalleryStore]
     # Python source that binds `store` from `location`, `code_dim` and `model_id`, for a separate process
     open_source: str
     # makes the engine itself fail once `rows` more rows of a write have gone in (`table`: entries or crops)
@@ -77,7 +78,8 @@ def _collection(location: Path) -> str:
 def _embedded(request: pytest.FixtureRequest) -> Backend:
     return Backend(
         name="embedded",
-        open=lambda location, code_dim, model_id: EmbeddedStore(location, code_dim=code_dim, model_id=model_id),
+        open=lambda location, code_dim, model_id, neighbourhood_size=0: EmbeddedStore(
+            location, code_dim=code_dim, model_id=model_id, neighbourhood_size=neighbourhood_size),
         open_source="from genreid.service.store.embedded import EmbeddedStore\n"
                     "store = EmbeddedStore(location, code_dim=code_dim, model_id=model_id)",
         fail_after=_sqlite_fails_after,
@@ -91,8 +93,9 @@ def _milvus_lite(request: pytest.FixtureRequest) -> Backend:
 
     return Backend(
         name="milvus",
-        open=lambda location, code_dim, model_id: MilvusStore(f"{location}.db", collection="gallery",
-                                                              code_dim=code_dim, model_id=model_id),
+        open=lambda location, code_dim, model_id, neighbourhood_size=0: MilvusStore(
+            f"{location}.db", collection="gallery", code_dim=code_dim, model_id=model_id,
+            neighbourhood_size=neighbourhood_size),
         open_source="from genreid.service.store.milvus import MilvusStore\n"
                     "store = MilvusStore(f'{location}.db', collection='gallery', code_dim=code_dim, "
                     "model_id=model_id)",
@@ -106,8 +109,9 @@ def _on_server(server) -> Backend:
 
     return Backend(
         name="milvus",
-        open=lambda location, code_dim, model_id: MilvusStore(server.uri, collection=_collection(location),
-                                                              code_dim=code_dim, model_id=model_id),
+        open=lambda location, code_dim, model_id, neighbourhood_size=0: MilvusStore(
+            server.uri, collection=_collection(location), code_dim=code_dim, model_id=model_id,
+            neighbourhood_size=neighbourhood_size),
         open_source="from genreid.service.store.milvus import MilvusStore\n"
                     f"store = MilvusStore({server.uri!r}, collection='t' + __import__('hashlib').sha1("
                     "str(location).encode()).hexdigest()[:16], code_dim=code_dim, model_id=model_id)",
