@@ -15,6 +15,9 @@
 4. Default (--parts default --official-root): what a fresh server does with Market-1501's official gallery, all
    19,732 crops of bounding_box_test enrolled over HTTP (64 per request) into a gallery that keeps
    neighbourhoods and into one made without them: enrolment crops/s, and /query p50 plain and re-ranked on each.
+5. Threshold (--parts threshold --official-root): the re-ranked distances of the same official queries against
+   three galleries drawn from the official one (whole, 1,000 crops, one crop per person): whether a match threshold
+   on the re-ranked distance could mean the same whatever the gallery holds.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from genreid.service.core.evaluation import Evaluator
 from genreid.service.core.imaging import preprocess
 from genreid.service.core.market import check_layout
 from genreid.service.core.model_json import ModelMetadata
-from genreid.service.core.reranking import RerankParams, neighbours_kept
+from genreid.service.core.reranking import RerankParams, neighbours_kept, rerank_search
 from genreid.service.encoders import Encoders
 from genreid.service.settings import default_models
 from genreid.service.store import NewEntry
@@ -248,6 +251,50 @@ def served_default(args: argparse.Namespace, workdir: Path) -> list[dict[str, An
     return rows
 
 
+def reranked_threshold(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Can a match threshold be put on the re-ranked distance? The same queries against three galleries drawn from
+    the official one: all of it, 1,000 random crops, one crop per person. A threshold is usable only if it means
+    the same in each; the code distance of a pair does not depend on the gallery, the re-ranked one does."""
+    root = check_layout(args.official_root, ("query", "gallery"))
+    encoders = Encoders(args.models, device=args.device)
+    params = RerankParams.from_model(encoders.metadata)
+    query, gallery = LabelledCrops.read(root, "query"), LabelledCrops.read(root, "gallery")
+    rng = np.random.default_rng(0)
+    asked = rng.choice(len(query.paths), 100 if args.quick else 400, replace=False)
+
+    def embed(paths: list[Path]) -> np.ndarray:
+        return np.concatenate([encoders.identity(np.stack([preprocess(p, encoders.identity_resolution)
+                                                           for p in paths[i:i + 256]]))
+                               for i in range(0, len(paths), 256)])
+
+    q_codes, g_codes = embed([query.paths[i] for i in asked]), embed(gallery.paths)
+    first = {person: i for i, person in reversed(list(enumerate(gallery.person_ids.tolist())))}
+    draws = {"official gallery": np.arange(len(g_codes)),
+             "1,000 random crops": rng.choice(len(g_codes), 1000, replace=False),
+             "one crop per person": np.array(sorted(first.values()))}
+    rows = []
+    for name, chosen in draws.items():
+        with tempfile.TemporaryDirectory() as where:
+            store = EmbeddedStore(where, code_dim=encoders.metadata.code_dim,
+                                  neighbourhood_size=params.neighbours_kept)
+            store.add([NewEntry(person_id=str(gallery.person_ids[i])) for i in chosen], g_codes[chosen])
+            true_reranked, true_code, best_stranger = [], [], []
+            for code, person in zip(q_codes, query.person_ids[asked], strict=True):
+                head = rerank_search(store, code, params.candidates, params=params)[0]
+                true_reranked += [m.rerank_distance for m in head if m.entry.person_id == str(person)]
+                true_code += [m.distance for m in head if m.entry.person_id == str(person)]
+                best_stranger.append(min(m.rerank_distance for m in head if m.entry.person_id != str(person)))
+            store.close()
+        rows.append({"gallery": name, "entries": len(chosen), "true_pairs_in_top_K": len(true_reranked),
+                     "true_pair_median_reranked": round(float(np.median(true_reranked)), 3),
+                     "true_pair_median_code": round(float(np.median(true_code)), 3),
+                     "best_stranger_reranked_p1": round(float(np.quantile(best_stranger, 0.01)), 3),
+                     "best_stranger_reranked_p50": round(float(np.median(best_stranger)), 3)})
+    print_table(f"re-ranked distances of the same {len(asked)} queries against three galleries (K = "
+                f"{params.candidates})", rows, list(rows[0]))
+    return rows
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -255,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "model.json `rerank`)")
     parser.add_argument("--data-root", type=Path, required=True, help="the market1501-subset folder")
     parser.add_argument("--official-root", type=Path, help="the official Market-1501 folder, for --parts default")
-    parser.add_argument("--parts", nargs="+", choices=("accuracy", "agreement", "latency", "default"),
+    parser.add_argument("--parts", nargs="+", choices=("accuracy", "agreement", "latency", "default", "threshold"),
                         default=["accuracy", "agreement", "latency"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2_000, 20_000, 100_000])
     parser.add_argument("--also-candidates", type=int, nargs="*", default=[30],
@@ -283,6 +330,8 @@ def main() -> None:
                 results[part] = agreement(args, Path(scratch))
             elif part == "default":
                 results[part] = served_default(args, Path(scratch))
+            elif part == "threshold":
+                results[part] = reranked_threshold(args)
             else:
                 results[part] = latency(args, Path(scratch))
             print(f"({part}: {time.monotonic() - started:.0f} s)", file=sys.stderr)
