@@ -319,6 +319,11 @@ class GalleryStore(ABC):
         enters (distance <= Neighbourhood.radius(size))."""
         raise NotImplementedError(f"the {self.backend} backend keeps no neighbourhoods")
 
+    def _wider_than(self, distance: float) -> dict[int, float]:
+        """{entry id: kept radius} of the entries whose radius is at least `distance` (a search-only backend's
+        `_reached_by`: neighbourhoods.reached_by_search)."""
+        raise NotImplementedError(f"the {self.backend} backend keeps no neighbourhoods")
+
     def _keep(self, lists: dict[int, Neighbourhood], *, size: int) -> None:
         """Store these neighbourhoods (replacing the entries' old ones), kept at `size`."""
         raise NotImplementedError(f"the {self.backend} backend keeps no neighbourhoods")

@@ -16,6 +16,11 @@ What each guarantee rests on (docs/GALLERY_STORE.md has the long form):
   Milvus frees their space at compaction.
 - Person counts come from one row per person in the aux collection (upserts are idempotent); a person whose last
   entry is removed while another replica enrols them again can be left uncounted until they are enrolled again.
+- Kept neighbourhoods (service/store/neighbourhoods.py) live in `<collection>_kept`, one row per entry, their size in
+  a property of the entries' collection (read per write without a Strong wait). They are written after the entries'
+  change is visible, so every search they come from sees it, then settled: rewritten from fresh searches until they
+  agree, which makes concurrent writers converge. A repair marker row names the entries of a write until then; the
+  sweep repairs what a writer that died left marked.
 
 The schema has no nullable field, so Milvus 2.3 to 2.6 and milvus-lite all take it (nullable fields arrived in
 Milvus 2.5): an absent camera or track id is stored as NO_LABEL (""; a label is never blank), an absent seen_at as
@@ -33,23 +38,25 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import re
 import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
+from genreid.service.core.similarity import unit_length
 from genreid.service.store.base import (
     MAX_LABEL,
     NO_FILTER,
@@ -59,6 +66,7 @@ from genreid.service.store.base import (
     GalleryError,
     GalleryStore,
     InvalidEntry,
+    Neighbourhood,
     NewEntry,
     StoreUnavailable,
     UnknownEntries,
@@ -68,8 +76,16 @@ from genreid.service.store.base import (
     utc,
 )
 from genreid.service.store.milvus_lite import engine_lock, is_in_process
+from genreid.service.store.neighbourhoods import (
+    BATCH,
+    nearest_others,
+    reached_by_search,
+    rebuild,
+    updates_after_insert,
+)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BLOCK_BITS = 21  # ids per claimed block: 2**21; blocks are drawn from [1, 2**32), so ids stay below 2**53
 STALE_SECONDS = 120.0  # a batch pending this long was abandoned by a failed write
@@ -89,6 +105,13 @@ READ_THREADS = 8  # pending-batch reads run beside searches (_nearest); a search
 # third ping without calls with GOAWAY "too_many_pings", about 30 s into any idle spell; a call racing that GOAWAY
 # failed (a 503, or a store that would not open). Pings only during calls; every call has a timeout instead.
 GRPC_OPTIONS: dict[str, Any] = {"grpc.keepalive_permit_without_calls": False}
+KEPT_CAPACITY = 4_096  # ids per kept row (Milvus's most for an ARRAY field): a neighbourhood, or a marker's entries
+NOT_FULL = 4.0  # the radius stored for a neighbourhood of fewer than its size: Milvus stores no infinity, and
+# distances between unit-length codes are at most 2
+SIZE_PROPERTY = "genreid.neighbourhood_size"  # the kept size: a collection property, read without a Strong wait
+SETTLE_ROUNDS = 4  # fresh searches a writer compares its neighbourhoods with, at most (concurrent writers: more)
+SETTLE_BATCH = 4_096  # entries per settling search (Milvus answers at most 16,384 queries in one)
+RETRIES = 4  # recomputations when an entry a computation read is removed under it by another writer
 
 
 def literal(text: str) -> str:
@@ -171,20 +194,23 @@ class _EngineNoise(logging.Filter):
 
 
 class MilvusStore(GalleryStore):
-    """One Milvus collection of entries plus `<collection>_meta` for id blocks and persons and
-    `<collection>_pending` for pending batches."""
+    """One Milvus collection of entries plus `<collection>_meta` for id blocks and persons, `<collection>_pending`
+    for pending batches and `<collection>_kept` for kept neighbourhoods."""
 
     backend = "milvus"
 
     def __init__(self, uri: str, *, collection: str, code_dim: int, model_id: str | None,
                  token: str | None = None, index: IndexSpec | None = None, timeout: float = 10.0,
-                 clock: Callable[[], datetime] | None = None):
-        """`timeout` bounds every engine call, so an unreachable engine is an error, never a hang."""
+                 neighbourhood_size: int = 0, clock: Callable[[], datetime] | None = None):
+        """`timeout` bounds every engine call, so an unreachable engine is an error, never a hang.
+        `neighbourhood_size`: how many nearest others a new gallery keeps per entry (an existing one keeps what it
+        recorded: `_kept_size`)."""
         super().__init__(code_dim=code_dim, clock=clock)
         self.uri = uri
         self.collection = collection
         self.meta = f"{collection}_meta"  # one row per person, and the claimed id blocks
         self.pending_batches = f"{collection}_pending"  # kept apart and tiny: every read scans it
+        self.kept = f"{collection}_kept"  # kept neighbourhoods (entry_id > 0) and repair markers (entry_id < 0)
         self.model_id = model_id
         self.index = index or IndexSpec()
         self.timeout = timeout
@@ -207,6 +233,9 @@ class MilvusStore(GalleryStore):
                 self._client = self._connect()
                 self.engine = EngineTraits.of(self._client.get_server_version(timeout=self.timeout))
                 self._open_collections()
+            # outside the engine lock: a repair searches, and a search reads pending batches on another thread
+            self.neighbourhood_size = self._kept_size(neighbourhood_size)
+            self._sweep()
         except GalleryError:
             raise
         except MilvusException as err:
@@ -228,14 +257,17 @@ class MilvusStore(GalleryStore):
     # --- set-up -------------------------------------------------------------------------------------------
     def _open_collections(self) -> None:
         """Create what is missing (collection, then its index without waiting for a build: nothing to build yet),
-        then load all three at once and wait: the engine loads them in parallel, about 2.5 s on Milvus 2.3 for a
-        new gallery, and at once when another replica already did."""
+        then load all four at once and wait: the engine loads them in parallel, about 2.5 s on Milvus 2.3 for a
+        new gallery, and at once when another replica already did. A gallery made before neighbourhoods were kept
+        gets its `_kept` collection here."""
         client = self._client
         if not client.has_collection(self.collection, timeout=self.timeout):
             self._create_entries()
         for name in (self.meta, self.pending_batches):
             if not client.has_collection(name, timeout=self.timeout):
                 self._create_meta(name)
+        if not client.has_collection(self.kept, timeout=self.timeout):
+            self._create_kept()
         info = client.describe_collection(self.collection, timeout=self.timeout)
         dims = [f.get("params", {}).get("dim") for f in info["fields"] if f["name"] == "unit"]
         if dims != [self.code_dim]:
@@ -248,13 +280,12 @@ class MilvusStore(GalleryStore):
                                                timeout=self.timeout)
         self._nullable = any(f.get("nullable") for f in info["fields"])
         for name, vector, index in ((self.collection, "unit", self.index), (self.meta, "v", IndexSpec()),
-                                    (self.pending_batches, "v", IndexSpec())):
+                                    (self.pending_batches, "v", IndexSpec()), (self.kept, "v", IndexSpec())):
             self._ensure_index(name, vector, index)
         self._load()
-        self._sweep()
 
     def _load(self) -> None:
-        """Load the three collections (a no-op for loaded ones), all requests first, then wait for each."""
+        """Load the collections (a no-op for loaded ones), all requests first, then wait for each."""
         for name in self._collections:
             self._client.load_collection(name, timeout=self.timeout, _async=True)
         for name in self._collections:
@@ -303,8 +334,8 @@ class MilvusStore(GalleryStore):
         self._create(self.collection, schema, properties=properties)
 
     @property
-    def _collections(self) -> tuple[str, str, str]:
-        return self.collection, self.meta, self.pending_batches
+    def _collections(self) -> tuple[str, ...]:
+        return self.collection, self.meta, self.pending_batches, self.kept
 
     def _create_meta(self, name: str) -> None:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -314,6 +345,19 @@ class MilvusStore(GalleryStore):
         schema.add_field("at", DataType.INT64)
         schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs a vector field in every collection
         self._create(name, schema)
+
+    def _create_kept(self) -> None:
+        """A row per entry: its kept ids and distances, nearest first, and the radius `_wider_than` filters on
+        (NOT_FULL for infinity). A repair marker has a negative key, the entries of its write in `ids` and when it
+        was written in `at`."""
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("entry_id", DataType.INT64, is_primary=True)
+        schema.add_field("radius", DataType.DOUBLE)
+        schema.add_field("ids", DataType.ARRAY, element_type=DataType.INT64, max_capacity=KEPT_CAPACITY)
+        schema.add_field("distances", DataType.ARRAY, element_type=DataType.FLOAT, max_capacity=KEPT_CAPACITY)
+        schema.add_field("at", DataType.INT64)
+        schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)
+        self._create(self.kept, schema)
 
     # --- engine calls ---------------------------------------------------------------------------------------
     def _connect(self) -> MilvusClient:
@@ -387,8 +431,13 @@ class MilvusStore(GalleryStore):
     def _pending(self) -> list[int]:
         return [row["value"] for row in self._query(self.pending_batches, "value > 0", ["value"])]
 
+    def _sweep_if_due(self) -> None:
+        if time.monotonic() - self._last_sweep > SWEEP_SECONDS:
+            self._sweep()
+
     def _sweep(self) -> None:
-        """Delete the rows of batches abandoned by failed writes (pending for over STALE_SECONDS)."""
+        """Delete the rows of batches abandoned by failed writes, and repair the kept neighbourhoods that writes
+        left marked (both pending or marked for over STALE_SECONDS)."""
         self._last_sweep = time.monotonic()
         cutoff = time.time_ns() // 1000 - int(STALE_SECONDS * 1e6)
         stale = [row["value"] for row in self._query(self.pending_batches, f"at < {cutoff}", ["value"])]
@@ -396,6 +445,14 @@ class MilvusStore(GalleryStore):
             log.warning("removing %d abandoned batch(es) from %s", len(stale), self._where())
             self._call("delete", self.collection, filter=f"batch in {_ints(stale)}")
             self._delete_meta([f"pending:{b}" for b in stale], self.pending_batches)
+        markers = self._query(self.kept, f"entry_id < 0 and at < {cutoff}", ["entry_id", "ids"])
+        if markers:
+            log.warning("repairing the kept neighbourhoods of %d interrupted write(s) in %s", len(markers),
+                        self._where())
+            try:
+                self._repair(markers)
+            except StoreUnavailable as err:  # the markers stay for the next sweep; writes go on meanwhile
+                log.warning("%s; the next sweep repairs them", err)
 
     def _claim_block(self) -> int:
         for _ in range(8):
@@ -429,8 +486,7 @@ class MilvusStore(GalleryStore):
         crops = [None if e.crop is None else base64.b64encode(e.crop).decode("ascii") for e in entries]
         if any(c is not None and len(c) > MAX_CROP_CHARS for c in crops):
             raise InvalidEntry(f"a stored crop is over {MAX_CROP_CHARS * 3 // 4} bytes")
-        if time.monotonic() - self._last_sweep > SWEEP_SECONDS:
-            self._sweep()
+        self._sweep_if_due()
         ids = self._new_ids(len(entries))
         now = self.clock()
         enrolled = [e.enrolled_at or now for e in entries]
@@ -454,7 +510,11 @@ class MilvusStore(GalleryStore):
             raise
         self._call("upsert", self.meta, [self._meta_row(f"person:{p}", "person", 0)
                                                     for p in sorted({e.person_id for e in entries})])
+        self.neighbourhood_size = size = self._recorded_size() or 0
+        repairs = self._mark(ids) if size else []
         self._delete_meta([marker], self.pending_batches)  # the batch becomes visible, all at once
+        if size:
+            self._upkeep(repairs, size, settle=lambda: self._kept_after_insert(ids, unit_codes, size))
         return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None, when)
                 for i, e, when in zip(ids, entries, enrolled, strict=True)]
 
@@ -504,17 +564,193 @@ class MilvusStore(GalleryStore):
         return self._remove([e.entry_id for e in found], {e.person_id for e in found})
 
     def _remove(self, ids: list[int], persons: set[str]) -> list[int]:
-        if ids:
-            for start in range(0, len(ids), PAGE):
-                self._call("delete", self.collection, filter=f"entry_id in {_ints(ids[start : start + PAGE])}")
-            self._forget_if_empty(persons)
+        """The entries' kept rows go before the entries (no row outlives its entry); the neighbourhoods holding them
+        are looked up once they are gone, so one that another writer gave them meanwhile is settled too."""
+        if not ids:
+            return ids
+        self._sweep_if_due()
+        self.neighbourhood_size = size = self._recorded_size() or 0
+        repairs = []
+        if size:
+            repairs = self._mark(ids)
+            self._delete_keys(self.kept, ids)
+        self._delete_keys(self.collection, ids)
+        self._forget_if_empty(persons)
+        if size:
+            self._upkeep(repairs, size, settle=lambda: self._holding(ids))
         return ids
+
+    def _delete_keys(self, name: str, keys: Sequence[int]) -> None:
+        for start in range(0, len(keys), PAGE):
+            self._call("delete", name, filter=f"entry_id in {_ints(keys[start : start + PAGE])}")
 
     def _forget_if_empty(self, persons: Sequence[str] | set[str]) -> None:
         gone = [p for p in persons if not self._query(self.collection, f"person_id == {literal(p)}",
                                                       ["entry_id"], limit=1)]
         if gone:
             self._delete_meta([f"person:{p}" for p in gone])
+
+    # --- kept neighbourhoods (service/store/neighbourhoods.py) ----------------------------------------------
+    def _recorded_size(self) -> int | None:
+        recorded = (self._call("describe_collection", self.collection).get("properties") or {}).get(SIZE_PROPERTY)
+        return None if recorded is None else int(recorded)
+
+    def _record_size(self, size: int) -> None:
+        if size > KEPT_CAPACITY:
+            raise GalleryError(f"Milvus gallery {self._where()} keeps at most {KEPT_CAPACITY} neighbours per entry")
+        self._call("alter_collection_properties", self.collection, properties={SIZE_PROPERTY: str(size)})
+
+    def _kept_size(self, wanted: int) -> int:
+        """The size the gallery's neighbourhoods are kept at: what it recorded, or `wanted` for a gallery that
+        recorded none and holds no entry yet (one made before neighbourhoods were kept keeps none until
+        `genreid gallery neighbourhoods` builds them). Every write reads it again: a rebuild to another size
+        reaches the other replicas with their next write."""
+        size = self._recorded_size()
+        if size is None:
+            if self._query(self.collection, self._visible(), ["entry_id"], limit=1):
+                size = 0
+            else:
+                size = wanted
+                self._record_size(size)
+        if size < wanted:
+            log.warning("%s keeps %d neighbours per entry, re-ranking needs %d: it searches them until "
+                        "`genreid gallery neighbourhoods` rebuilds them", self._where(), size, wanted)
+        return size
+
+    @staticmethod
+    def _kept_row(key: int, ids: Sequence[int], *, radius: float = 0.0, distances: Sequence[float] = (),
+                  at: int = 0) -> dict[str, Any]:
+        return {"entry_id": key, "radius": radius, "ids": [int(i) for i in ids],
+                "distances": [float(d) for d in distances], "at": at, "v": [0.0, 0.0]}
+
+    def _kept(self, entry_ids: Sequence[int]) -> dict[int, Neighbourhood]:
+        keys = [int(i) for i in entry_ids]
+        found: dict[int, Neighbourhood] = {}
+        for start in range(0, len(keys), PAGE):
+            rows = self._query(self.kept, f"entry_id in {_ints(keys[start : start + PAGE])}",
+                               ["entry_id", "ids", "distances"])
+            found.update((row["entry_id"], Neighbourhood(tuple(row["ids"]), tuple(row["distances"]))) for row in rows)
+        return found
+
+    def _wider_than(self, distance: float) -> dict[int, float]:
+        """{entry id: radius} of every kept neighbourhood at least `distance` wide: the entries that
+        `reached_by_search` checks beyond the codes' nearest."""
+        rows = self._every(self.kept, f"entry_id > 0 and radius >= {float(distance):.17f}", ["entry_id", "radius"])
+        return {row["entry_id"]: math.inf if row["radius"] >= NOT_FULL else row["radius"] for row in rows}
+
+    def _reached_by(self, unit_codes: np.ndarray, size: int, *, leaving: Sequence[int]) -> list[dict[int, float]]:
+        return self._despite_removals(lambda: reached_by_search(self, unit_codes, size, leaving=leaving))
+
+    def _holding(self, entry_ids: Sequence[int]) -> list[int]:
+        """The entries whose kept neighbourhoods hold any of these."""
+        found: list[int] = []
+        for start in range(0, len(entry_ids), PAGE):
+            held = f"entry_id > 0 and array_contains_any(ids, {_ints(entry_ids[start : start + PAGE])})"
+            found += (row["entry_id"] for row in self._every(self.kept, held, ["entry_id"]))
+        return found
+
+    def _despite_removals(self, compute: Callable[[], T]) -> T:
+        """`compute`, again while it meets an entry removed under it (by another writer, between reading its kept
+        row and its code): that kept row is dropped first. At most RETRIES times."""
+        for _ in range(RETRIES):
+            try:
+                return compute()
+            except UnknownEntries as gone:
+                self._delete_keys(self.kept, gone.ids)
+        raise StoreUnavailable(f"Milvus gallery {self._where()}: entries kept being removed under this write")
+
+    def _keep(self, lists: dict[int, Neighbourhood], *, size: int) -> None:
+        rows = [self._kept_row(entry_id, hood.ids, radius=min(hood.radius(size), NOT_FULL), distances=hood.distances)
+                for entry_id, hood in lists.items()]
+        for start in range(0, len(rows), CHUNK):
+            self._call("upsert", self.kept, rows[start : start + CHUNK])
+
+    def _mark(self, entry_ids: Sequence[int]) -> list[int]:
+        """Repair markers naming the entries of a write, written before its change becomes visible and dropped
+        once their neighbourhoods are settled; their keys (negated fresh entry ids: unique across replicas)."""
+        chunks = [entry_ids[start : start + KEPT_CAPACITY] for start in range(0, len(entry_ids), KEPT_CAPACITY)]
+        keys = [-i for i in self._new_ids(len(chunks))]
+        at = time.time_ns() // 1000
+        self._call("insert", self.kept, [self._kept_row(key, chunk, at=at)
+                                         for key, chunk in zip(keys, chunks, strict=True)])
+        return keys
+
+    def _kept_after_insert(self, ids: list[int], unit_codes: np.ndarray, size: int) -> list[int]:
+        """Keep `updates_after_insert` (the batch is visible already); the entries it wrote."""
+        updates = updates_after_insert(self, ids, unit_codes, size)
+        self._keep(updates, size=size)
+        return list(updates)
+
+    def _upkeep(self, repairs: list[int], size: int, *, settle: Callable[[], Iterable[int]]) -> None:
+        """Settle the kept neighbourhoods a visible change moved (`settle` names them), then drop its repair
+        markers. The change stands whatever happens here: a failure is logged, and the markers leave the rest to
+        the sweep."""
+        try:
+            self._settle(settle(), size)
+            self._delete_keys(self.kept, repairs)
+        except StoreUnavailable as err:
+            log.warning("%s; a sweep repairs the kept neighbourhoods of this write", err)
+
+    def _units_of(self, entry_ids: Iterable[int]) -> tuple[list[int], np.ndarray]:
+        """The ones of these entries still there, sorted, and their unit-length codes."""
+        rows = self._rows(sorted(set(entry_ids)), ["entry_id", "code"])
+        ids = sorted(rows)
+        codes = np.array([rows[i]["code"] for i in ids], np.float32).reshape(len(ids), self.code_dim)
+        return ids, unit_length(codes)
+
+    def _settle(self, entry_ids: Iterable[int], size: int) -> None:
+        """Rewrite those of these kept neighbourhoods that a fresh search finds otherwise, until none is (at most
+        SETTLE_ROUNDS rounds, each over the ones the last rewrote), and drop the rows of entries gone. Concurrent
+        writers' searches can miss each other's entries, and two writers can each rewrite a neighbourhood from what
+        they read before the other wrote; as each settles what it wrote after writing it, the last to write a
+        neighbourhood leaves it as a search finds it."""
+        wanted = sorted(set(entry_ids))
+        for _ in range(SETTLE_ROUNDS):
+            moved: dict[int, Neighbourhood] = {}
+            for start in range(0, len(wanted), SETTLE_BATCH):
+                moved |= self._moved(wanted[start : start + SETTLE_BATCH], size)
+            if not moved:
+                return
+            self._keep(moved, size=size)
+            wanted = sorted(moved)
+        log.warning("%s: %d kept neighbourhoods still moved after %d rounds; the writes moving them settle them",
+                    self._where(), len(wanted), SETTLE_ROUNDS)
+
+    def _moved(self, entry_ids: list[int], size: int) -> dict[int, Neighbourhood]:
+        """The fresh neighbourhoods of those of these entries whose kept ones differ (the kept ones read beside the
+        search: one wait for the engine's clock); the kept rows of entries gone are dropped."""
+        ids, units = self._units_of(entry_ids)
+        self._delete_keys(self.kept, sorted(set(entry_ids).difference(ids)))
+        reading = self._reads.submit(self._kept, ids)
+        fresh = nearest_others(self, ids, units, size)
+        kept = reading.result()
+        return {i: hood for i, hood in fresh.items() if i not in kept or kept[i].ids != hood.ids}
+
+    def _repair(self, markers: list[dict[str, Any]]) -> None:
+        """Finish what marked writes left undone: the neighbourhoods of their entries still there and of every
+        entry one of them reaches, and of every entry holding one of those gone, settled from fresh searches."""
+        marked = sorted({int(i) for row in markers for i in row["ids"]})
+        size = self.neighbourhood_size
+        if size:
+            ids, units = self._units_of(marked)
+            gone = sorted(set(marked).difference(ids))
+            self._delete_keys(self.kept, gone)
+            settle = {*ids, *self._holding(gone)}
+            for start in range(0, len(ids), BATCH):  # a search's k grows with the codes it leaves out
+                chunk = slice(start, start + BATCH)
+                settle.update(i for found in self._reached_by(units[chunk], size, leaving=ids[chunk]) for i in found)
+            self._settle(settle, size)
+        self._delete_keys(self.kept, [row["entry_id"] for row in markers])
+
+    def rebuild_neighbourhoods(self, size: int, progress: Callable[[int], None] = lambda done: None) -> None:
+        """Records the size first, so replicas writing meanwhile keep their entries' neighbourhoods at it (a
+        neighbourhood rebuilt from a search that missed a concurrent batch can stay stale: rebuild while writes
+        are paused)."""
+        self._record_size(size)
+        self._call("delete", self.kept, filter="entry_id != 0")  # markers too: every neighbourhood is searched anew
+        self.neighbourhood_size = size
+        if size:
+            rebuild(self, self._ids(""), size, progress, keep=self._keep)
 
     # --- reads --------------------------------------------------------------------------------------------
     def _visible(self) -> str:
@@ -546,20 +782,26 @@ class MilvusStore(GalleryStore):
         return " and ".join(clauses)  # "" admits everything, and costs milvus-lite no scan of every row
 
     def _ids(self, condition: str) -> list[int]:
-        """Every visible id matching `condition`, sorted: by primary key pages on Milvus (smallest keys first; an
-        offset may not pass 16,384 there), by offset on milvus-lite (rows in no set order, no such limit)."""
-        expr = _both(condition, self._visible())
-        ids: list[int] = []
+        """Every visible id matching `condition`, sorted."""
+        return sorted(row["entry_id"] for row in self._every(self.collection, _both(condition, self._visible()),
+                                                             ["entry_id"]))
+
+    def _every(self, name: str, expr: str, fields: list[str]) -> list[dict[str, Any]]:
+        """Every row of `name` (keyed by entry_id) matching `expr`: by primary key pages on Milvus (smallest keys
+        first; an offset may not pass 16,384 there), by offset on milvus-lite (rows in no set order, no such
+        limit)."""
+        found: list[dict[str, Any]] = []
+        after = expr
         while True:
             if self.engine.sorted_queries:
-                after = _both(expr, f"entry_id > {ids[-1]}") if ids else expr
-                rows = self._query(self.collection, after, ["entry_id"], limit=PAGE)
-                ids += sorted(row["entry_id"] for row in rows)
+                rows = self._query(name, after, fields, limit=PAGE)
+                if rows:
+                    after = _both(expr, f"entry_id > {max(row['entry_id'] for row in rows)}")
             else:
-                rows = self._query(self.collection, expr, ["entry_id"], limit=PAGE, offset=len(ids))
-                ids += [row["entry_id"] for row in rows]
+                rows = self._query(name, expr, fields, limit=PAGE, offset=len(found))
+            found += rows
             if len(rows) < PAGE:
-                return sorted(ids)
+                return found
 
     def counts(self) -> tuple[int, int]:
         entries = self._query(self.collection, self._visible(), ["count(*)"])[0]["count(*)"]
@@ -567,14 +809,17 @@ class MilvusStore(GalleryStore):
         return int(entries), int(persons)
 
     def _rows(self, entry_ids: Sequence[int], fields: list[str]) -> dict[int, dict[str, Any]]:
-        found: dict[int, dict[str, Any]] = {}
+        """The visible rows of these ids, the pending batches read beside them (as `_hits` does): one wait for the
+        engine's clock instead of two."""
         ids = [int(i) for i in entry_ids]
-        visible = self._visible()
-        for start in range(0, len(ids), PAGE):
-            chunk = ids[start : start + PAGE]
-            rows = self._query(self.collection, _both(f"entry_id in {_ints(chunk)}", visible), fields)
-            found.update((row["entry_id"], row) for row in rows)
-        return found
+        pending = self._reads.submit(self._pending)
+        try:
+            rows = [row for start in range(0, len(ids), PAGE)
+                    for row in self._query(self.collection, f"entry_id in {_ints(ids[start : start + PAGE])}",
+                                           list(dict.fromkeys([*fields, "batch"])))]
+        finally:
+            hidden = set(pending.result())
+        return {row["entry_id"]: row for row in rows if row["batch"] not in hidden}
 
     @staticmethod
     def _entry(row: dict[str, Any]) -> Entry:
@@ -605,14 +850,14 @@ class MilvusStore(GalleryStore):
         ids = self._ids(self._conditions(entry_filter))  # _ids adds the visibility clause once
         return EntryPage(len(ids), self.get(ids[offset : offset + limit]))
 
-    def _search(self, unit_queries: np.ndarray, k: int, expr: str) -> list[list[dict[str, Any]]]:
+    def _search(self, unit_queries: np.ndarray, k: int, expr: str, fields: list[str]) -> list[list[dict[str, Any]]]:
         return self._call("search", self.collection, data=unit_queries.tolist(), limit=k, filter=expr,
-                          output_fields=[*ENTRY_FIELDS, "batch"], anns_field="unit",
+                          output_fields=[*fields, "batch"], anns_field="unit",
                           search_params={"metric_type": "L2", "params": self.index.search},
                           consistency_level="Strong")
 
-    def _nearest(self, unit_queries: np.ndarray, k: int, entry_filter: EntryFilter
-                 ) -> list[list[tuple[Entry, float]]]:
+    def _hits(self, unit_queries: np.ndarray, k: int, entry_filter: EntryFilter, fields: list[str]
+              ) -> list[list[dict[str, Any]]]:
         """The search and the pending-batch read run at once, each Strong: one wait for the engine's clock instead
         of two (a Strong read waits about two time ticks on Milvus). Only when a hit belongs to a pending batch
         (a write in flight or abandoned: rare) is the search run again without those batches."""
@@ -621,13 +866,24 @@ class MilvusStore(GalleryStore):
         conditions = self._conditions(entry_filter)
         pending = self._reads.submit(self._pending)
         try:
-            found = self._search(unit_queries, k, conditions)
+            found = self._search(unit_queries, k, conditions, fields)
         finally:
             hidden = set(pending.result())
         if hidden and any(hit["entity"]["batch"] in hidden for row in found for hit in row):
-            found = self._search(unit_queries, k, _both(f"batch not in {_ints(sorted(hidden))}", conditions))
+            found = self._search(unit_queries, k, _both(f"batch not in {_ints(sorted(hidden))}", conditions), fields)
+        return found
+
+    def _nearest(self, unit_queries: np.ndarray, k: int, entry_filter: EntryFilter
+                 ) -> list[list[tuple[Entry, float]]]:
         return [[(self._entry({**hit["entity"], "entry_id": hit["entry_id"]}), float(hit["distance"]))
-                 for hit in row] for row in found]
+                 for hit in row] for row in self._hits(unit_queries, k, entry_filter, ENTRY_FIELDS)]
+
+    def _nearest_ids(self, unit_queries: np.ndarray, k: int, entry_filter: EntryFilter
+                     ) -> list[list[tuple[int, float]]]:
+        """Ids only: the engine sends no labels (neighbourhood upkeep asks for thousands of hits per write; Milvus
+        2.3 names a hit's key only when it is asked for)."""
+        return [[(hit["entry_id"], float(hit["distance"])) for hit in row]
+                for row in self._hits(unit_queries, k, entry_filter, ["entry_id"])]
 
     def flush(self, wait: float = INDEX_WAIT_SECONDS) -> None:
         """Seal what was written into segments and wait (up to `wait` seconds) until the vector index covers

@@ -19,7 +19,7 @@ from genreid.service.store.base import RADIUS_SLACK, EntryFilter, GalleryStore, 
 
 REACH = 4  # a search-only backend first looks at REACH x the kept size nearest entries around a code ...
 MIN_REACH = 32  # ... and at least this many
-MAX_REACH = 16_384  # the most one search may ask of Milvus
+SEARCH_LIMIT = 16_384  # the most one search may ask of Milvus, the write's own entries included
 BATCH = 256  # codes per search while rebuilding
 
 
@@ -39,15 +39,18 @@ def reached_by_search(store: GalleryStore, unit_codes: np.ndarray, size: int, *,
     among x's L nearest, or d(e, x) >= d_L(x), so radius(e) >= d_L(x); L grows until few entries are that wide
     (32-d codes need L in the hundreds: docs/GALLERY_STORE.md)."""
     own = {int(i) for i in leaving}
-    reach = max(REACH * size, MIN_REACH)
+    most = SEARCH_LIMIT - len(own)
+    if most < 1:
+        raise ValueError(f"a write of {len(own)} entries is past the {SEARCH_LIMIT} one search can look around")
+    reach = min(max(REACH * size, MIN_REACH), most)
     while True:
         rows = [[(i, d) for i, d in row if i not in own][:reach]
                 for row in store.nearest_ids(unit_codes, reach + len(own))]
         horizons = [row[-1][1] if len(row) == reach else 0.0 for row in rows]
         wide = {i: r for i, r in store._wider_than(min(horizons)).items() if i not in own}
-        if len(wide) <= reach or reach >= MAX_REACH:
+        if len(wide) <= reach or reach >= most:
             break
-        reach = min(REACH * reach, MAX_REACH)
+        reach = min(REACH * reach, most)
     near_ids = sorted({i for row in rows for i, _ in row} - wide.keys())
     radii = wide | {i: hood.radius(size) for i, hood in store._kept(near_ids).items()}
     far = sorted(wide)

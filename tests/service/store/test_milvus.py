@@ -1,6 +1,6 @@
 """What only the Milvus backend has: its index specification, a location that never shows credentials, a
-connection that an idle spell does not break, what it adapts to per engine (paging, partial upserts), and galleries
-written with the earlier, nullable schema."""
+connection that an idle spell does not break, what it adapts to per engine (paging, partial upserts), galleries
+written with the earlier, nullable schema, and the repair and rebuild of kept neighbourhoods."""
 
 from __future__ import annotations
 
@@ -175,8 +175,9 @@ def test_a_gallery_of_the_nullable_schema_still_opens(tmp_path: Path):
     from milvus_lite.server_manager import server_manager_instance
 
     server_manager_instance.release_server(uri)  # as a new process would find it
-    store = MilvusStore(uri, collection="g", code_dim=4, model_id="m")
+    store = MilvusStore(uri, collection="g", code_dim=4, model_id="m", neighbourhood_size=3)
     try:
+        assert store.neighbourhood_size == 0  # made before neighbourhoods were kept: none until a rebuild
         [new] = store.add([NewEntry("c", camera=None)], np.ones((1, 4), np.float32))
         old_a, old_b = store.get([1, 2])
         assert (old_a.camera, old_a.track_id, old_a.seen_at, old_a.has_crop) == (None, None, None, False)
@@ -209,5 +210,54 @@ def test_searches_leave_out_a_pending_batch_and_still_find_k(engine_uri):
         assert store.nearest_ids(query, 5) == [[(m.entry.entry_id, m.distance) for m in found]]
         assert store.counts()[0] == 10 and store.list_entries(limit=100).total == 10
         assert store.get([e.entry_id for e in hidden]) == []
+    finally:
+        store.close()
+
+
+def as_searched(store: MilvusStore, ids: list[int], size: int) -> dict[int, list[int]]:
+    """Each entry's `size` nearest others as the store's own search finds them."""
+    rows = store.nearest_ids(store.codes(ids), size + 1)
+    return {i: [j for j, _ in row if j != i][:size] for i, row in zip(ids, rows, strict=True)}
+
+
+def test_neighbourhoods_a_dead_writer_left_unwritten_are_repaired_at_open(engine_uri, monkeypatch: pytest.MonkeyPatch):
+    """A writer that dies once its entries are added or removed, before it writes their neighbourhoods, leaves repair
+    markers; a store that opens (or a writer that sweeps) once they are stale settles them from fresh searches."""
+    import genreid.service.store.milvus as milvus
+
+    uri, collection = engine_uri
+    store = MilvusStore(uri, collection=collection, code_dim=4, model_id=None, neighbourhood_size=3)
+    try:
+        codes = np.random.default_rng(2).normal(size=(40, 4)).astype(np.float32)
+        ids = [e.entry_id for e in store.add([NewEntry("p")] * 30, codes[:30])]
+        with monkeypatch.context() as dying:
+            dying.setattr(store, "_upkeep", lambda *args, **kwargs: None)
+            ids += [e.entry_id for e in store.add([NewEntry("p")] * 10, codes[30:])]
+            assert store.remove_entries(ids[:5]) == ids[:5]
+            ids = ids[5:]
+        assert store.neighbourhoods(ids, 3) != as_searched(store, ids, 3)
+    finally:
+        store.close()
+    monkeypatch.setattr(milvus, "STALE_SECONDS", 0.0)
+    store = MilvusStore(uri, collection=collection, code_dim=4, model_id=None, neighbourhood_size=3)
+    try:
+        assert store.neighbourhoods(ids, 3) == as_searched(store, ids, 3)
+        assert not store._query(store.kept, "entry_id < 0", ["entry_id"])
+    finally:
+        store.close()
+
+
+def test_a_rebuild_to_another_size_replaces_every_kept_neighbourhood(engine_uri):
+    uri, collection = engine_uri
+    store = MilvusStore(uri, collection=collection, code_dim=4, model_id=None, neighbourhood_size=3)
+    try:
+        codes = np.random.default_rng(3).normal(size=(30, 4)).astype(np.float32)
+        ids = [e.entry_id for e in store.add([NewEntry("p")] * 30, codes)]
+        store.rebuild_neighbourhoods(5)
+        assert store.neighbourhoods(ids, 5) == as_searched(store, ids, 5)
+        ids += [e.entry_id for e in store.add([NewEntry("p")] * 3, codes[:3] + 0.01)]
+        assert store.neighbourhoods(ids, 5) == as_searched(store, ids, 5)
+        store.rebuild_neighbourhoods(0)
+        assert store.neighbourhoods(ids, 1) is None and store._kept(ids) == {}
     finally:
         store.close()

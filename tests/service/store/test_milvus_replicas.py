@@ -1,10 +1,14 @@
 """Two real `genreid serve` replicas sharing one gallery on an engine process of its own, once on a `milvus-lite
 server` and once on Milvus itself (standalone 2.3.5): writes through one are read through the other at once, a
 replica's crash leaves the other serving, and the engine's crash mid-load loses nothing acknowledged and shows no
-partial batch (on failure it prints what the engine holds of the missing entries)."""
+partial batch (on failure it prints what the engine holds of the missing entries). Two writer processes adding and
+removing at once leave every kept neighbourhood as a fresh search finds it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+
+from genreid.service.core.similarity import code_distances
 
 pytestmark = pytest.mark.slow
 
@@ -150,3 +157,71 @@ def test_engine_killed_mid_load_loses_nothing_acknowledged(start_genreid, start_
     for entry_id, (person, variant) in list(acknowledged.items())[::7]:
         for replica in (first, second):
             assert best_match(replica.client, crop, person, variant)["entry_id"] == entry_id
+
+
+ROOT = Path(__file__).resolve().parents[3]
+KEPT = 5  # neighbours kept per entry
+# One writer process: once told to go, adds small batches of codes around shared centres (so both writers' entries
+# enter the same neighbourhoods) and removes some of its own entries, as fast as the engine answers; prints the ids
+# it leaves.
+KEPT_WRITER = """
+import sys
+import numpy as np
+from genreid.service.store import NewEntry
+from genreid.service.store.milvus import MilvusStore
+uri, seed = sys.argv[1], int(sys.argv[2])
+centres = np.random.default_rng(0).normal(size=(3, 8))
+rng = np.random.default_rng(seed)
+store = MilvusStore(uri, collection="shared", code_dim=8, model_id=None, neighbourhood_size={kept})
+print("ready", flush=True)
+sys.stdin.readline()
+mine = []
+for round in range(24):
+    n = int(rng.integers(1, 6))
+    codes = (centres[rng.integers(0, 3, n)] + 0.3 * rng.normal(size=(n, 8))).astype(np.float32)
+    mine += [e.entry_id for e in store.add([NewEntry(f"p{{seed}}")] * n, codes)]
+    if round % 4 == 3:
+        gone = [mine.pop(int(rng.integers(0, len(mine)))) for _ in range(2)]
+        assert store.remove_entries(gone) == gone
+print(*mine, flush=True)
+store.close()
+"""
+
+
+def searched(ids: list[int], codes: np.ndarray) -> dict[int, list[int]]:
+    """Each entry's KEPT nearest others by brute force, equal distances by id (test_neighbourhoods.expected)."""
+    distances = code_distances(codes, codes)
+    np.fill_diagonal(distances, np.inf)
+    return {entry_id: [ids[j] for j in np.lexsort((ids, row))[:KEPT]] for entry_id, row in zip(ids, distances,
+                                                                                                  strict=True)}
+
+
+def test_two_writers_at_once_leave_every_kept_neighbourhood_as_searched(start_milvus_server):
+    from genreid.service.store.milvus import MilvusStore
+
+    engine = start_milvus_server()
+    store = MilvusStore(engine.uri, collection="shared", code_dim=8, model_id=None, neighbourhood_size=KEPT)
+    writers = [subprocess.Popen([sys.executable, "-c", KEPT_WRITER.format(kept=KEPT), engine.uri, str(seed)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}) for seed in (1, 2)]
+    try:
+        for writer in writers:
+            assert writer.stdout is not None and writer.stdout.readline() == "ready\n", writer.communicate()[1]
+        for writer in writers:  # both go at once
+            assert writer.stdin is not None
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+        left: set[int] = set()
+        for writer in writers:
+            printed, errors = writer.communicate(timeout=300)
+            assert writer.returncode == 0, errors[-3000:]
+            left.update(int(i) for i in printed.split())
+        ids = [entry.entry_id for entry in store.list_entries(limit=10_000).entries]
+        assert set(ids) == left
+        assert store.neighbourhoods(ids, KEPT) == searched(ids, store.codes(ids))
+        assert not store._query(store.kept, "entry_id < 0", ["entry_id"])  # no write left its repair undone
+    finally:
+        for writer in writers:
+            writer.kill()
+            writer.wait()
+        store.close()
