@@ -56,7 +56,8 @@ def served_evaluator(encoders: Encoders, query: ImageSet, gallery: ImageSet) -> 
 
 def rerank_facts(metadata: ModelMetadata, served: Evaluator[ImageSet]) -> dict[str, Any] | None:
     """The model's re-ranking parameters, their validation record, and test metrics as a CPU serves them: by
-    code distance, re-ranked per query (/query?rerank=true) and with all queries together (a reference)."""
+    code distance, re-ranked per query (what /query serves by default) and with all queries together (a
+    reference)."""
     params = RerankParams.from_model(metadata)
     if params is None:
         return None
@@ -243,7 +244,8 @@ def render_rerank(rerank: dict[str, Any] | None) -> str:
     """The re-ranking section (empty for a model without parameters), ending in a blank line."""
     if rerank is None:
         return ""
-    names = {"code_distance": "code distance", "reranked": "re-ranked per query (`/query?rerank=true`)",
+    names = {"code_distance": "code distance (`rerank=false`)",
+             "reranked": "re-ranked per query (what `/query` serves by default)",
              "reranked_all_queries": "re-ranked, all queries together (reference)"}
     rows = "\n".join(
         f"| {split} | {name} | {_pct(m['mAP'])} | {_pct(m['rank1'])} | {_pct(m['rank5'])} | {_pct(m['mINP'])} |"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genreid.service.core.similarity import unit_length
-from genreid.service.store.base import NO_FILTER, Entry, EntryFilter, GalleryStore, Match, UnknownEntries
+from genreid.service.store.base import NO_FILTER, Entry, EntryFilter, GalleryStore, UnknownEntries
 
 if TYPE_CHECKING:
     from genreid.service.core.model_json import ModelMetadata
@@ -180,19 +180,23 @@ def _codes_of(store: GalleryStore, entry_ids: Sequence[int]) -> dict[int, np.nda
 
 def rerank_search(store: GalleryStore, queries: np.ndarray, k: int, entry_filter: EntryFilter = NO_FILTER, *,
                   params: RerankParams) -> list[list[RankedMatch]]:
-    """Like `store.search`, each query's top `params.candidates` re-ranked over its neighbourhood, in four store
-    calls for the whole batch: its search, the candidates' codes, one search of those codes under the same filter
-    (so no excluded entry comes in) and the codes of the neighbours found."""
+    """Like `store.search`, each query's top `params.candidates` re-ranked over its neighbourhood, in five store
+    calls for the whole batch: its search (ids only), the candidates' codes, their kept neighbourhoods (or one
+    search of their codes under the same filter, so no excluded entry comes in), the neighbours' codes and the
+    entries of the k returned. An entry removed in between is left out."""
     queries = np.asarray(queries, dtype=np.float32).reshape(-1, store.code_dim)
-    found = store.search(queries, max(k, params.candidates), entry_filter)
+    found = store.nearest_ids(queries, max(k, params.candidates), entry_filter)
     heads = [row[: params.candidates] for row in found]
-    candidates = list(dict.fromkeys(m.entry.entry_id for head in heads for m in head))
+    candidates = list(dict.fromkeys(entry_id for head in heads for entry_id, _ in head))
     codes = _codes_of(store, candidates)
     neighbours = _neighbours(store, [i for i in candidates if i in codes], codes, max(params.k1, params.k2),
                              entry_filter)
     codes |= _codes_of(store, list({i for row in neighbours.values() for i in row} - codes.keys()))
-    return [_reranked_row(query, head, row[len(head):], codes, neighbours, params)[:k]
-            for query, head, row in zip(queries, heads, found, strict=True)]
+    ranked = [_reranked_row(query, head, row[len(head):], codes, neighbours, params)[:k]
+              for query, head, row in zip(queries, heads, found, strict=True)]
+    entries = {entry.entry_id: entry for entry in store.get(list({i for row in ranked for i, _, _ in row}))}
+    return [[RankedMatch(entries[i], distance, final) for i, distance, final in row if i in entries]
+            for row in ranked]
 
 
 def _neighbours(store: GalleryStore, entry_ids: list[int], codes: dict[int, np.ndarray], count: int,
@@ -210,15 +214,15 @@ def _neighbours(store: GalleryStore, entry_ids: list[int], codes: dict[int, np.n
     return found
 
 
-def _reranked_row(query: np.ndarray, head: list[Match], tail: list[Match], codes: dict[int, np.ndarray],
-                  neighbours: dict[int, list[int]], params: RerankParams) -> list[RankedMatch]:
-    head = [m for m in head if m.entry.entry_id in codes]
+def _reranked_row(query: np.ndarray, head: list[tuple[int, float]], tail: list[tuple[int, float]],
+                  codes: dict[int, np.ndarray], neighbours: dict[int, list[int]], params: RerankParams
+                  ) -> list[tuple[int, float, float | None]]:
+    """(entry id, distance, re-ranked distance or None past the head) best first."""
+    head = [(i, d) for i, d in head if i in codes]
     if not head:
-        return [RankedMatch(m.entry, m.distance, None) for m in tail]
-    world = list(dict.fromkeys([m.entry.entry_id for m in head]
-                               + [i for m in head for i in neighbours[m.entry.entry_id] if i in codes]))
+        return [(i, d, None) for i, d in tail]
+    world = list(dict.fromkeys([i for i, _ in head] + [n for i, _ in head for n in neighbours[i] if n in codes]))
     local = np.stack([query, *(codes[i] for i in world)])
     final = reranked_distances(local, np.zeros(1, dtype=np.int64), np.arange(1, len(head) + 1), params)[0]
     order = np.argsort(final, kind="stable")  # ties keep the code-distance order
-    return ([RankedMatch(head[j].entry, head[j].distance, float(final[j])) for j in order]
-            + [RankedMatch(m.entry, m.distance, None) for m in tail])
+    return [(head[j][0], head[j][1], float(final[j])) for j in order] + [(i, d, None) for i, d in tail]
