@@ -97,37 +97,36 @@ def _reciprocal(rank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return forward, (forward[forward] == rows).any(-1)
 
 
-def _weights(original: np.ndarray, k1: int, k2: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, Gaussian-kernel weights on its expanded k-reciprocal set (eq. 7-10, rows sum to 1), and each
-    row's nearest, as many as the rest of the algorithm reads (k1 + 1, or k2 for query expansion)."""
+def _weights(original: np.ndarray, rank: np.ndarray, rows: np.ndarray, k1: int) -> np.ndarray:
+    """(len(rows), n) Gaussian-kernel weights of each of `rows` on its expanded k-reciprocal set (eq. 7-10, rows
+    sum to 1); only the rows query expansion reads, since the dense steps cost as much as the rows they cover."""
     n = len(original)
-    k1 = min(k1, n - 1)
     half = min(int(np.around(k1 / 2)), n - 1)
-    rank = _nearest_first(original, max(k1 + 1, k2))
-    rows = np.arange(n)
     forward, mutual = _reciprocal(rank, k1)
-    in_set = np.zeros((n, n), dtype=bool)
-    in_set[rows[:, None], forward] = mutual
+    own_forward, own_mutual = forward[rows], mutual[rows]
+    local = np.arange(len(rows))
+    in_set = np.zeros((len(rows), n), dtype=bool)
+    in_set[local[:, None], own_forward] = own_mutual
     # A k-reciprocal neighbour's own (k1/2)-reciprocal set joins when 2/3 of it is already in the row's set.
     half_forward, half_mutual = _reciprocal(rank, half)
-    their_sets, their_mutual = half_forward[forward], half_mutual[forward]  # (n, k1+1, half+1)
-    overlap = (their_mutual & in_set[rows[:, None, None], their_sets]).sum(-1)
-    joins = mutual & (overlap > 2.0 / 3.0 * their_mutual.sum(-1))
+    their_sets, their_mutual = half_forward[own_forward], half_mutual[own_forward]  # (rows, k1+1, half+1)
+    overlap = (their_mutual & in_set[local[:, None, None], their_sets]).sum(-1)
+    joins = own_mutual & (overlap > 2.0 / 3.0 * their_mutual.sum(-1))
     row, neighbour, member = np.nonzero(joins[:, :, None] & their_mutual)
     expanded = in_set.copy()
     expanded[row, their_sets[row, neighbour, member]] = True
     row, column = np.nonzero(expanded)
-    kernel = np.exp(-original[row, column])
-    weights = np.zeros_like(original)
-    weights[row, column] = kernel / np.bincount(row, weights=kernel, minlength=n)[row]
-    return weights, rank
+    kernel = np.exp(-original[rows[row], column])
+    weights = np.zeros((len(rows), n))
+    weights[row, column] = kernel / np.bincount(row, weights=kernel, minlength=len(rows))[row]
+    return weights
 
 
-def _expanded(weights: np.ndarray, rank: np.ndarray, rows: np.ndarray, k2: int) -> np.ndarray:
-    """Local query expansion (eq. 12): each row's weights averaged over its k2 nearest."""
-    neighbours = rank[rows, : min(k2, rank.shape[1])]
-    return np.concatenate([weights[neighbours[start:start + _CHUNK]].mean(1)
-                           for start in range(0, len(rows), _CHUNK)])
+def _expanded(weights: np.ndarray, position: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+    """Local query expansion (eq. 12): each row's weights averaged over its nearest (`nearest`, world indices;
+    `position` maps them to rows of `weights`)."""
+    return np.concatenate([weights[position[nearest[start:start + _CHUNK]]].mean(1)
+                           for start in range(0, len(nearest), _CHUNK)])
 
 
 def _jaccard(probes: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -156,8 +155,15 @@ def reranked_distances(codes: np.ndarray, probes: np.ndarray, targets: np.ndarra
     cosine = np.einsum("ik,jk->ij", unit, unit).astype(np.float64)
     original = np.maximum(0.5 - 0.5 * cosine, 0.0)  # d^2 / 4 = (1 - cosine) / 2 for unit-length codes
     np.fill_diagonal(original, 0.0)
-    weights, rank = _weights(original, params.k1, params.k2)
-    jaccard = _jaccard(_expanded(weights, rank, probes, params.k2), _expanded(weights, rank, targets, params.k2))
+    k1 = min(params.k1, len(original) - 1)
+    rank = _nearest_first(original, max(k1 + 1, params.k2))
+    expansion = rank[:, : min(params.k2, rank.shape[1])]  # each row's k2 nearest, itself first
+    rows = np.unique(expansion[np.concatenate([probes, targets])])
+    position = np.zeros(len(original), dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    weights = _weights(original, rank, rows, k1)
+    jaccard = _jaccard(_expanded(weights, position, expansion[probes]),
+                       _expanded(weights, position, expansion[targets]))
     return (1.0 - params.lambda_) * jaccard + params.lambda_ * original[np.ix_(probes, targets)]
 
 
