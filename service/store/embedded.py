@@ -255,8 +255,8 @@ class EmbeddedStore(GalleryStore):
                 for i, e in zip(ids, entries, strict=True))
             self._persons.update(e.person_id for e in entries)
             self.index.add(np.asarray(ids, np.int64), unit_codes)
-            self._reach.add(np.asarray(ids, np.int64), unit_codes, np.array([radii.get(i, np.inf) for i in ids]))
-            self._reach.set_radii({i: r for i, r in radii.items() if i not in set(ids)})
+            self._reach.add(np.asarray(ids, np.int64), unit_codes, np.full(len(ids), np.inf))
+            self._reach.set_radii(radii)  # the new entries' and those they joined
         return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None, when)
                 for i, e, when in zip(ids, entries, enrolled, strict=True)]
 
