@@ -1,8 +1,9 @@
 """Gallery backends side by side: search latency, recall@10 and memory by gallery size (the embedded FAISS store,
-and Milvus on a milvus-lite server with FLAT, HNSW and IVF_FLAT), then /query p50 and ingest over HTTP at one
-gallery size on each backend, with one and two replicas sharing a milvus-lite server or Milvus itself (standalone
-2.3.5 from the `milvus` wheel, on 127.0.0.1 through tests/service/store/milvus_engine.py), the latter at each time
-tick of --milvus-time-ticks (a Strong read waits about two ticks: docs/GALLERY_STORE.md#consistency-on-milvus).
+and Milvus with FLAT, HNSW and IVF_FLAT on Milvus itself and on a milvus-lite server), then /query p50 and ingest
+over HTTP at one gallery size on each backend, with one and two replicas sharing a milvus-lite server or Milvus
+itself (standalone 2.3.5 from the `milvus` wheel, on 127.0.0.1 through tests/service/store/milvus_engine.py), the
+latter at each time tick of --milvus-time-ticks (a Strong read waits about two ticks:
+docs/GALLERY_STORE.md#consistency-on-milvus).
 
 Every gallery is filled through the store interface the service uses (genreid.service.store), with identity-like codes
 (clustered, bench/faiss_search.py's Vectors): `recall@10` is the share of the exact top 10 (numpy, by the
@@ -13,6 +14,7 @@ bench/results/gallery_backends.json; docs/BENCHMARKS.md#gallery-backends.
 
     python bench/gallery_backends.py --data-root ../shared/data/market1501-subset
     python bench/gallery_backends.py --parts http --http-backends milvus --milvus-time-ticks 200 20  # Milvus only
+    python bench/gallery_backends.py --parts index --index-engines milvus --sizes 100000 1000000
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from faiss_search import Vectors
 from http_service import drive, gallery_body, load_crops, query_body, running_server
 
 from genreid.service.core.model_json import ModelMetadata
+from genreid.service.core.reranking import neighbours_kept
 from genreid.service.core.similarity import code_distances, unit_length
 from genreid.service.settings import default_models
 from genreid.service.store import GalleryStore, NewEntry
@@ -52,17 +55,31 @@ FILL_BATCH = 4096
 REPO = Path(__file__).resolve().parents[1]
 MILVUS_LAUNCHER = REPO / "tests" / "service" / "store" / "milvus_engine.py"
 HTTP_BACKENDS = ("embedded", "milvus-lite", "milvus")
+ENGINE_NAMES = {"milvus-lite": "milvus-lite", "milvus": "Milvus 2.3.5"}
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()]
+    except OSError:
+        return []
 
 
 def peak_rss_mib(pid: int) -> float | None:
-    """The process's peak resident set (VmHWM), MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
+    """The peak resident set (VmHWM), MiB, summed over the process and its descendants: Milvus standalone runs
+    under its launcher (tests/service/store/milvus_engine.py), milvus-lite as the process itself."""
+    total, found, pending = 0, False, [pid]
+    while pending:
+        current = pending.pop()
+        pending += _children(current)
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total, found = total + int(line.split()[1]), True
+        except OSError:
+            pass
+    return round(total / 1024, 1) if found else None
 
 
 def _free_port() -> int:
@@ -157,6 +174,28 @@ def measure_search(store: GalleryStore, queries: np.ndarray, truth_ids: np.ndarr
     return {"search_p50_ms": stats["p50_ms"], "search_p99_ms": stats["p99_ms"], "recall_at_10": round(float(recall), 4)}
 
 
+def measure_engine_search(uri: str, spec: str, queries: np.ndarray) -> dict:
+    """The engine's own search (ids only, Eventually consistency: no wait for the time tick), beside the store's
+    Strong search with its fields: what the index costs, apart from what the consistency level adds."""
+    from pymilvus import MilvusClient
+
+    from genreid.service.store.milvus import IndexSpec
+
+    client = MilvusClient(uri)
+    params = {"metric_type": "L2", "params": IndexSpec.parse(spec).search}
+    latencies = []
+    try:
+        for query in queries:
+            start = time.perf_counter()
+            client.search("bench", data=[query.tolist()], limit=K, anns_field="unit", search_params=params,
+                          consistency_level="Eventually")
+            latencies.append(time.perf_counter() - start)
+    finally:
+        client.close()
+    stats = summarise_ms(latencies)
+    return {"engine_search_p50_ms": stats["p50_ms"], "engine_search_p99_ms": stats["p99_ms"]}
+
+
 def bench_index(args: argparse.Namespace, workdir: Path) -> list[dict]:
     from genreid.service.store.milvus import IndexSpec, MilvusStore
 
@@ -173,18 +212,26 @@ def bench_index(args: argparse.Namespace, workdir: Path) -> list[dict]:
         finally:
             store.close()
         print(f"  {rows[-1]}", flush=True)
-        for spec in args.indexes:
-            with milvus_engine(workdir) as (uri, pid):
+        for engine_name, spec in [(engine, spec) for engine in args.index_engines for spec in args.indexes]:
+            if engine_name == "milvus-lite" and size > args.milvus_lite_max:
+                continue
+            engine = (milvus_engine(workdir) if engine_name == "milvus-lite"
+                      else milvus_standalone(workdir, args.index_time_tick))
+            with engine as (uri, pid):
                 store = MilvusStore(uri, collection="bench", code_dim=args.dim, model_id=None,
                                     index=IndexSpec.parse(spec), timeout=600)
                 try:
                     ids, rate = fill(store, vectors)
-                    few = args.queries // 4  # each may take seconds: unflushed rows are scanned one by one
+                    few = args.queries // 4  # on milvus-lite each may take seconds: unflushed rows scanned one by one
                     buffered = measure_search(store, queries[:few], ids[truth_rows[:few]])
-                    store.flush()
-                    rows.append({"size": size, "backend": f"milvus-lite {spec}", "fill_rows_per_s": rate,
-                                 **measure_search(store, queries, ids[truth_rows]),
-                                 "unflushed_p50_ms": buffered["search_p50_ms"], "engine_peak_mib": peak_rss_mib(pid)})
+                    with Stopwatch() as sealing:
+                        store.flush()
+                    rows.append({"size": size, "backend": f"{ENGINE_NAMES[engine_name]} {spec}",
+                                 "fill_rows_per_s": rate, **measure_search(store, queries, ids[truth_rows]),
+                                 "unflushed_p50_ms": buffered["search_p50_ms"],
+                                 "unflushed_recall_at_10": buffered["recall_at_10"],
+                                 "flush_and_index_s": round(sealing.seconds, 1),
+                                 **measure_engine_search(uri, spec, queries), "engine_peak_mib": peak_rss_mib(pid)})
                 finally:
                     store.close()
             print(f"  {rows[-1]}", flush=True)
@@ -192,7 +239,8 @@ def bench_index(args: argparse.Namespace, workdir: Path) -> list[dict]:
 
 
 def bench_http(args: argparse.Namespace, workdir: Path) -> list[dict]:
-    """/query p50 (one client, k=10, no noise) and ingest (one crop per request, one client per replica)."""
+    """/query p50 (one client, k=10, no noise; re-ranked over kept neighbourhoods as served by default, and with
+    rerank=false) and ingest (one crop per request, one client per replica)."""
     from genreid.service.store.milvus import MilvusStore
 
     crops, source = load_crops(args.data_root, args.pool, workdir)
@@ -207,8 +255,10 @@ def bench_http(args: argparse.Namespace, workdir: Path) -> list[dict]:
     for backend, replicas, tick in [run for name in args.http_backends for run in runs_of[name]]:
         data = workdir / f"http-{backend.split()[0]}-{replicas}-{tick}"
         with gallery_engine(backend, workdir, tick) as uri:
-            store = (EmbeddedStore(data, code_dim=model.code_dim, model_id=model.model_id) if uri is None else
-                     MilvusStore(uri, collection="http", code_dim=model.code_dim, model_id=model.model_id))
+            kept = neighbours_kept(model)  # what a server's gallery keeps, so /query re-ranks as served by default
+            store = (EmbeddedStore(data, code_dim=model.code_dim, model_id=model.model_id, neighbourhood_size=kept)
+                     if uri is None else MilvusStore(uri, collection="http", code_dim=model.code_dim,
+                                                     model_id=model.model_id, neighbourhood_size=kept))
             try:
                 fill(store, vectors)
                 if isinstance(store, MilvusStore):
@@ -217,16 +267,18 @@ def bench_http(args: argparse.Namespace, workdir: Path) -> list[dict]:
                 store.close()
             extra = () if uri is None else ("--gallery-uri", uri, "--gallery-collection", "http")
             with servers(args, replicas, data, workdir, extra) as urls:
-                run = drive(urls[0], f"/query?k={K}&include_noise=false", [query], 1, args.requests, args.warmup,
-                            args.max_seconds)
-                queries = summarise_ms(run.latencies)
+                plain, run = (drive(urls[0], f"/query?k={K}&include_noise=false{rerank}", [query], 1, args.requests,
+                                    args.warmup, args.max_seconds) for rerank in ("&rerank=false", ""))
+                queries, plain_queries = summarise_ms(run.latencies), summarise_ms(plain.latencies)
                 with ThreadPoolExecutor(replicas) as pool:  # one client per replica, at once
                     runs = list(pool.map(lambda url: drive(url, "/gallery", bodies, 1, args.ingest_crops, 2,
                                                            args.max_seconds), urls))
             rate = sum(len(r.latencies) / r.seconds for r in runs if r.seconds)
             rows.append({"backend": backend, "replicas": replicas, "time_tick_ms": tick, "entries": args.gallery_size,
                          "query_p50_ms": queries.get("p50_ms"), "query_p99_ms": queries.get("p99_ms"),
-                         "query_errors": run.errors, "ingest_crops_per_s": round(rate, 1),
+                         "plain_query_p50_ms": plain_queries.get("p50_ms"),
+                         "plain_query_p99_ms": plain_queries.get("p99_ms"), "query_errors": run.errors + plain.errors,
+                         "ingest_crops_per_s": round(rate, 1),
                          "ingest_errors": sum(r.errors for r in runs), "crops": source})
             print(f"  {rows[-1]}", flush=True)
     return rows
@@ -261,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--indexes", nargs="+", default=["FLAT", "HNSW:M=16,efConstruction=200,ef=64",
                                                          "IVF_FLAT:nlist=256,nprobe=16"])
+    parser.add_argument("--index-engines", nargs="+", choices=tuple(ENGINE_NAMES), default=list(ENGINE_NAMES),
+                        help="Milvus engines of the index part: milvus-lite's server and Milvus standalone")
+    parser.add_argument("--milvus-lite-max", type=int, default=100_000,
+                        help="largest size run on milvus-lite (a Python engine: 1M takes hours)")
+    parser.add_argument("--index-time-tick", type=int, default=20,
+                        help="proxy.timeTickInterval (ms) of Milvus standalone in the index part (the tests' setting)")
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--per-identity", type=int, default=8, help="codes per synthetic identity")
     parser.add_argument("--queries", type=int, default=200)
@@ -296,12 +354,14 @@ def main() -> None:
             results["index"] = bench_index(args, workdir)
             print_table("search by gallery size", results["index"],
                         ["size", "backend", "fill_rows_per_s", "search_p50_ms", "search_p99_ms", "recall_at_10",
-                         "unflushed_p50_ms", "engine_peak_mib"])
+                         "engine_search_p50_ms", "engine_search_p99_ms", "unflushed_p50_ms", "flush_and_index_s",
+                         "engine_peak_mib"])
         if "http" in args.parts:
             results["http"] = bench_http(args, workdir)
             print_table("HTTP on each backend", results["http"],
                         ["backend", "replicas", "time_tick_ms", "entries", "query_p50_ms", "query_p99_ms",
-                         "ingest_crops_per_s", "query_errors", "ingest_errors"])
+                         "plain_query_p50_ms", "plain_query_p99_ms", "ingest_crops_per_s", "query_errors",
+                         "ingest_errors"])
     print(f"written {write_result('gallery_backends', args, info, results)}")
 
 

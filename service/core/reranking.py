@@ -16,14 +16,14 @@ a reference row: it needs all queries at once and is quadratic in the gallery).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from genreid.service.core.similarity import unit_length
-from genreid.service.store.base import NO_FILTER, Entry, EntryFilter, GalleryStore, UnknownEntries
+from genreid.service.store.base import NO_FILTER, Entry, EntryFilter, GalleryStore
 
 if TYPE_CHECKING:
     from genreid.service.core.model_json import ModelMetadata
@@ -174,33 +174,25 @@ def rerank_all(q_codes: np.ndarray, g_codes: np.ndarray, params: RerankParams) -
     return reranked_distances(codes, np.arange(len(q_codes)), np.arange(len(q_codes), len(codes)), params)
 
 
-def _codes_of(store: GalleryStore, entry_ids: Sequence[int]) -> dict[int, np.ndarray]:
-    """Stored codes by id, leaving out entries removed since the search that found them (another request or
-    replica may delete them in between)."""
-    try:
-        return dict(zip(entry_ids, store.codes(entry_ids), strict=True)) if entry_ids else {}
-    except UnknownEntries as gone:
-        removed = set(gone.ids)
-        return _codes_of(store, [i for i in entry_ids if i not in removed])
-
-
 def rerank_search(store: GalleryStore, queries: np.ndarray, k: int, entry_filter: EntryFilter = NO_FILTER, *,
                   params: RerankParams) -> list[list[RankedMatch]]:
     """Like `store.search`, each query's top `params.candidates` re-ranked over its neighbourhood, in five store
-    calls for the whole batch: its search (ids only), the candidates' codes, their kept neighbourhoods (or one
-    search of their codes under the same filter, so no excluded entry comes in), the neighbours' codes and the
-    entries of the k returned. An entry removed in between is left out."""
+    calls for the whole batch, read together (a remote engine waits for its clock once): its search (ids only),
+    the candidates' codes, their kept neighbourhoods (or one search of their codes under the same filter, so no
+    excluded entry comes in), the neighbours' codes and the entries of the k returned. An entry removed in
+    between is left out."""
     queries = np.asarray(queries, dtype=np.float32).reshape(-1, store.code_dim)
-    found = store.nearest_ids(queries, max(k, params.candidates), entry_filter)
-    heads = [row[: params.candidates] for row in found]
-    candidates = list(dict.fromkeys(entry_id for head in heads for entry_id, _ in head))
-    codes = _codes_of(store, candidates)
-    neighbours = _neighbours(store, [i for i in candidates if i in codes], codes, max(params.k1, params.k2),
-                             entry_filter)
-    codes |= _codes_of(store, list({i for row in neighbours.values() for i in row} - codes.keys()))
-    ranked = [_reranked_row(query, head, row[len(head):], codes, neighbours, params)[:k]
-              for query, head, row in zip(queries, heads, found, strict=True)]
-    entries = {entry.entry_id: entry for entry in store.get(list({i for row in ranked for i, _, _ in row}))}
+    with store.reading_together():
+        found = store.nearest_ids(queries, max(k, params.candidates), entry_filter)
+        heads = [row[: params.candidates] for row in found]
+        candidates = list(dict.fromkeys(entry_id for head in heads for entry_id, _ in head))
+        codes = store.known_codes(candidates)
+        neighbours = _neighbours(store, [i for i in candidates if i in codes], codes, max(params.k1, params.k2),
+                                 entry_filter)
+        codes |= store.known_codes(list({i for row in neighbours.values() for i in row} - codes.keys()))
+        ranked = [_reranked_row(query, head, row[len(head):], codes, neighbours, params)[:k]
+                  for query, head, row in zip(queries, heads, found, strict=True)]
+        entries = {entry.entry_id: entry for entry in store.get(list({i for row in ranked for i, _, _ in row}))}
     return [[RankedMatch(entries[i], distance, final) for i, distance, final in row if i in entries]
             for row in ranked]
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -140,8 +141,13 @@ class Neighbourhood:
         return self.distances[-1] if len(self.ids) >= size else math.inf
 
     def with_(self, joining: Iterable[tuple[int, float]], size: int) -> Neighbourhood:
-        """This neighbourhood with `joining` (id, distance) pairs merged in, the nearest `size` kept."""
-        return nearest_kept({*zip(self.ids, self.distances, strict=True), *joining}, size)
+        """This neighbourhood with `joining` (id, distance) pairs merged in, the nearest `size` kept; an entry kept
+        already stays with its kept distance (the same distance, measured from the other end, can differ in its
+        last bits)."""
+        merged = dict(zip(self.ids, self.distances, strict=True))
+        for entry_id, distance in joining:
+            merged.setdefault(entry_id, distance)
+        return nearest_kept(merged.items(), size)
 
 
 def nearest_kept(pairs: Iterable[tuple[int, float]], size: int) -> Neighbourhood:
@@ -276,6 +282,22 @@ class GalleryStore(ABC):
     @abstractmethod
     def codes(self, entry_ids: Sequence[int]) -> np.ndarray:
         """(N, code_dim) stored codes, as enrolled, in the order asked; UnknownEntries if any id is unknown."""
+
+    def known_codes(self, entry_ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """Stored codes by id, leaving out entries removed since the caller found them (another request or replica
+        may delete them in between)."""
+        try:
+            return dict(zip(entry_ids, self.codes(entry_ids), strict=True)) if entry_ids else {}
+        except UnknownEntries as gone:
+            removed = set(gone.ids)
+            return self.known_codes([i for i in entry_ids if i not in removed])
+
+    @contextmanager
+    def reading_together(self) -> Iterator[None]:
+        """Reads inside the block, on this thread, see at least what its first read saw, and no later read waits
+        to see more: a remote engine waits for its clock once per block instead of once per read (Milvus: a Strong
+        read waits about two time ticks). A store in this process reads its latest state anyway."""
+        yield
 
     @abstractmethod
     def crop(self, entry_id: int) -> bytes | None:

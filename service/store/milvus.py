@@ -4,7 +4,9 @@ What each guarantee rests on (docs/GALLERY_STORE.md has the long form):
 - Every collection is Strong-consistency and every call asks for Strong: a read sees every write acknowledged
   before it, from any replica. Nothing is cached per process except this process's block of entry ids. On Milvus
   a Strong read waits for the engine's time tick to pass its timestamp (about two ticks of `proxy.timeTickInterval`,
-  200 ms by default): docs/GALLERY_STORE.md#consistency-on-milvus says what to set.
+  200 ms by default): docs/GALLERY_STORE.md#consistency-on-milvus says what to set. Reads that go together
+  (`reading_together`: re-ranking's, a write's neighbourhood update) share one timestamp from the engine's oracle
+  as their guarantee instead: as strong as a Strong read at the block's start, and only the first waits.
 - Entry ids: each process claims a random block of 2**21 ids in the aux collection (a claim holds only if no other
   claim of that block is visible after it is written, which Strong reads make safe), so ids are unique across
   replicas and below 2**53 (exact in JavaScript).
@@ -44,9 +46,9 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -169,14 +171,15 @@ class EngineTraits:
     version: str
     partial_upserts: bool  # upsert(partial_update=True): Milvus 2.6 and milvus-lite 3
     sorted_queries: bool  # a query with a limit returns the smallest primary keys first (Milvus, not milvus-lite)
+    timestamps: bool  # hands out timestamps (AllocTimestamp: Milvus; milvus-lite logs a traceback and returns none)
 
     @classmethod
     def of(cls, version: str) -> EngineTraits:
         if version.startswith("milvus_lite"):
-            return cls(version, partial_upserts=True, sorted_queries=False)
+            return cls(version, partial_upserts=True, sorted_queries=False, timestamps=False)
         numbers = re.match(r"v?(\d+)\.(\d+)", version)
         release = (int(numbers[1]), int(numbers[2])) if numbers else (0, 0)
-        return cls(version, partial_upserts=release >= (2, 6), sorted_queries=True)
+        return cls(version, partial_upserts=release >= (2, 6), sorted_queries=True, timestamps=True)
 
 
 class _EngineNoise(logging.Filter):
@@ -226,6 +229,7 @@ class MilvusStore(GalleryStore):
         self._last_sweep = 0.0
         self._nullable = False  # a collection of an earlier version of this store (nullable fields)
         self._reads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="milvus-pending")  # see _nearest
+        self._together = threading.local()  # the timestamp reading_together carries, per thread
         try:
             if is_in_process(uri):  # milvus-lite in this process wants its directory's parent to exist
                 Path(uri).parent.mkdir(parents=True, exist_ok=True)
@@ -402,9 +406,12 @@ class MilvusStore(GalleryStore):
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """One engine call with the timeout; any failure becomes StoreUnavailable (a 503) and the next call starts
         on a fresh connection, so the store recovers by itself once the engine is back."""
+        return self._on_engine(lambda client: getattr(client, method)(*args, timeout=self.timeout, **kwargs))
+
+    def _on_engine(self, call: Callable[[MilvusClient], T]) -> T:
         try:
             with self._serial:
-                return getattr(self._live_client(), method)(*args, timeout=self.timeout, **kwargs)
+                return call(self._live_client())
         except MilvusException as err:
             self._broken = True
             raise StoreUnavailable(f"Milvus gallery {self._where()}: {err.message}") from None
@@ -413,8 +420,42 @@ class MilvusStore(GalleryStore):
             raise StoreUnavailable(f"Milvus gallery {self._where()} unreachable: {err}") from None
 
     def _query(self, name: str, expr: str, fields: list[str], **kwargs: Any) -> list[dict[str, Any]]:
-        return list(self._call("query", name, filter=expr, output_fields=fields,
-                               consistency_level="Strong", **kwargs))
+        return list(self._call("query", name, filter=expr, output_fields=fields, **self._level(), **kwargs))
+
+    # --- consistency: Strong, or one timestamp for a block of reads (reading_together) ---------------------------
+    @contextmanager
+    def reading_together(self) -> Iterator[None]:
+        """The block asks the engine's timestamp oracle for a timestamp first, and every read in it asks to see at
+        least that (its guarantee timestamp): all that was acknowledged before the block, as a Strong read at that
+        moment would. The first read waits for the query nodes' clock to pass it; the rest, past it already, do not
+        wait again. An engine without the oracle (milvus-lite) keeps every read Strong."""
+        if getattr(self._together, "ts", None) is not None:  # nested: the outer block carries
+            yield
+            return
+        # pymilvus (pinned in pyproject.toml) has the call on its connection only; 0 where unimplemented
+        self._together.ts = self.engine.timestamps and self._on_engine(
+            lambda client: client._get_connection().alloc_timestamp(timeout=self.timeout)) or 0
+        try:
+            yield
+        finally:
+            self._together.ts = None
+
+    def _level(self) -> dict[str, Any]:
+        ts = getattr(self._together, "ts", None)
+        return ({"consistency_level": "Customized", "guarantee_timestamp": ts} if ts
+                else {"consistency_level": "Strong"})
+
+    def _carrying(self, read: Callable[[], T]) -> Callable[[], T]:
+        """`read`, to run on another thread with this thread's carried timestamp."""
+        ts = getattr(self._together, "ts", None)
+
+        def run() -> T:
+            self._together.ts = ts
+            try:
+                return read()
+            finally:
+                self._together.ts = None
+        return run
 
     def _meta_row(self, key: str, kind: str, value: int) -> dict[str, Any]:
         return {"key": key, "kind": kind, "value": value, "at": time.time_ns() // 1000, "v": [0.0, 0.0]}
@@ -676,10 +717,18 @@ class MilvusStore(GalleryStore):
         return keys
 
     def _kept_after_insert(self, ids: list[int], unit_codes: np.ndarray, size: int) -> list[int]:
-        """Keep `updates_after_insert` (the batch is visible already); the entries it wrote."""
-        updates = updates_after_insert(self, ids, unit_codes, size)
-        self._keep(updates, size=size)
-        return list(updates)
+        """Keep `updates_after_insert` (the batch is visible already), BATCH entries at a time as if each chunk were
+        added after the one before (a search's k grows with the entries it leaves out, and Milvus refuses answers
+        over 64 MiB); the entries it wrote. Each chunk's reads go together (one wait for the engine's clock instead
+        of six): what they miss of a concurrent write, `_settle`'s searches find."""
+        written: set[int] = set()
+        for start in range(0, len(ids), BATCH):
+            with self.reading_together():
+                updates = updates_after_insert(self, ids[start : start + BATCH], unit_codes[start : start + BATCH],
+                                               size)
+            self._keep(updates, size=size)
+            written.update(updates)
+        return sorted(written)
 
     def _upkeep(self, repairs: list[int], size: int, *, settle: Callable[[], Iterable[int]]) -> None:
         """Settle the kept neighbourhoods a visible change moved (`settle` names them), then drop its repair
@@ -707,8 +756,9 @@ class MilvusStore(GalleryStore):
         wanted = sorted(set(entry_ids))
         for _ in range(SETTLE_ROUNDS):
             moved: dict[int, Neighbourhood] = {}
-            for start in range(0, len(wanted), SETTLE_BATCH):
-                moved |= self._moved(wanted[start : start + SETTLE_BATCH], size)
+            with self.reading_together():  # one timestamp per round, taken after the round before wrote
+                for start in range(0, len(wanted), SETTLE_BATCH):
+                    moved |= self._moved(wanted[start : start + SETTLE_BATCH], size)
             if not moved:
                 return
             self._keep(moved, size=size)
@@ -721,7 +771,7 @@ class MilvusStore(GalleryStore):
         search: one wait for the engine's clock); the kept rows of entries gone are dropped."""
         ids, units = self._units_of(entry_ids)
         self._delete_keys(self.kept, sorted(set(entry_ids).difference(ids)))
-        reading = self._reads.submit(self._kept, ids)
+        reading = self._reads.submit(self._carrying(lambda: self._kept(ids)))
         fresh = nearest_others(self, ids, units, size)
         kept = reading.result()
         return {i: hood for i, hood in fresh.items() if i not in kept or kept[i].ids != hood.ids}
@@ -812,7 +862,7 @@ class MilvusStore(GalleryStore):
         """The visible rows of these ids, the pending batches read beside them (as `_hits` does): one wait for the
         engine's clock instead of two."""
         ids = [int(i) for i in entry_ids]
-        pending = self._reads.submit(self._pending)
+        pending = self._reads.submit(self._carrying(self._pending))
         try:
             rows = [row for start in range(0, len(ids), PAGE)
                     for row in self._query(self.collection, f"entry_id in {_ints(ids[start : start + PAGE])}",
@@ -853,8 +903,7 @@ class MilvusStore(GalleryStore):
     def _search(self, unit_queries: np.ndarray, k: int, expr: str, fields: list[str]) -> list[list[dict[str, Any]]]:
         return self._call("search", self.collection, data=unit_queries.tolist(), limit=k, filter=expr,
                           output_fields=[*fields, "batch"], anns_field="unit",
-                          search_params={"metric_type": "L2", "params": self.index.search},
-                          consistency_level="Strong")
+                          search_params={"metric_type": "L2", "params": self.index.search}, **self._level())
 
     def _hits(self, unit_queries: np.ndarray, k: int, entry_filter: EntryFilter, fields: list[str]
               ) -> list[list[dict[str, Any]]]:
@@ -864,7 +913,7 @@ class MilvusStore(GalleryStore):
         if entry_filter.person_id is not None:
             raise ValueError("a search cannot filter by person id")
         conditions = self._conditions(entry_filter)
-        pending = self._reads.submit(self._pending)
+        pending = self._reads.submit(self._carrying(self._pending))
         try:
             found = self._search(unit_queries, k, conditions, fields)
         finally:

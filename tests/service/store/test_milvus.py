@@ -78,10 +78,10 @@ def test_an_idle_connection_to_a_milvus_lite_server_is_not_sent_away(start_milvu
 def test_engine_traits_follow_the_version():
     from genreid.service.store.milvus import EngineTraits
 
-    assert EngineTraits.of("milvus_lite-3.2.2") == EngineTraits("milvus_lite-3.2.2", True, False)
-    assert EngineTraits.of("v2.3.5-lite") == EngineTraits("v2.3.5-lite", False, True)  # the `milvus` wheel
-    assert EngineTraits.of("v2.6.16") == EngineTraits("v2.6.16", True, True)
-    assert EngineTraits.of("2.5.4") == EngineTraits("2.5.4", False, True)
+    assert EngineTraits.of("milvus_lite-3.2.2") == EngineTraits("milvus_lite-3.2.2", True, False, False)
+    assert EngineTraits.of("v2.3.5-lite") == EngineTraits("v2.3.5-lite", False, True, True)  # the `milvus` wheel
+    assert EngineTraits.of("v2.6.16") == EngineTraits("v2.6.16", True, True, True)
+    assert EngineTraits.of("2.5.4") == EngineTraits("2.5.4", False, True, True)
     assert EngineTraits.of("something else").partial_upserts is False  # whole rows work on every engine
 
 
@@ -212,6 +212,42 @@ def test_searches_leave_out_a_pending_batch_and_still_find_k(engine_uri):
         assert store.get([e.entry_id for e in hidden]) == []
     finally:
         store.close()
+
+
+def test_reads_together_see_what_their_first_search_saw(engine_uri):
+    """A reading_together block on Milvus takes one timestamp from the engine's oracle and every read in it carries
+    that as its guarantee instead of asking for Strong (milvus-lite has no oracle: every read stays Strong). They
+    see the entries another replica acknowledged before the block, and a pending batch stays hidden from the reads
+    on other threads."""
+    uri, collection = engine_uri
+    on_milvus = uri.startswith("http")
+    reader = MilvusStore(uri, collection=collection, code_dim=4, model_id=None, neighbourhood_size=3)
+    writer = MilvusStore(uri, collection=collection, code_dim=4, model_id=None) if on_milvus else reader
+    try:
+        rng = np.random.default_rng(2)
+        query = np.ones((1, 4), np.float32)
+        added = writer.add([NewEntry(f"v{i}") for i in range(6)], query + rng.normal(0, 0.1, (6, 4)).astype(np.float32))
+        writer._delete_meta = lambda keys, collection=None: None  # a batch whose writer died before unveiling it
+        hidden = writer.add([NewEntry("h")], query)
+        del writer._delete_meta
+        ids = [e.entry_id for e in added]
+        assert reader._level() == {"consistency_level": "Strong"}
+        with reader.reading_together():
+            carried = reader._level()
+            [found] = reader.nearest_ids(query, 10)
+            assert sorted(i for i, _ in found) == ids
+            assert [e.entry_id for e in reader.get([*ids, hidden[0].entry_id])] == ids
+            assert reader.known_codes([*ids, hidden[0].entry_id]).keys() == set(ids)
+            assert reader.neighbourhoods(ids, 3).keys() == set(ids)
+        assert reader._level() == {"consistency_level": "Strong"}
+        if on_milvus:
+            assert carried["consistency_level"] == "Customized" and carried["guarantee_timestamp"] > 0
+        else:
+            assert carried == {"consistency_level": "Strong"}
+    finally:
+        reader.close()
+        if writer is not reader:
+            writer.close()
 
 
 def as_searched(store: MilvusStore, ids: list[int], size: int) -> dict[int, list[int]]:

@@ -4,6 +4,7 @@ as re-ranking that searches."""
 
 from __future__ import annotations
 
+from contextlib import suppress
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -61,7 +62,12 @@ def kept(backend, tmp_path: Path):
     opened.close()
 
 
-def test_kept_neighbourhoods_follow_every_write(kept):
+def test_kept_neighbourhoods_follow_every_write(kept, monkeypatch: pytest.MonkeyPatch):
+    """Milvus updates an added batch in chunks (here of 16, so the adds of 40 and 25 span several)."""
+    with suppress(ImportError):
+        import genreid.service.store.milvus as milvus
+
+        monkeypatch.setattr(milvus, "BATCH", 16)
     store, clock = kept
     rng = np.random.default_rng(3)
     codes: dict[int, np.ndarray] = {}
