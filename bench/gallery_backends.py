@@ -52,6 +52,8 @@ from genreid.service.store.milvus_lite import SERVER_ARGS as MILVUS_LITE_SERVER_
 
 K = 10
 FILL_BATCH = 4096
+KEPT_FILL_BATCH = 256  # into a gallery that keeps neighbourhoods, as `genreid gallery import` writes: a write's
+# neighbourhood update searches k = kept size + batch around each of its codes
 REPO = Path(__file__).resolve().parents[1]
 MILVUS_LAUNCHER = REPO / "tests" / "service" / "store" / "milvus_engine.py"
 HTTP_BACKENDS = ("embedded", "milvus-lite", "milvus")
@@ -134,13 +136,13 @@ def milvus_engine(workdir: Path) -> Iterator[tuple[str, int]]:
         yield running
 
 
-def fill(store: GalleryStore, vectors: Vectors) -> tuple[np.ndarray, float]:
-    """Every vector added through the store, in batches; (entry ids in vector order, rows per second)."""
+def fill(store: GalleryStore, vectors: Vectors, *, batch: int = FILL_BATCH) -> tuple[np.ndarray, float]:
+    """Every vector added through the store, `batch` per write; (entry ids in vector order, rows per second)."""
     ids = []
     with Stopwatch() as watch:
         for offset, chunk in vectors.chunks():
-            for start in range(0, len(chunk), FILL_BATCH):
-                part = chunk[start : start + FILL_BATCH]
+            for start in range(0, len(chunk), batch):
+                part = chunk[start : start + batch]
                 added = store.add([NewEntry(f"p{(offset + start + i) // vectors.per_identity}", f"c{i % 6}")
                                    for i in range(len(part))], part)
                 ids += [e.entry_id for e in added]
@@ -260,7 +262,7 @@ def bench_http(args: argparse.Namespace, workdir: Path) -> list[dict]:
                      if uri is None else MilvusStore(uri, collection="http", code_dim=model.code_dim,
                                                      model_id=model.model_id, neighbourhood_size=kept))
             try:
-                fill(store, vectors)
+                fill(store, vectors, batch=KEPT_FILL_BATCH)
                 if isinstance(store, MilvusStore):
                     store.flush()  # the steady state: sealed, indexed segments
             finally:
