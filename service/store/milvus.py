@@ -432,13 +432,18 @@ class MilvusStore(GalleryStore):
         if getattr(self._together, "ts", None) is not None:  # nested: the outer block carries
             yield
             return
-        # pymilvus (pinned in pyproject.toml) has the call on its connection only; 0 where unimplemented
-        self._together.ts = self.engine.timestamps and self._on_engine(
-            lambda client: client._get_connection().alloc_timestamp(timeout=self.timeout)) or 0
+        self._together.ts = self._oracle_timestamp()
         try:
             yield
         finally:
             self._together.ts = None
+
+    def _oracle_timestamp(self) -> int:
+        """A fresh timestamp from the engine's oracle; 0 (every read stays Strong) for an engine without one."""
+        if not self.engine.timestamps:
+            return 0
+        # pymilvus (pinned in pyproject.toml) has the call on its connection only; it answers 0 where unimplemented
+        return self._on_engine(lambda client: client._get_connection().alloc_timestamp(timeout=self.timeout)) or 0
 
     def _level(self) -> dict[str, Any]:
         ts = getattr(self._together, "ts", None)
