@@ -81,34 +81,41 @@ class RankedMatch:
     rerank_distance: float | None  # (1 - lambda) * Jaccard + lambda * distance^2 / 4; None past the top K
 
 
-def _nearest_first(original: np.ndarray, width: int) -> np.ndarray:
-    """(n, width) column indices of each row's `width` smallest values, smallest first."""
-    if width >= original.shape[1]:
-        return np.argsort(original, axis=1, kind="stable")
-    part = np.argpartition(original, width - 1, axis=1)[:, :width]
-    order = np.argsort(np.take_along_axis(original, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+def _nearest_first(keys: np.ndarray, width: int) -> np.ndarray:
+    """(n, width) column indices of each row's `width` smallest keys, smallest first, equal keys by column (as a
+    stable sort of the whole row orders them). A partition of the values, then a sort of the `width` kept per row:
+    an index partition (argpartition) of a few hundred columns costs twice as much."""
+    if width >= keys.shape[1]:
+        return np.argsort(keys, axis=1, kind="stable")
+    bound = np.partition(keys, width - 1, axis=1)[:, width - 1 : width]
+    kept = keys <= bound
+    flat = np.flatnonzero(kept)  # row by row, columns ascending
+    if len(flat) != len(keys) * width:  # ties at a row's bound: keep those in the first columns only
+        at_bound = keys == bound
+        kept &= ~at_bound | (np.cumsum(at_bound, axis=1) <= width - np.count_nonzero(keys < bound, axis=1)[:, None])
+        flat = np.flatnonzero(kept)
+    columns = flat.reshape(len(keys), width) % keys.shape[1]
+    order = np.argsort(np.take_along_axis(keys, columns, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(columns, order, axis=1)
 
 
-def _reciprocal(rank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's k+1 nearest (itself first) and which of them count the row among their own k+1 nearest."""
-    forward = rank[:, : k + 1]
-    rows = np.arange(len(rank))[:, None, None]
-    return forward, (forward[forward] == rows).any(-1)
+def _reciprocal(rank: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each of `rows`' k+1 nearest (itself first) and which of them count the row among their own k+1 nearest."""
+    forward = rank[rows, : k + 1]
+    return forward, (rank[forward, : k + 1] == rows[:, None, None]).any(-1)
 
 
-def _weights(original: np.ndarray, rank: np.ndarray, rows: np.ndarray, k1: int) -> np.ndarray:
+def _weights(nearness: np.ndarray, rank: np.ndarray, rows: np.ndarray, k1: int) -> np.ndarray:
     """(len(rows), n) Gaussian-kernel weights of each of `rows` on its expanded k-reciprocal set (eq. 7-10, rows
     sum to 1); only the rows query expansion reads, since the dense steps cost as much as the rows they cover."""
-    n = len(original)
+    n = len(nearness)
     half = min(int(np.around(k1 / 2)), n - 1)
-    forward, mutual = _reciprocal(rank, k1)
-    own_forward, own_mutual = forward[rows], mutual[rows]
+    own_forward, own_mutual = _reciprocal(rank, k1, rows)
     local = np.arange(len(rows))
     in_set = np.zeros((len(rows), n), dtype=bool)
     in_set[local[:, None], own_forward] = own_mutual
     # A k-reciprocal neighbour's own (k1/2)-reciprocal set joins when 2/3 of it is already in the row's set.
-    half_forward, half_mutual = _reciprocal(rank, half)
+    half_forward, half_mutual = _reciprocal(rank, half, np.arange(n))
     their_sets, their_mutual = half_forward[own_forward], half_mutual[own_forward]  # (rows, k1+1, half+1)
     overlap = (their_mutual & in_set[local[:, None, None], their_sets]).sum(-1)
     joins = own_mutual & (overlap > 2.0 / 3.0 * their_mutual.sum(-1))
@@ -116,7 +123,7 @@ def _weights(original: np.ndarray, rank: np.ndarray, rows: np.ndarray, k1: int) 
     expanded = in_set.copy()
     expanded[row, their_sets[row, neighbour, member]] = True
     row, column = np.nonzero(expanded)
-    kernel = np.exp(-original[rows[row], column])
+    kernel = np.exp(-_original(nearness, rows[row], column))
     weights = np.zeros((len(rows), n))
     weights[row, column] = kernel / np.bincount(row, weights=kernel, minlength=len(rows))[row]
     return weights
@@ -145,26 +152,38 @@ def _jaccard(probes: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return 1.0 - total / (2.0 - total)
 
 
+def _nearness(unit: np.ndarray) -> np.ndarray:
+    """(n, n) float32 keys in the order of the original distance d^2 / 4 = (1 - cosine) / 2 between unit-length
+    codes, ties included: -cosine, at least -1 (a product rounded past 1 is distance 0), and -1 on the diagonal.
+    One float32 matrix instead of a float64 one: the distances themselves are read only where the algorithm needs
+    them (`_original`), which halves the memory of the all-queries variant and the time of a query's world."""
+    nearness = unit @ unit.T  # a world of a few hundred codes: the server runs BLAS on the calling thread
+    np.negative(nearness, out=nearness)
+    np.maximum(nearness, -1.0, out=nearness)
+    np.fill_diagonal(nearness, -1.0)
+    return nearness
+
+
+def _original(nearness: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """The original distances d^2 / 4 at (rows, columns), in float64 (numpy's indexing rules apply)."""
+    return 0.5 + 0.5 * nearness[rows, columns].astype(np.float64)
+
+
 def reranked_distances(codes: np.ndarray, probes: np.ndarray, targets: np.ndarray, params: RerankParams
                        ) -> np.ndarray:
     """(len(probes), len(targets)) final distances of the published algorithm with `codes` as the whole world;
     `probes` and `targets` index into it."""
-    unit = unit_length(codes)
-    # einsum's own single-threaded loop, not BLAS: OpenBLAS spreads even a few hundred rows over threads that a
-    # busy CPU stalls (43 ms against 0.8 ms per query here, beside a training job)
-    cosine = np.einsum("ik,jk->ij", unit, unit).astype(np.float64)
-    original = np.maximum(0.5 - 0.5 * cosine, 0.0)  # d^2 / 4 = (1 - cosine) / 2 for unit-length codes
-    np.fill_diagonal(original, 0.0)
-    k1 = min(params.k1, len(original) - 1)
-    rank = _nearest_first(original, max(k1 + 1, params.k2))
+    nearness = _nearness(unit_length(codes))
+    k1 = min(params.k1, len(nearness) - 1)
+    rank = _nearest_first(nearness, max(k1 + 1, params.k2))
     expansion = rank[:, : min(params.k2, rank.shape[1])]  # each row's k2 nearest, itself first
     rows = np.unique(expansion[np.concatenate([probes, targets])])
-    position = np.zeros(len(original), dtype=np.int64)
+    position = np.zeros(len(nearness), dtype=np.int64)
     position[rows] = np.arange(len(rows))
-    weights = _weights(original, rank, rows, k1)
+    weights = _weights(nearness, rank, rows, k1)
     jaccard = _jaccard(_expanded(weights, position, expansion[probes]),
                        _expanded(weights, position, expansion[targets]))
-    return (1.0 - params.lambda_) * jaccard + params.lambda_ * original[np.ix_(probes, targets)]
+    return (1.0 - params.lambda_) * jaccard + params.lambda_ * _original(nearness, *np.ix_(probes, targets))
 
 
 def rerank_all(q_codes: np.ndarray, g_codes: np.ndarray, params: RerankParams) -> np.ndarray:
@@ -186,10 +205,10 @@ def rerank_search(store: GalleryStore, queries: np.ndarray, k: int, entry_filter
         found = store.nearest_ids(queries, max(k, params.candidates), entry_filter)
         heads = [row[: params.candidates] for row in found]
         candidates = list(dict.fromkeys(entry_id for head in heads for entry_id, _ in head))
-        codes = store.known_codes(candidates)
+        codes = store.known_unit_codes(candidates)
         neighbours = _neighbours(store, [i for i in candidates if i in codes], codes, max(params.k1, params.k2),
                                  entry_filter)
-        codes |= store.known_codes(list({i for row in neighbours.values() for i in row} - codes.keys()))
+        codes |= store.known_unit_codes(list({i for row in neighbours.values() for i in row} - codes.keys()))
         ranked = [_reranked_row(query, head, row[len(head):], codes, neighbours, params)[:k]
                   for query, head, row in zip(queries, heads, found, strict=True)]
         entries = {entry.entry_id: entry for entry in store.get(list({i for row in ranked for i, _, _ in row}))}

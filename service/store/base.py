@@ -283,14 +283,14 @@ class GalleryStore(ABC):
     def codes(self, entry_ids: Sequence[int]) -> np.ndarray:
         """(N, code_dim) stored codes, as enrolled, in the order asked; UnknownEntries if any id is unknown."""
 
-    def known_codes(self, entry_ids: Sequence[int]) -> dict[int, np.ndarray]:
-        """Stored codes by id, leaving out entries removed since the caller found them (another request or replica
-        may delete them in between)."""
+    def known_unit_codes(self, entry_ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """Unit-length codes (what the index searches) by id, leaving out entries removed since the caller found
+        them (another request or replica may delete them in between)."""
         try:
-            return dict(zip(entry_ids, self.codes(entry_ids), strict=True)) if entry_ids else {}
+            return dict(zip(entry_ids, unit_length(self.codes(entry_ids)), strict=True)) if entry_ids else {}
         except UnknownEntries as gone:
             removed = set(gone.ids)
-            return self.known_codes([i for i in entry_ids if i not in removed])
+            return self.known_unit_codes([i for i in entry_ids if i not in removed])
 
     @contextmanager
     def reading_together(self) -> Iterator[None]:

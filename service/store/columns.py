@@ -48,6 +48,9 @@ class FilterColumns:
             self._row_of[entry_id] = row
         self._rows = need
 
+    def __contains__(self, entry_id: int) -> bool:
+        return entry_id in self._row_of
+
     def remove(self, entry_ids: Iterable[int]) -> None:
         for entry_id in entry_ids:
             self._alive[self._row_of.pop(entry_id)] = False

@@ -122,6 +122,10 @@ class VectorIndex:
         if self._searcher is not self.master:
             self._searcher = self._copy()
 
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids), dim) the vectors held under `ids`, which must all be held."""
+        return self.master.reconstruct_batch(np.ascontiguousarray(ids, np.int64))
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q, k) squared distances and ids, nearest first; ids are -1 (distance FLT_MAX) past the index's size.
         Through the byte scan equal distances come by id; the float scan (a GPU copy, or the CPU below
@@ -183,7 +187,7 @@ class VectorIndex:
         exact = np.full(ids.shape, np.inf)
         if held.any():
             # every slot gets a held vector, so that reconstruct_batch takes one flat batch; missing ones stay inf
-            vectors = self.master.reconstruct_batch(np.where(held, ids, ids[held][0]).ravel())
+            vectors = self.vectors(np.where(held, ids, ids[held][0]).ravel())
             differences = (vectors.reshape(*ids.shape, self.dim).astype(np.float64)
                            - queries.astype(np.float64)[:, None, :])
             exact = np.where(held, np.einsum("qcd,qcd->qc", differences, differences), np.inf)

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from genreid.service.app import create_app
 from genreid.service.core.evaluation import Evaluator
-from genreid.service.core.reranking import RerankParams, rerank_all, rerank_search
+from genreid.service.core.reranking import RerankParams, _nearest_first, rerank_all, rerank_search
 from genreid.service.encoders import Encoders
 from genreid.service.store import EntryFilter, NewEntry
 from genreid.service.store.embedded import EmbeddedStore
@@ -25,7 +25,7 @@ def published_rerank(q: np.ndarray, g: np.ndarray, k1: int, k2: int, lambda_: fl
     the original distance genreid uses (d^2 / 4 between unit-length codes) instead of the per-column maximum."""
     codes = np.concatenate([q, g]).astype(np.float32)
     unit = codes / np.linalg.norm(codes, axis=1, keepdims=True)
-    original_dist = np.maximum(0.5 - 0.5 * np.einsum("ik,jk->ij", unit, unit).astype(np.float64), 0.0)
+    original_dist = np.maximum(0.5 - 0.5 * (unit @ unit.T).astype(np.float64), 0.0)
     np.fill_diagonal(original_dist, 0.0)
     query_num, all_num = len(q), len(codes)
     V = np.zeros_like(original_dist)
@@ -115,6 +115,14 @@ def test_all_queries_variant_equals_the_published_loops(k1: int, k2: int, lambda
     queries, _ = clustered(rng, 25, 15)
     ours = rerank_all(queries, gallery, RerankParams(k1=k1, k2=k2, lambda_=lambda_, candidates=1))
     np.testing.assert_allclose(ours, published_rerank(queries, gallery, k1, k2, lambda_), atol=1e-9)
+
+
+@pytest.mark.parametrize("width", [1, 4, 11, 60])
+def test_neighbour_lists_order_equal_distances_as_the_published_stable_sort(width: int):
+    """Keys with many equal values (distances rounded to a few levels): each row's nearest, cut through a run of
+    equal ones, are those a stable sort of the whole row puts first, as in the published code."""
+    keys = np.round(np.random.default_rng(width).uniform(-1, 1, size=(40, 50)), 1).astype(np.float32)
+    np.testing.assert_array_equal(_nearest_first(keys, width), np.argsort(keys, axis=1, kind="stable")[:, :width])
 
 
 @pytest.mark.parametrize(("k1", "k2"), [(20, 6), (5, 1), (8, 3), (3, 8)])

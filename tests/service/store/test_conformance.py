@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genreid.service.core.similarity import code_distances
+from genreid.service.core.similarity import code_distances, unit_length
 from genreid.service.store import Entry, EntryFilter, GalleryError, GalleryStore, NewEntry, UnknownEntries
 
 DIM = 8
@@ -249,6 +249,10 @@ def test_removed_entries_and_their_crops_are_gone_from_every_read(store: Gallery
     found = {m.entry.entry_id for row in store.search(stored, 100) for m in row}
     assert found == {e.entry_id for e in left}
     assert store.list_entries(limit=100).entries == left
+    unit = store.known_unit_codes([e.entry_id for e in entries])  # re-ranking's read: the removed left out
+    assert list(unit) == [e.entry_id for e in left]
+    np.testing.assert_allclose(np.stack(list(unit.values())), unit_length(stored[[e in left for e in entries]]),
+                               atol=1e-6)
 
 
 def test_retention_removes_what_was_enrolled_before_the_cutoff(backend, tmp_path: Path):

@@ -237,7 +237,7 @@ def test_reads_together_see_what_their_first_search_saw(engine_uri):
             [found] = reader.nearest_ids(query, 10)
             assert sorted(i for i, _ in found) == ids
             assert [e.entry_id for e in reader.get([*ids, hidden[0].entry_id])] == ids
-            assert reader.known_codes([*ids, hidden[0].entry_id]).keys() == set(ids)
+            assert reader.known_unit_codes([*ids, hidden[0].entry_id]).keys() == set(ids)
             assert reader.neighbourhoods(ids, 3).keys() == set(ids)
         assert reader._level() == {"consistency_level": "Strong"}
         if on_milvus:
