@@ -15,6 +15,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -71,6 +72,7 @@ ADDED_COLUMNS = {"seen_at": "INTEGER", "track_id": "TEXT", "enrolled_at": "INTEG
 ENTRY_SELECT = ("SELECT e.entry_id, e.person_id, e.camera, e.seen_at, e.track_id, c.entry_id IS NOT NULL, "
                 "e.enrolled_at FROM entries e LEFT JOIN crops c ON c.entry_id = e.entry_id")
 CHUNK = 500  # ids per `IN (...)`: far below SQLite's limit on bound parameters
+PADDED_EXCLUSIONS = 256  # stored ids a search leaves out by searching as many more; past that, by an id filter
 
 
 def entry_of(row: tuple) -> Entry:
@@ -422,13 +424,27 @@ class EmbeddedStore(GalleryStore):
         admitted; the caller holds the lock."""
         if entry_filter.person_id is not None:
             raise ValueError("a search cannot filter by person id")
-        if entry_filter.is_empty:
-            k = min(k, self.index.size)
-            return self.index.search(unit_queries, k) if k else _no_results(len(unit_queries))
+        if replace(entry_filter, exclude_ids=frozenset()).is_empty:
+            leaving = [i for i in entry_filter.exclude_ids if i in self._columns]
+            if len(leaving) <= PADDED_EXCLUSIONS:
+                return self._search_leaving(unit_queries, k, leaving)
         allowed, refused = self._columns.split(entry_filter)
         k = min(k, len(allowed))
         return (self.index.search_among(unit_queries, k, allowed=allowed, refused=refused) if k
                 else _no_results(len(unit_queries)))
+
+    def _search_leaving(self, unit_queries: np.ndarray, k: int, leaving: list[int]
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """`_search_index` leaving out a few stored ids: the unfiltered search for as many more, those dropped (a
+        query from a stored entry, a write's neighbourhood upkeep); no filter pass over every entry."""
+        k = min(k, self.index.size - len(leaving))
+        if not k:
+            return _no_results(len(unit_queries))
+        squared, ids = self.index.search(unit_queries, k + len(leaving))
+        if not leaving:
+            return squared, ids
+        order = np.argsort(np.isin(ids, leaving), axis=1, kind="stable")[:, :k]  # the others, in their order
+        return np.take_along_axis(squared, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "location": str(self.path.parent), "faiss_device": self.index.device}

@@ -723,8 +723,8 @@ class MilvusStore(GalleryStore):
 
     def _kept_after_insert(self, ids: list[int], unit_codes: np.ndarray, size: int) -> list[int]:
         """Keep `updates_after_insert` (the batch is visible already), BATCH entries at a time as if each chunk were
-        added after the one before (a search's k grows with the entries it leaves out, and Milvus refuses answers
-        over 64 MiB); the entries it wrote. Each chunk's reads go together (one wait for the engine's clock instead
+        added after the one before (each search leaves the chunk out by an id filter: a short expression); the
+        entries it wrote. Each chunk's reads go together (one wait for the engine's clock instead
         of six): what they miss of a concurrent write, `_settle`'s searches find."""
         written: set[int] = set()
         for start in range(0, len(ids), BATCH):
@@ -791,7 +791,7 @@ class MilvusStore(GalleryStore):
             gone = sorted(set(marked).difference(ids))
             self._delete_keys(self.kept, gone)
             settle = {*ids, *self._holding(gone)}
-            for start in range(0, len(ids), BATCH):  # a search's k grows with the codes it leaves out
+            for start in range(0, len(ids), BATCH):  # each search leaves its chunk out by an id filter
                 chunk = slice(start, start + BATCH)
                 settle.update(i for found in self._reached_by(units[chunk], size, leaving=ids[chunk]) for i in found)
             self._settle(settle, size)

@@ -19,7 +19,7 @@ from genreid.service.store.base import RADIUS_SLACK, EntryFilter, GalleryStore, 
 
 REACH = 4  # a search-only backend first looks at REACH x the kept size nearest entries around a code ...
 MIN_REACH = 32  # ... and at least this many
-SEARCH_LIMIT = 16_384  # the most one search may ask of Milvus, the write's own entries included
+SEARCH_LIMIT = 16_384  # the most one search may ask of Milvus
 BATCH = 256  # codes per search while rebuilding
 
 
@@ -38,19 +38,15 @@ def reached_by_search(store: GalleryStore, unit_codes: np.ndarray, size: int, *,
     """`_reached_by` for a backend that can only search: exact without a scan. An entry e reached by x is either
     among x's L nearest, or d(e, x) >= d_L(x), so radius(e) >= d_L(x); L grows until few entries are that wide
     (32-d codes need L in the hundreds: docs/GALLERY_STORE.md)."""
-    own = {int(i) for i in leaving}
-    most = SEARCH_LIMIT - len(own)
-    if most < 1:
-        raise ValueError(f"a write of {len(own)} entries is past the {SEARCH_LIMIT} one search can look around")
-    reach = min(max(REACH * size, MIN_REACH), most)
+    own = frozenset(int(i) for i in leaving)
+    reach = min(max(REACH * size, MIN_REACH), SEARCH_LIMIT)
     while True:
-        rows = [[(i, d) for i, d in row if i not in own][:reach]
-                for row in store.nearest_ids(unit_codes, reach + len(own))]
+        rows = store.nearest_ids(unit_codes, reach, EntryFilter(exclude_ids=own))
         horizons = [row[-1][1] if len(row) == reach else 0.0 for row in rows]
         wide = {i: r for i, r in store._wider_than(min(horizons)).items() if i not in own}
-        if len(wide) <= reach or reach >= most:
+        if len(wide) <= reach or reach >= SEARCH_LIMIT:
             break
-        reach = min(REACH * reach, most)
+        reach = min(REACH * reach, SEARCH_LIMIT)
     near_ids = sorted({i for row in rows for i, _ in row} - wide.keys())
     radii = wide | {i: hood.radius(size) for i, hood in store._kept(near_ids).items()}
     far = sorted(wide)
@@ -70,7 +66,7 @@ def updates_after_insert(store: GalleryStore, entry_ids: Sequence[int], unit_cod
     """The neighbourhoods that change when `entry_ids` join the gallery, whether or not the store can search
     them yet: their own (the gallery's nearest and each other), and each existing entry's that one enters."""
     new = [int(i) for i in entry_ids]
-    rows = store.nearest_ids(unit_codes, size + len(new))
+    rows = store.nearest_ids(unit_codes, size, EntryFilter(exclude_ids=frozenset(new)))
     units = unit_codes.astype(np.float64)
     peers = np.sqrt(np.maximum(2.0 - 2.0 * np.einsum("ik,jk->ij", units, units), 0.0))
     np.fill_diagonal(peers, np.inf)
