@@ -155,8 +155,8 @@ def _jaccard(probes: np.ndarray, targets: np.ndarray) -> np.ndarray:
 def _nearness(unit: np.ndarray) -> np.ndarray:
     """(n, n) float32 keys in the order of the original distance d^2 / 4 = (1 - cosine) / 2 between unit-length
     codes, ties included: -cosine, at least -1 (a product rounded past 1 is distance 0), and -1 on the diagonal.
-    One float32 matrix instead of a float64 one: the distances themselves are read only where the algorithm needs
-    them (`_original`), which halves the memory of the all-queries variant and the time of a query's world."""
+    One float32 matrix where there were two float64 ones (a quarter of the all-queries variant's memory): the
+    distances themselves are computed only where the algorithm reads them (`_original`)."""
     nearness = unit @ unit.T  # a world of a few hundred codes: the server runs BLAS on the calling thread
     np.negative(nearness, out=nearness)
     np.maximum(nearness, -1.0, out=nearness)
