@@ -40,10 +40,9 @@ from genreid.service.store.base import (
     to_micros,
     utc,
 )
-from genreid.service.store.columns import FilterColumns
+from genreid.service.store.columns import EntryColumns
 from genreid.service.store.faiss_index import SearchCopy, VectorIndex
 from genreid.service.store.neighbourhoods import rebuild, updates_after_insert, updates_before_removal
-from genreid.service.store.reach import Reach
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -152,8 +151,7 @@ class EmbeddedStore(GalleryStore):
             self._lock_file.close()
             raise GalleryError(f"{self.path}: not a usable gallery database ({err})") from None
         self.index = VectorIndex(code_dim, search_copy, threads=search_threads)
-        self._columns = FilterColumns()
-        self._reach = Reach(code_dim)
+        self._columns = EntryColumns(code_dim)
         self._persons: Counter[str] = Counter()
         self._recorded_model = self._meta("model_id")
         try:
@@ -188,14 +186,14 @@ class EmbeddedStore(GalleryStore):
         if self._recorded_model is None and self.model_id is not None:
             log.warning("%s predates model ids: its codes are taken to be of this model (%s)", self.path,
                         self.model_id)
-        self._columns.append((row[0], row[2], row[3]) for row in rows)
         self._persons.update(row[1] for row in rows)
         ids = np.fromiter((row[0] for row in rows), np.int64, len(rows))
         codes = np.frombuffer(b"".join(row[4] for row in rows), np.float32).reshape(len(rows), self.code_dim)
         radii = dict(self._db.execute("SELECT entry_id, radius FROM neighbourhoods").fetchall())
         units = unit_length(codes)
         self.index.add(ids, units)
-        self._reach.add(ids, units, np.array([radii.get(int(i), np.inf) for i in ids]))
+        self._columns.append(ids, cameras=(row[2] for row in rows), seen=(row[3] for row in rows), units=units,
+                             radii=np.array([radii.get(int(i), np.inf) for i in ids]))
 
     def _kept_size(self, wanted: int) -> int:
         """The size the gallery's neighbourhoods are kept at: what it recorded, or `wanted` for a gallery that
@@ -252,13 +250,11 @@ class EmbeddedStore(GalleryStore):
                 radii = self._write_kept(updates_after_insert(self, ids, unit_codes, self.neighbourhood_size)
                                          if self.neighbourhood_size else {}, size=self.neighbourhood_size)
             self._recorded_model = self._recorded_model or self.model_id
-            self._columns.append(
-                (i, e.camera, None if e.seen_at is None else to_micros(e.seen_at))
-                for i, e in zip(ids, entries, strict=True))
             self._persons.update(e.person_id for e in entries)
             self.index.add(np.asarray(ids, np.int64), unit_codes)
-            self._reach.add(np.asarray(ids, np.int64), unit_codes, np.full(len(ids), np.inf))
-            self._reach.set_radii(radii)  # the new entries' and those they joined
+            self._columns.append(ids, cameras=(e.camera for e in entries), units=unit_codes,
+                                 seen=(None if e.seen_at is None else to_micros(e.seen_at) for e in entries))
+            self._columns.set_radii(radii)  # the new entries' and those they joined
         return [Entry(i, e.person_id, e.camera, e.seen_at, e.track_id, e.crop is not None, when)
                 for i, e, when in zip(ids, entries, enrolled, strict=True)]
 
@@ -311,11 +307,10 @@ class EmbeddedStore(GalleryStore):
                 self._db.executemany(f"DELETE FROM {table} WHERE entry_id = ?", [(i,) for i in entry_ids])
             radii = self._write_kept(kept, size=self.neighbourhood_size)
         self._columns.remove(entry_ids)
+        self._columns.set_radii(radii)
         self._persons.subtract(persons)
         self._persons = +self._persons
         self.index.remove(np.asarray(entry_ids, np.int64))
-        self._reach.remove(entry_ids)
-        self._reach.set_radii(radii)
         return entry_ids
 
     # --- kept neighbourhoods --------------------------------------------------------------------------------
@@ -341,7 +336,7 @@ class EmbeddedStore(GalleryStore):
 
     def _reached_by(self, unit_codes: np.ndarray, size: int, *, leaving: Sequence[int]) -> list[dict[int, float]]:
         with self._lock:
-            return self._reach.reached_by(unit_codes, leaving={int(i) for i in leaving})
+            return self._columns.reached_by(unit_codes, leaving={int(i) for i in leaving})
 
     def rebuild_neighbourhoods(self, size: int, progress: Callable[[int], None] = lambda done: None) -> None:
         with self._lock:
@@ -352,7 +347,7 @@ class EmbeddedStore(GalleryStore):
                     rebuild(self, ids, size, progress, keep=self._write_kept)
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('neighbourhood_size', ?)", (str(size),))
             radii = dict(self._db.execute("SELECT entry_id, radius FROM neighbourhoods").fetchall())
-            self._reach.set_radii({i: radii.get(i, np.inf) for i in ids})
+            self._columns.set_radii({i: radii.get(i, np.inf) for i in ids})
             self.neighbourhood_size = size
 
     # --- reads --------------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def test_a_gallery_from_before_the_store_interface_opens_and_takes_new_fields(tm
 
 
 def test_filters_stay_exact_after_many_removals(tmp_path: Path):
-    """Removals past the compaction point of the filter columns (service/store/columns.py)."""
+    """Removals past the compaction point of the entry columns (service/store/columns.py)."""
     store = EmbeddedStore(tmp_path, code_dim=DIM)
     try:
         stored = codes(3000)
