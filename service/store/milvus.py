@@ -787,14 +787,16 @@ class MilvusStore(GalleryStore):
         marked = sorted({int(i) for row in markers for i in row["ids"]})
         size = self.neighbourhood_size
         if size:
-            ids, units = self._units_of(marked)
-            gone = sorted(set(marked).difference(ids))
+            with self.reading_together():
+                ids, units = self._units_of(marked)
+                gone = sorted(set(marked).difference(ids))
+                settle = {*ids, *self._holding(gone)}
+                for start in range(0, len(ids), BATCH):  # each search leaves its chunk out by an id filter
+                    chunk = slice(start, start + BATCH)
+                    settle.update(i for found in self._reached_by(units[chunk], size, leaving=ids[chunk])
+                                  for i in found)
             self._delete_keys(self.kept, gone)
-            settle = {*ids, *self._holding(gone)}
-            for start in range(0, len(ids), BATCH):  # each search leaves its chunk out by an id filter
-                chunk = slice(start, start + BATCH)
-                settle.update(i for found in self._reached_by(units[chunk], size, leaving=ids[chunk]) for i in found)
-            self._settle(settle, size)
+            self._settle(settle, size)  # what the block's reads missed of concurrent writes, its searches find
         self._delete_keys(self.kept, [row["entry_id"] for row in markers])
 
     def rebuild_neighbourhoods(self, size: int, progress: Callable[[int], None] = lambda done: None) -> None:
