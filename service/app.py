@@ -11,6 +11,7 @@ from importlib.metadata import version
 from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
+from threadpoolctl import threadpool_limits
 
 from genreid.service.audit import AuditLog
 from genreid.service.core.imaging import stored_crop_size
@@ -36,7 +37,11 @@ log = logging.getLogger(__name__)
 
 
 def open_services(settings: Settings) -> Services:
-    """Load the ONNX models (GPU when usable) and open the gallery store the settings name."""
+    """Load the ONNX models (GPU when usable) and open the gallery store the settings name. numpy's BLAS runs on
+    the calling thread from then on, in the whole process: a server's products are small (a re-ranked query's few
+    hundred codes), and BLAS threads spread over them stall against inference threads on a busy CPU (a re-ranked
+    /query took 42 ms instead of 19 beside a training job; docs/BENCHMARKS.md, "What a fresh server does")."""
+    threadpool_limits(1, user_api="blas")
     encoders = Encoders(settings.models, device=settings.device, threads=settings.threads,
                         precision=settings.precision)
     store = open_gallery(settings, code_dim=encoders.metadata.code_dim, model_id=encoders.metadata.model_id,

@@ -11,7 +11,6 @@ from typing import Literal, get_args, get_origin
 import uvicorn
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
-from threadpoolctl import threadpool_limits
 
 from genreid.service.observability import configure_logging
 from genreid.service.settings import ENV_PREFIX, Settings, describe_errors
@@ -79,9 +78,6 @@ def main(argv: list[str]) -> int:
     from genreid.service.core.model_json import ModelError
     from genreid.service.store import GalleryError
 
-    # numpy's BLAS on the calling thread: the server's products are small (a re-ranked query's few hundred codes:
-    # 0.06 ms on one thread, 0.2 ms spread over two, docs/BENCHMARKS.md "What a fresh server does")
-    threadpool_limits(1, user_api="blas")
     try:
         services = open_services(settings)
     except (GalleryError, ModelError, AuditLogError) as err:
