@@ -46,7 +46,9 @@ class StageLoop:
     """Runs `step_fn(step) -> {metric: value}` for `total` steps with checkpoints and resume.
 
     `checkpointed` is the stage's registration of what its checkpoints hold (modules, optimisers, EMA).
-    Progress shows the metrics and images/s; every `log_every` steps a JSON line goes to `log_path`.
+    Progress shows the metrics and images/s; every `log_every` steps a JSON line goes to `log_path`, and every
+    `validate_every` steps before the last (0: never) one with `validate()`'s metrics: how a stage's held-out score
+    moves with its length, from one run instead of one run per length.
     Checkpoints also keep the loop's wall time over every sitting so far ("seconds"): a stage killed with its
     session and resumed in the next is timed whole: on resume `earlier[name]` gets what the earlier sittings spent.
     """
@@ -64,11 +66,14 @@ class StageLoop:
         log_every: int = 50,
         stop_after: int | None = None,
         earlier: dict[str, float] | None = None,
+        validate: Callable[[], dict[str, float]] | None = None,
+        validate_every: int = 0,
     ):
         self.name, self.total, self.checkpoint, self.runtime = name, total, checkpoint, runtime
         self.checkpointed, self.log_path = checkpointed, log_path
         self.items_per_step, self.checkpoint_seconds, self.log_every = items_per_step, checkpoint_seconds, log_every
         self.stop_after = stop_after
+        self.validate, self.validate_every = validate, validate_every if validate is not None else 0
         self.earlier = {} if earlier is None else earlier
         self.earlier[name] = 0.0
         self._started = time.monotonic()
@@ -85,6 +90,11 @@ class StageLoop:
         self.earlier[self.name] = resumed.seconds
         log.info("%s: resumed from %s at step %d", self.name, self.checkpoint, resumed.step)
         return resumed.step
+
+    def _log(self, record: dict[str, object]) -> None:
+        if self.runtime.is_main:
+            with self.log_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
 
     def run(self, step_fn: Callable[[int], dict[str, float]]) -> bool:
         """Run the remaining steps (at most `stop_after` of them); True when the stage reached `total`."""
@@ -104,9 +114,9 @@ class StageLoop:
                 record = {"stage": self.name, "step": step + 1, "items_per_s": round(rate, 2), "time": time.time(),
                           **{k: round(float(v), 6) for k, v in metrics.items()}}
                 progress.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()} | {"img/s": f"{rate:.1f}"})
-                if self.runtime.is_main:
-                    with self.log_path.open("a") as handle:
-                        handle.write(json.dumps(record) + "\n")
+                self._log(record)
+            if self.validate_every and (step + 1) % self.validate_every == 0 and step + 1 < self.total:
+                self._log({"stage": self.name, "step": step + 1, "time": time.time(), "validation": self.validate()})
             if time.monotonic() - last_save >= self.checkpoint_seconds and step + 1 < end:
                 self._save(step + 1)
                 last_save = time.monotonic()

@@ -38,6 +38,8 @@ class Preset:
     inv_id_steps: int = 100_000
     inv_id_batch: int = 64
     inv_id_lr: float = 4e-5
+    # Steps between validations of Inv-Id while it trains, each a line of log.jsonl (0: only once it finishes).
+    inv_id_validate_every: int = 0
     # 'hybrid' and 'paper' learn from the generator; 'discriminative' (the ablation) needs no generator at all.
     inv_id_modes: tuple[str, ...] = ("hybrid", "paper")
     inv_id_resolution: tuple[int, int] = (64, 32)  # Inv-Id's input (H, W); generated samples are upsampled to it

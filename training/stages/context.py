@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -70,12 +71,15 @@ class StageContext:
         total: int,
         items_per_step: int,
         checkpointed: Checkpointed,
+        *,
+        validate: Callable[[], dict[str, float]] | None = None,
+        validate_every: int = 0,
     ) -> StageLoop:
         return StageLoop(
             name, total, self.path(f"{name}.ckpt"), self.runtime, checkpointed,
             log_path=self.path("log.jsonl"), items_per_step=items_per_step,
             checkpoint_seconds=self.preset.checkpoint_seconds, log_every=self.preset.log_every,
-            stop_after=self.stop_after, earlier=self.earlier_seconds,
+            stop_after=self.stop_after, earlier=self.earlier_seconds, validate=validate, validate_every=validate_every,
         )
 
     def finished(self, name: str) -> bool:

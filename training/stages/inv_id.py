@@ -249,7 +249,9 @@ def finish_inv_id(ctx: StageContext, run: InvIdTraining) -> None:
 def train_inv_id(ctx: StageContext, mode: str) -> None:
     """Train (or resume) the Inv-Id of `mode`; once finished, save its weights with their validation metrics."""
     run = inv_id_setup(ctx, mode)
-    loop = ctx.loop(run.name, ctx.preset.inv_id_steps, run.plan.generated + run.plan.real, run.checkpointed)
+    loop = ctx.loop(run.name, ctx.preset.inv_id_steps, run.plan.generated + run.plan.real, run.checkpointed,
+                    validate=lambda: validate_inv_id(run.model, run.val, ctx.runtime.device, ctx.preset.split_seed),
+                    validate_every=ctx.preset.inv_id_validate_every)
     finished = loop.run(partial(inv_id_step, ctx, run))
     ctx.runtime.sync_buffers(run.model)
     if finished:
