@@ -17,7 +17,7 @@ a reference row: it needs all queries at once and is quadratic in the gallery).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -223,7 +223,7 @@ def _neighbours(store: GalleryStore, entry_ids: list[int], codes: dict[int, np.n
     under the filter, as for entries the store has no kept neighbourhood for."""
     excluded = entry_filter.exclude_ids
     kept = (store.neighbourhoods(entry_ids, count + len(excluded))
-            if replace(entry_filter, exclude_ids=frozenset()).is_empty else None) or {}
+            if entry_filter.only_excludes_ids else None) or {}
     found = {i: [n for n in row if n not in excluded][:count] for i, row in kept.items()}
     searched = [i for i in entry_ids if i not in found]
     rows = store.nearest_ids(np.stack([codes[i] for i in searched]), count + 1, entry_filter) if searched else []

@@ -98,6 +98,11 @@ class EntryFilter:
     def is_empty(self) -> bool:
         return self == NO_FILTER
 
+    @property
+    def only_excludes_ids(self) -> bool:
+        """Whether the filter leaves out some ids and nothing else (or nothing at all)."""
+        return replace(self, exclude_ids=frozenset()).is_empty
+
     def admits(self, entry: Entry) -> bool:
         """The reference semantics, for backends and tests that check one entry at a time."""
         if entry.entry_id in self.exclude_ids:

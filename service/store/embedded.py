@@ -15,7 +15,6 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -419,7 +418,7 @@ class EmbeddedStore(GalleryStore):
         admitted; the caller holds the lock."""
         if entry_filter.person_id is not None:
             raise ValueError("a search cannot filter by person id")
-        if replace(entry_filter, exclude_ids=frozenset()).is_empty:
+        if entry_filter.only_excludes_ids:
             leaving = [i for i in entry_filter.exclude_ids if i in self._columns]
             if len(leaving) <= PADDED_EXCLUSIONS:
                 return self._search_leaving(unit_queries, k, leaving)
